@@ -1,0 +1,242 @@
+"""`CollieConfig`: every knob of a training run, as plain data.
+
+The schema is a dataclass; OmegaConf does the YAML parsing, the merging of
+`key=value` overrides and the type checking, so a typo or a wrong type fails with
+the name of the offending key. Model architecture is not duplicated here: it comes
+from the HF `config.json` (`model_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "lomo", "adalomo", "adan", "lion", "sophiag")
+SCHEDULERS = ("constant", "linear", "cosine")
+ZERO_STAGES = (0, 1, 2, 3)
+PP_PARTITION_METHODS = ("uniform", "parameters")
+PP_SCHEDULES = ("gpipe", "1f1b", "interleaved1f1b")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SINKS = ("console", "csv", "tensorboard")
+PADDING_SIDES = ("left", "right")
+INIT_METHODS = ("normal", "xavier_normal", "kaiming_normal", "none")
+# Fields that hold live objects (an HF config, a peft config) rather than YAML data.
+_OBJECT_FIELDS = ("model_config", "peft_config", "quantization_config")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.0
+    clip_grad_norm: Optional[float] = None
+    clip_grad_value: Optional[float] = None
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "constant"
+    warmup_steps: int = 0
+    # Used when warmup_steps is 0: a fraction of the total number of steps.
+    warmup_ratio: float = 0.0
+    # Cosine/linear decay ends at lr * min_lr_ratio.
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    train_file: Optional[str] = None
+    eval_file: Optional[str] = None
+    max_length: int = 512
+    # How many eval records (input/output format) also become generation samples.
+    generation_samples: int = 0
+    max_new_tokens: int = 32
+    padding_side: str = "right"
+
+
+@dataclass
+class CollieConfig:
+    # -- model --------------------------------------------------------------
+    model: Optional[str] = None
+    # Random initialisation of a named LLaMA shape when `model` is not given.
+    init_shape: Optional[str] = None
+    tokenizer: Optional[str] = None
+    # -- CoLLiE's table -----------------------------------------------------
+    seed: int = 42
+    dp_size: Optional[int] = None
+    tp_size: int = 1
+    pp_size: int = 1
+    pp_partition_method: str = "uniform"
+    train_epochs: int = 1
+    eval_per_n_steps: int = 0
+    eval_per_n_epochs: int = 0
+    train_micro_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    eval_batch_size: int = 1
+    checkpointing: bool = False
+    use_flash: bool = True
+    dropout: float = 0.0
+    init_method: str = "normal"
+    low_cpu_mem_usage: bool = True
+    model_config: Any = None
+    peft_config: Any = None
+    quantization_config: Any = None
+    # -- what a modern trainer needs ----------------------------------------
+    max_steps: int = 0
+    zero_stage: int = 0
+    cpu_offload: bool = False
+    sequence_parallel: bool = False
+    pp_schedule: str = "1f1b"
+    mixed_precision: str = "no"
+    param_dtype: str = "auto"
+    output_dir: Optional[str] = None
+    checkpoint_every_n_steps: int = 0
+    max_to_keep: int = 0
+    log_every_n_steps: int = 1
+    logging: list[str] = field(default_factory=lambda: ["console", "csv", "tensorboard"])
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str, **overrides: Any) -> "CollieConfig":
+        """A config whose `model_config` is the HF `config.json` found in `path`."""
+        from transformers import AutoConfig
+
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError(f"model: no config.json in {path!r} (expected a Hugging Face model directory)")
+        config = cls(model=path, **overrides)
+        config.model_config = AutoConfig.from_pretrained(path, local_files_only=True)
+        return config
+
+    @classmethod
+    def load(cls, yaml_path: Optional[str] = None, overrides: Optional[list[str]] = None) -> "CollieConfig":
+        """Read a YAML file (optional) and apply `key=value` overrides (dotted keys for nesting)."""
+        layers = [OmegaConf.structured(cls)]
+        try:
+            if yaml_path is not None:
+                if not os.path.isfile(yaml_path):
+                    raise ConfigError(f"config file not found: {yaml_path}")
+                with open(yaml_path) as f:
+                    data = yaml.safe_load(f) or {}
+                if not isinstance(data, dict):
+                    raise ConfigError(f"{yaml_path}: expected a mapping of config keys at the top level")
+                layers.append(OmegaConf.create(data))
+            for item in overrides or []:
+                if "=" not in item:
+                    raise ConfigError(f"override {item!r} is not of the form key=value")
+            if overrides:
+                layers.append(OmegaConf.from_dotlist(list(overrides)))
+            merged = OmegaConf.merge(*layers)
+            config = OmegaConf.to_object(merged)
+        except OmegaConfBaseException as e:
+            raise ConfigError(_one_line(e)) from None
+        return config
+
+    def apply_overrides(self, overrides: list[str]) -> "CollieConfig":
+        """A copy of this config with `key=value` overrides applied (live objects are kept)."""
+        base = OmegaConf.structured(self._plain())
+        try:
+            merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+            new = OmegaConf.to_object(merged)
+        except OmegaConfBaseException as e:
+            raise ConfigError(_one_line(e)) from None
+        for name in _OBJECT_FIELDS:
+            setattr(new, name, getattr(self, name))
+        return new
+
+    def to_dict(self) -> dict:
+        """Plain data (no live objects): what `save` writes."""
+        return dataclasses.asdict(self._plain())
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+
+    def _plain(self) -> "CollieConfig":
+        return dataclasses.replace(self, **{name: None for name in _OBJECT_FIELDS})
+
+    # -- validation ---------------------------------------------------------
+    def validate(self, world_size: Optional[int] = None) -> None:
+        """Raise `ConfigError` naming the first offending field."""
+        _choice("optimizer.name", self.optimizer.name, OPTIMIZERS)
+        _choice("scheduler.name", self.scheduler.name, SCHEDULERS)
+        _choice("zero_stage", self.zero_stage, ZERO_STAGES)
+        _choice("pp_partition_method", self.pp_partition_method, PP_PARTITION_METHODS)
+        _choice("pp_schedule", self.pp_schedule, PP_SCHEDULES)
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        _choice("param_dtype", self.param_dtype, DTYPES)
+        _choice("data.padding_side", self.data.padding_side, PADDING_SIDES)
+        _choice("init_method", self.init_method, INIT_METHODS)
+        for sink in self.logging:
+            _choice("logging", sink, SINKS)
+        for name in ("tp_size", "pp_size", "train_micro_batch_size", "gradient_accumulation_steps",
+                     "eval_batch_size", "train_epochs", "log_every_n_steps"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("max_steps", "eval_per_n_steps", "eval_per_n_epochs", "checkpoint_every_n_steps",
+                     "max_to_keep"):
+            _at_least(name, getattr(self, name), 0)
+        if self.dp_size is not None:
+            _at_least("dp_size", self.dp_size, 1)
+        _at_least("data.max_length", self.data.max_length, 2)
+        _at_least("scheduler.warmup_steps", self.scheduler.warmup_steps, 0)
+        if not 0.0 <= self.scheduler.warmup_ratio < 1.0:
+            raise ConfigError(f"scheduler.warmup_ratio: must be in [0, 1), got {self.scheduler.warmup_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.optimizer.lr <= 0:
+            raise ConfigError(f"optimizer.lr: must be > 0, got {self.optimizer.lr}")
+        if len(self.optimizer.betas) not in (2, 3):
+            raise ConfigError(f"optimizer.betas: expected 2 values (3 for adan), got {list(self.optimizer.betas)}")
+        if self.model is not None and self.init_shape is not None:
+            raise ConfigError("model and init_shape: give one of them, not both")
+        if world_size is not None:
+            self.resolve_dp_size(world_size)
+
+    def resolve_dp_size(self, world_size: int) -> int:
+        """The data-parallel size for `world_size` processes; infers it when unset."""
+        model_parallel = self.tp_size * self.pp_size
+        if self.dp_size is None:
+            if world_size % model_parallel:
+                raise ConfigError(
+                    f"tp_size*pp_size: {self.tp_size}*{self.pp_size}={model_parallel} does not divide "
+                    f"the world size {world_size}")
+            return world_size // model_parallel
+        if self.dp_size * model_parallel != world_size:
+            raise ConfigError(
+                f"dp_size*tp_size*pp_size: {self.dp_size}*{self.tp_size}*{self.pp_size}="
+                f"{self.dp_size * model_parallel} must equal the world size {world_size}")
+        return self.dp_size
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{name}: must be >= {low}, got {value}")
+
+
+def _one_line(error: OmegaConfBaseException) -> str:
+    """OmegaConf's messages span lines (message, full_key, object_type): fold them."""
+    message = str(error).splitlines()[0].strip() if str(error) else type(error).__name__
+    key = getattr(error, "full_key", None)
+    return f"{key}: {message}" if key else message

@@ -1,0 +1,179 @@
+"""What every collie model shares: HF-format loading and saving, the family registry,
+random initialisation and generation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+
+from collie.models.hf_io import DEFAULT_MAX_SHARD_BYTES, iter_hf_tensors, save_hf_tensors
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor
+    loss: Optional[torch.Tensor] = None
+    kv_cache: Any = None
+
+    def __getitem__(self, key: str) -> Any:
+        # CoLLiE returned dicts; `output["logits"]` keeps old scripts working.
+        return getattr(self, key)
+
+
+class HFAdapter:
+    """Maps our parameter names to a family's HF names and back (None = not a weight)."""
+
+    architecture: str = ""
+
+    def to_hf(self, name: str) -> str:
+        raise NotImplementedError
+
+    def from_hf(self, hf_name: str) -> Optional[str]:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, tuple[type, HFAdapter]] = {}
+
+
+def register_family(model_type: str, model_cls: type, adapter: HFAdapter) -> None:
+    _REGISTRY[model_type] = (model_cls, adapter)
+
+
+def family_of(hf_config) -> tuple[type, HFAdapter]:
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type not in _REGISTRY:
+        raise ValueError(f"model_type {model_type!r} is not supported (supported: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[model_type]
+
+
+def load_hf_config(path: str):
+    from transformers import AutoConfig
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory not found: {path!r}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"no config.json in {path!r} (expected a Hugging Face model directory)")
+    return AutoConfig.from_pretrained(path, local_files_only=True)
+
+
+def apply_collie_settings(hf_config, collie_config) -> None:
+    """Settings of a CollieConfig that change the architecture's behaviour."""
+    if collie_config is not None and collie_config.dropout > 0:
+        hf_config.attention_dropout = collie_config.dropout
+
+
+class CollieModel(nn.Module):
+    config: Any
+
+    # -- construction -------------------------------------------------------
+    @classmethod
+    def from_config(cls, config, seed: Optional[int] = None, dtype: torch.dtype = torch.float32,
+                    init_method: str = "normal") -> "CollieModel":
+        """A randomly initialised model; the same seed gives the same weights everywhere."""
+        hf_config = getattr(config, "model_config", None) or config
+        apply_collie_settings(hf_config, config if hf_config is not config else None)
+        model_cls = family_of(hf_config)[0] if cls is CollieModel else cls
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = model_cls(hf_config)
+        model.reset_parameters(init_method)
+        return model.to(dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str, config=None, dtype: Optional[torch.dtype] = None) -> "CollieModel":
+        """Load an HF directory. `config` is an optional CollieConfig (dropout, low_cpu_mem_usage).
+
+        With `low_cpu_mem_usage` (the default) the model is built on the meta device and each
+        checkpoint tensor is copied into place as it is read: peak memory ≈ one model.
+        """
+        hf_config = load_hf_config(path)
+        apply_collie_settings(hf_config, config)
+        model_cls, adapter = family_of(hf_config)
+        if cls is not CollieModel and not issubclass(model_cls, cls):
+            raise ValueError(f"{path!r} holds a {hf_config.model_type!r} model, not a {cls.__name__}")
+        dtype = dtype or torch.float32
+        if config is None or config.low_cpu_mem_usage:
+            with torch.device("meta"):
+                model = model_cls(hf_config)
+            model.to_empty(device="cpu")
+            model.tie_weights()
+        else:
+            model = model_cls(hf_config)
+        model.to(dtype)
+        model.load_hf_weights(path, adapter)
+        if config is not None:
+            config.model_config = hf_config
+            config.model = config.model or path
+        return model
+
+    def load_hf_weights(self, path: str, adapter: Optional[HFAdapter] = None) -> None:
+        adapter = adapter or family_of(self.config)[1]
+        params = dict(self.named_parameters(remove_duplicate=False))
+        params.update(dict(self.named_buffers()))
+        missing = set(self.hf_state_names())
+        unexpected = []
+        with torch.no_grad():
+            for hf_name, tensor in iter_hf_tensors(path):
+                name = adapter.from_hf(hf_name)
+                if name is None:
+                    continue
+                if name not in params:
+                    unexpected.append(hf_name)
+                    continue
+                target = params[name]
+                if tuple(target.shape) != tuple(tensor.shape):
+                    raise ValueError(f"{path}: {hf_name} has shape {tuple(tensor.shape)}, the model expects "
+                                     f"{tuple(target.shape)} (does config.json match the weights?)")
+                target.copy_(tensor)
+                missing.discard(name)
+        if unexpected:
+            raise ValueError(f"{path}: weights the model does not have: {', '.join(unexpected[:5])}")
+        if missing:
+            raise ValueError(f"{path}: weights missing from the checkpoint: {', '.join(sorted(missing)[:5])}")
+
+    # -- saving -------------------------------------------------------------
+    def hf_state_names(self) -> list[str]:
+        """Our names of the tensors an HF checkpoint holds (a tied head is stored once)."""
+        return [name for name, _ in self._hf_items()]
+
+    def _hf_items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        tied = getattr(self.config, "tie_word_embeddings", False)
+        for name, tensor in self.state_dict().items():
+            if tied and name == "lm_head.weight":
+                continue
+            yield name, tensor
+
+    def save_pretrained(self, path: str, dtype: Optional[torch.dtype] = None,
+                        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+        """Write config.json and safetensors weights that `transformers` loads as they are."""
+        adapter = family_of(self.config)[1]
+        tensors = ((adapter.to_hf(name), t if dtype is None else t.to(dtype)) for name, t in self._hf_items())
+        save_hf_tensors(path, tensors, max_shard_bytes)
+        save_hf_config(self.config, path, adapter, dtype or next(self.parameters()).dtype)
+
+    def tie_weights(self) -> None:
+        if getattr(self.config, "tie_word_embeddings", False) and self.lm_head is not None:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def reset_parameters(self, init_method: str = "normal") -> None:
+        raise NotImplementedError
+
+    # -- generation ---------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """Prompt + continuation ids (see `collie.serve.generation.generate` for options)."""
+        from collie.serve.generation import generate
+
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def save_hf_config(hf_config, path: str, adapter: HFAdapter, dtype: torch.dtype) -> None:
+    hf_config.architectures = [adapter.architecture]
+    # transformers 5 names it `dtype`; 4.x reads `torch_dtype`.
+    setattr(hf_config, "dtype" if "dtype" in hf_config.to_dict() else "torch_dtype", dtype)
+    hf_config.save_pretrained(path)

@@ -1,0 +1,93 @@
+"""Read and write Hugging Face weight directories, one tensor at a time.
+
+Nothing here holds more than one tensor (reading) or one shard (writing) in memory, which is
+what lets a 7B export run on a machine that could not hold a second copy of the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+SAFE_SINGLE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
+
+
+def weight_files(path: str) -> list[str]:
+    """The weight files of an HF directory, safetensors preferred."""
+    for index_name, single in ((SAFE_INDEX, SAFE_SINGLE), (BIN_INDEX, BIN_SINGLE)):
+        index = os.path.join(path, index_name)
+        if os.path.isfile(index):
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+            return [os.path.join(path, name) for name in files]
+        if os.path.isfile(os.path.join(path, single)):
+            return [os.path.join(path, single)]
+    raise FileNotFoundError(f"no model weights ({SAFE_SINGLE}, {SAFE_INDEX} or {BIN_SINGLE}) in {path!r}")
+
+
+def iter_hf_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor) for every weight in the directory, lazily."""
+    for file in weight_files(path):
+        if file.endswith(".safetensors"):
+            with safe_open(file, framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        else:
+            # Only tensors, never pickled code: weights_only refuses anything else.
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            yield from state.items()
+
+
+def save_hf_tensors(path: str, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
+    """Write tensors as safetensors shards (with an index when there is more than one)."""
+    os.makedirs(path, exist_ok=True)
+    shards: list[dict[str, str]] = []
+    current: dict[str, torch.Tensor] = {}
+    current_bytes = 0
+    total_bytes = 0
+
+    def flush() -> None:
+        nonlocal current, current_bytes
+        if current:
+            name = f".shard-{len(shards) + 1:05d}.tmp"
+            save_file(current, os.path.join(path, name), metadata={"format": "pt"})
+            shards.append({key: name for key in current})
+            current, current_bytes = {}, 0
+
+    for name, tensor in named_tensors:
+        tensor = tensor.detach().to("cpu").contiguous()
+        size = tensor.numel() * tensor.element_size()
+        if current and current_bytes + size > max_shard_bytes:
+            flush()
+        current[name] = tensor
+        current_bytes += size
+        total_bytes += size
+    flush()
+    return _finalise_shards(path, shards, total_bytes)
+
+
+def _finalise_shards(path: str, shards: list[dict[str, str]], total_bytes: int) -> list[str]:
+    if len(shards) == 1:
+        tmp = next(iter(shards[0].values()))
+        os.replace(os.path.join(path, tmp), os.path.join(path, SAFE_SINGLE))
+        return [SAFE_SINGLE]
+    weight_map: dict[str, str] = {}
+    names = []
+    for i, shard in enumerate(shards, start=1):
+        final = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(os.path.join(path, next(iter(shard.values()))), os.path.join(path, final))
+        weight_map.update({key: final for key in shard})
+        names.append(final)
+    with open(os.path.join(path, SAFE_INDEX), "w") as f:
+        json.dump({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}, f, indent=2)
+    return names

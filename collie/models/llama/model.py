@@ -1,0 +1,200 @@
+"""LLaMA 1/2/3 (and Qwen2/InternLM-style biases), single device, plain PyTorch.
+
+Knows nothing about parallelism: tensor/pipeline/data parallel are applied from outside
+(`collie.distributed`). Layers live in a `ModuleDict` keyed by index so a pipeline stage
+can drop the layers it does not own and keep checkpoint names stable; a stage without
+`embed_tokens` takes hidden states, one without `lm_head` returns them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from collie.models.base import CausalLMOutput, CollieModel
+from collie.models.kv_cache import KVCache
+from collie.models.llama.rope import apply_rope, inverse_frequencies, rope_cos_sin, rope_settings
+from collie.models.loss import causal_lm_loss
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 whatever the storage dtype, as the reference implementation does.
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = head_dim_of(config)
+        dim = config.hidden_size
+        qkv_bias, o_bias = attention_biases(config)
+        self.q_proj = nn.Linear(dim, self.num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, dim, bias=o_bias)
+        self.dropout = float(getattr(config, "attention_dropout", 0.0) or 0.0)
+
+    def forward(self, x, cos, sin, mask: Optional[torch.Tensor], kv_cache: Optional[KVCache]):
+        batch, seq, _ = x.shape
+        # -1 instead of the head count: under tensor parallel each rank holds a slice of heads.
+        q = self.q_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        repeats = q.shape[1] // k.shape[1]
+        if repeats > 1:
+            k = k.repeat_interleave(repeats, dim=1)
+            v = v.repeat_interleave(repeats, dim=1)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and kv_cache is None)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        bias = bool(getattr(config, "mlp_bias", False))
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        act = getattr(config, "hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"hidden_act: {act!r} is not supported by the LLaMA family (expected 'silu')")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, h, cos, sin, mask=None, kv_cache=None):
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, kv_cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaForCausalLM(CollieModel):
+    """Decoder-only LLaMA. `forward(input_ids, attention_mask, labels, position_ids, kv_cache)`."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.head_dim = head_dim_of(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleDict(
+            {str(i): DecoderLayer(config, i) for i in range(config.num_hidden_layers)})
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if getattr(config, "tie_word_embeddings", False):
+            self.lm_head.weight = self.embed_tokens.weight
+        theta, scaling = rope_settings(config)
+        # A plain attribute, not a buffer: it is recomputed cheaply, never checkpointed,
+        # and survives meta-device construction.
+        self._inv_freq = inverse_frequencies(self.head_dim, theta, scaling)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
+                kv_cache: Optional[KVCache] = None) -> CausalLMOutput:
+        h = self.embed_tokens(input_ids) if self.embed_tokens is not None else input_ids
+        past = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            position_ids = default_position_ids(h.shape[0], h.shape[1], past, attention_mask, h.device)
+        if self._inv_freq.device != h.device:
+            self._inv_freq = self._inv_freq.to(h.device)
+        cos, sin = rope_cos_sin(self._inv_freq, position_ids, h.dtype)
+        mask = attention_bias_mask(attention_mask, h.shape[1], past, h.device)
+        for layer in self.layers.values():
+            h = layer(h, cos, sin, mask, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(h.shape[1])
+        if self.norm is not None:
+            h = self.norm(h)
+        logits = self.lm_head(h) if self.lm_head is not None else h
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutput(logits=logits, loss=loss, kv_cache=kv_cache)
+
+    def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
+        param = self.embed_tokens.weight
+        kv_heads = getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads
+        return KVCache(len(self.layers), batch_size, kv_heads, self.head_dim, max_len,
+                       param.dtype, param.device)
+
+    def reset_parameters(self, init_method: str = "normal") -> None:
+        std = float(getattr(self.config, "initializer_range", 0.02))
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                _init_weight(module.weight, init_method, std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+
+def _init_weight(weight: torch.Tensor, method: str, std: float) -> None:
+    if method == "normal":
+        nn.init.normal_(weight, mean=0.0, std=std)
+    elif method == "xavier_normal":
+        nn.init.xavier_normal_(weight)
+    elif method == "kaiming_normal":
+        nn.init.kaiming_normal_(weight)
+
+
+def head_dim_of(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def attention_biases(config) -> tuple[bool, bool]:
+    """(q/k/v bias, o bias): LLaMA's `attention_bias` covers all four; Qwen2 biases q/k/v only."""
+    if getattr(config, "model_type", "llama") == "qwen2":
+        return True, False
+    bias = bool(getattr(config, "attention_bias", False))
+    return bias, bias
+
+
+def default_position_ids(batch: int, seq: int, past: int, attention_mask: Optional[torch.Tensor],
+                         device: torch.device) -> torch.Tensor:
+    """Positions count real tokens only, so left-padded prompts start at 0 (as HF generate)."""
+    if attention_mask is None:
+        return torch.arange(past, past + seq, device=device).unsqueeze(0).expand(batch, -1)
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.clamp(min=0)[:, past:past + seq]
+
+
+def attention_bias_mask(attention_mask: Optional[torch.Tensor], q_len: int, past: int,
+                        device: torch.device) -> Optional[torch.Tensor]:
+    """A boolean [batch, 1, q, k] mask, or None when plain causal attention is exact
+    (no padding, no cache) so SDPA can take its flash path."""
+    if attention_mask is None and past == 0:
+        return None
+    total = past + q_len
+    q_pos = torch.arange(past, total, device=device)[:, None]
+    k_pos = torch.arange(total, device=device)[None, :]
+    allowed = (k_pos <= q_pos)[None, None]
+    if attention_mask is not None:
+        valid = attention_mask[:, None, None, :total].bool()
+        # The diagonal stays open so that rows of padding tokens never softmax over nothing.
+        allowed = (allowed & valid) | (k_pos == q_pos)[None, None]
+    return allowed
