@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from collie.models.hf_io import DEFAULT_MAX_SHARD_BYTES, iter_hf_tensors, save_hf_tensors
 
@@ -149,9 +151,18 @@ class CollieModel(nn.Module):
 
     def save_pretrained(self, path: str, dtype: Optional[torch.dtype] = None,
                         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
-        """Write config.json and safetensors weights that `transformers` loads as they are."""
+        """Write config.json and safetensors weights that `transformers` loads as they are.
+
+        Works from any parallel layout: each sharded tensor is gathered in turn (every rank
+        must call this), and only rank 0 writes, one shard at a time.
+        """
         adapter = family_of(self.config)[1]
-        tensors = ((adapter.to_hf(name), t if dtype is None else t.to(dtype)) for name, t in self._hf_items())
+        is_main = not dist.is_initialized() or dist.get_rank() == 0
+        tensors = ((adapter.to_hf(name), full_tensor(t, dtype)) for name, t in self._hf_items())
+        if not is_main:
+            for _ in tensors:  # take part in the gathers, write nothing
+                pass
+            return
         save_hf_tensors(path, tensors, max_shard_bytes)
         save_hf_config(self.config, path, adapter, dtype or next(self.parameters()).dtype)
 
@@ -170,6 +181,14 @@ class CollieModel(nn.Module):
         from collie.serve.generation import generate
 
         return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def full_tensor(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    """A whole (gathered) tensor on the CPU, from a plain tensor or any DTensor sharding."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    tensor = tensor.detach()
+    return (tensor if dtype is None else tensor.to(dtype)).cpu()
 
 
 def save_hf_config(hf_config, path: str, adapter: HFAdapter, dtype: torch.dtype) -> None:

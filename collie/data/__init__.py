@@ -1,0 +1,7 @@
+from collie.data.collate import ColliePadder
+from collie.data.datasets import CollieDatasetForGeneration, CollieDatasetForTraining
+from collie.data.records import DataError
+from collie.data.sampler import GlobalBatchSampler
+
+__all__ = ["ColliePadder", "CollieDatasetForGeneration", "CollieDatasetForTraining", "DataError",
+           "GlobalBatchSampler"]

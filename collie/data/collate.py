@@ -1,0 +1,51 @@
+"""Padding a list of items into a batch."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from collie.models.loss import IGNORE_INDEX
+
+
+class ColliePadder:
+    """Pads `input_ids` (with `pad_token_id`) and `labels` (with −100) to the longest item.
+
+    Right padding is the training default: with causal attention, padding on the right never
+    changes the logits of real tokens, so the model can skip the mask and use flash attention.
+    Generation needs left padding, so prompts end where decoding starts.
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right",
+                 max_length: Optional[int] = None) -> None:
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side: {padding_side!r} is not one of left, right")
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+        self.max_length = max_length
+
+    def __call__(self, items: list[dict]) -> dict:
+        longest = max(len(item["input_ids"]) for item in items)
+        if self.max_length is not None:
+            longest = min(longest, self.max_length)
+        batch: dict = {
+            "input_ids": self._stack([item["input_ids"] for item in items], longest, self.pad_token_id),
+            "attention_mask": self._stack([[1] * len(item["input_ids"]) for item in items], longest, 0),
+        }
+        if "labels" in items[0]:
+            batch["labels"] = self._stack([item["labels"] for item in items], longest, IGNORE_INDEX)
+        for key in items[0]:
+            if key not in batch:
+                batch[key] = [item[key] for item in items]
+        return batch
+
+    def _stack(self, rows: list[list[int]], length: int, fill: int) -> torch.Tensor:
+        out = torch.full((len(rows), length), fill, dtype=torch.long)
+        for i, row in enumerate(rows):
+            row = row[:length]
+            if self.padding_side == "right":
+                out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+            elif row:
+                out[i, length - len(row):] = torch.tensor(row, dtype=torch.long)
+        return out

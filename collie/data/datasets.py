@@ -1,0 +1,139 @@
+"""Datasets that turn records into token ids and labels.
+
+Formats (detected per record): `{"text"}` (loss on every token), `{"input", "output"}`
+(loss only on the output), `{"instruction", "input"?, "output"}` (Alpaca: the standard
+Alpaca prompt, loss only on the output), `{"tokens", "labels"?}` (already tokenized).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional, Union
+
+from torch.utils.data import Dataset
+
+from collie.data.records import DataError, RecordSource, load_records
+from collie.models.loss import IGNORE_INDEX
+
+_FORMATS = "'text', 'input' + 'output', 'instruction' + 'output', or 'tokens' (+ optional 'labels')"
+_ALPACA_HEAD = ("Below is an instruction that describes a task{}. Write a response that appropriately "
+                "completes the request.\n\n### Instruction:\n{}\n\n")
+
+
+class _RecordDataset(Dataset):
+    def __init__(self, dataset: RecordSource, tokenizer: Any, max_length: Optional[int]) -> None:
+        self.records, self.origins = load_records(dataset)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        for record, origin in zip(self.records, self.origins):
+            self._check(record, origin)
+        # Tokenized once, up front: a record that cannot be used fails now, naming its
+        # origin, instead of hours into training; epochs do not re-tokenize.
+        self.items = [self._item(record, origin) for record, origin in zip(self.records, self.origins)]
+
+    def _check(self, record: dict, origin: str) -> None:
+        raise NotImplementedError
+
+    def _item(self, record: dict, origin: str) -> dict:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: Union[int, slice]):
+        if isinstance(index, slice):
+            # CoLLiE scripts write `train_dataset[:32]` to get an evaluation subset.
+            subset = copy.copy(self)
+            subset.records, subset.origins = self.records[index], self.origins[index]
+            subset.items = self.items[index]
+            return subset
+        return self.items[index]
+
+    def _encode(self, text: str, origin: str, key: str, special: bool) -> list[int]:
+        if not isinstance(text, str):
+            raise DataError(f"{origin}: '{key}' must be a string, got {type(text).__name__}")
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+class CollieDatasetForTraining(_RecordDataset):
+    """Items are `{"input_ids": [...], "labels": [...]}` with labels −100 where no loss is taken."""
+
+    def __init__(self, dataset: RecordSource, tokenizer: Any = None, max_length: Optional[int] = None,
+                 add_eos: bool = True) -> None:
+        self.add_eos = add_eos
+        super().__init__(dataset, tokenizer, max_length)
+
+    def _check(self, record: dict, origin: str) -> None:
+        kind = record_format(record)
+        if kind is None:
+            raise DataError(f"{origin}: record has keys {sorted(record)}; expected {_FORMATS}")
+        if kind != "tokens" and self.tokenizer is None:
+            raise DataError(f"{origin}: a tokenizer is needed for {kind!r} records")
+
+    def _item(self, record: dict, origin: str) -> dict:
+        kind = record_format(record)
+        eos = [self.tokenizer.eos_token_id] if self.add_eos and kind != "tokens" and \
+            self.tokenizer.eos_token_id is not None else []
+        if kind == "tokens":
+            input_ids = list(record["tokens"])
+            labels = list(record.get("labels", input_ids))
+            if len(labels) != len(input_ids):
+                raise DataError(f"{origin}: 'labels' has {len(labels)} entries, 'tokens' has {len(input_ids)}")
+        elif kind == "text":
+            input_ids = self._encode(record["text"], origin, "text", True) + eos
+            labels = list(input_ids)
+        else:
+            prompt = self._encode(prompt_text(record), origin, "input", True)
+            answer = self._encode(record["output"], origin, "output", False) + eos
+            if self.max_length is not None and len(prompt) >= self.max_length:
+                raise DataError(f"{origin}: the prompt is {len(prompt)} tokens but max_length is "
+                                f"{self.max_length}, so no output token would be trained")
+            input_ids = prompt + answer
+            labels = [IGNORE_INDEX] * len(prompt) + answer
+        if self.max_length is not None:
+            input_ids, labels = input_ids[:self.max_length], labels[:self.max_length]
+        return {"input_ids": input_ids, "labels": labels}
+
+
+class CollieDatasetForGeneration(_RecordDataset):
+    """Prompts to complete: `{"text": prompt, "target": expected (optional)}`."""
+
+    def _check(self, record: dict, origin: str) -> None:
+        if "text" not in record:
+            raise DataError(f"{origin}: record has keys {sorted(record)}; expected 'text' (+ optional 'target')")
+        if self.tokenizer is None:
+            raise DataError(f"{origin}: a tokenizer is needed for generation records")
+
+    def _item(self, record: dict, origin: str) -> dict:
+        input_ids = self._encode(record["text"], origin, "text", True)
+        if self.max_length is not None:
+            input_ids = input_ids[-self.max_length:]
+        return {"input_ids": input_ids, "text": record["text"], "target": record.get("target")}
+
+
+def prompt_text(record: dict) -> str:
+    """The prompt of an input/output or Alpaca record."""
+    if "instruction" not in record:
+        return record["input"]
+    extra = record.get("input") or ""
+    if extra:
+        return (_ALPACA_HEAD.format(", paired with an input that provides further context", record["instruction"])
+                + f"### Input:\n{extra}\n\n### Response:\n")
+    return _ALPACA_HEAD.format("", record["instruction"]) + "### Response:\n"
+
+
+def record_format(record: dict) -> Optional[str]:
+    if "tokens" in record:
+        return "tokens"
+    if "output" in record and ("input" in record or "instruction" in record):
+        return "input_output"
+    if "text" in record:
+        return "text"
+    return None
+
+
+def generation_records(dataset: _RecordDataset, limit: int) -> list[dict]:
+    """Prompt/target pairs from the first `limit` input/output records (for a generation eval)."""
+    pairs = [{"text": prompt_text(r), "target": r["output"]} for r in dataset.records
+             if record_format(r) == "input_output"]
+    return pairs[:limit]

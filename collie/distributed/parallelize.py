@@ -1,0 +1,74 @@
+"""Apply parallelism to a single-device model from outside, in one fixed order:
+tensor parallel (DTensor) → activation checkpointing → data parallel (FSDP2 or DDP)."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.tensor.parallel import parallelize_module
+
+from collie.config import ConfigError
+
+
+def parallelize(model: torch.nn.Module, config, runtime) -> torch.nn.Module:
+    check_layout(model, config)
+    model.to(runtime.device)
+    if config.tp_size > 1:
+        apply_tensor_parallel(model, runtime.mesh["tp"])
+    if config.checkpointing:
+        apply_activation_checkpointing(model)
+    if runtime.dp_size > 1:
+        apply_data_parallel(model, runtime.mesh["dp"], config)
+    return model
+
+
+def check_layout(model: torch.nn.Module, config) -> None:
+    """Layouts the model's shape cannot support, each with the field to change."""
+    hf = getattr(model, "config", None)
+    if hf is None:
+        return
+    heads = hf.num_attention_heads
+    kv_heads = getattr(hf, "num_key_value_heads", None) or heads
+    if heads % config.tp_size or kv_heads % config.tp_size:
+        raise ConfigError(f"tp_size: {config.tp_size} must divide the attention heads ({heads}) and "
+                          f"key/value heads ({kv_heads})")
+    if config.pp_size > hf.num_hidden_layers:
+        raise ConfigError(f"pp_size: {config.pp_size} stages but the model has only {hf.num_hidden_layers} layers")
+    if config.pp_size > 1:
+        raise ConfigError("pp_size: pipeline parallel is not available yet; use dp_size/tp_size")
+    if config.tp_size > 1 and getattr(hf, "tie_word_embeddings", False):
+        raise ConfigError("tp_size: tied input/output embeddings cannot be split by tensor parallel yet")
+
+
+def apply_tensor_parallel(model: torch.nn.Module, tp_mesh) -> None:
+    from collie.models.llama.tp_plan import llama_tp_plan
+
+    parallelize_module(model, tp_mesh, llama_tp_plan(model))
+
+
+def apply_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer in backward instead of storing its activations."""
+    for name, layer in list(model.layers.items()):
+        model.layers[name] = checkpoint_wrapper(layer, preserve_rng_state=False)
+
+
+def apply_data_parallel(model: torch.nn.Module, dp_mesh, config) -> None:
+    """ZeRO through FSDP2: stage 3 reshards parameters after forward, stages 2 and 1 keep them
+    gathered until backward (FSDP2 always shards optimizer state and gradients, so stage 1
+    behaves as stage 2). Stage 0 is plain replicated data parallel (PyTorch's DDP)."""
+    if config.zero_stage == 0:
+        from torch.distributed._composable.replicate import replicate
+
+        replicate(model, device_mesh=dp_mesh)
+        return
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    kwargs = {"mesh": dp_mesh, "reshard_after_forward": config.zero_stage == 3}
+    if config.cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    if config.mixed_precision != "no" and dp_mesh.device_type == "cuda":
+        dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for layer in model.layers.values():
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)

@@ -1,0 +1,104 @@
+"""Evaluators run a model over a dataset and feed metrics.
+
+Each data-parallel rank evaluates its own strided share of the dataset; metrics are then
+reduced across ranks, so the numbers do not depend on the layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+
+from collie.data.collate import ColliePadder
+from collie.evaluate.metrics import BaseMetric
+from collie.models.loss import IGNORE_INDEX, causal_lm_loss
+
+
+class Evaluator:
+    def __init__(self, model: torch.nn.Module, config, dataset, metrics: dict[str, BaseMetric],
+                 eval_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None,
+                 name: Optional[str] = None) -> None:
+        self.model = model
+        self.config = config
+        self.dataset = dataset
+        self.metrics = metrics
+        self.eval_fn = eval_fn
+        self.name = name or type(self).__name__
+        tokenizer = getattr(dataset, "tokenizer", None)
+        self.collate_fn = collate_fn or ColliePadder(pad_id(tokenizer), padding_side=self.padding_side)
+        self.runtime: Any = None  # set by the Trainer: device, dp rank/size, process groups
+
+    padding_side = "right"
+
+    def evaluate(self) -> dict:
+        """Run over this rank's share of the dataset; return `{metric: value}` merged over metrics."""
+        for metric in self.metrics.values():
+            metric.reset()
+        rank, size = (self.runtime.dp_rank, self.runtime.dp_size) if self.runtime else (0, 1)
+        indices = list(range(rank, len(self.dataset), size))
+        batch_size = self.config.eval_batch_size if self.config is not None else 1
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(indices), batch_size):
+                    batch = self.collate_fn([self.dataset[i] for i in indices[start:start + batch_size]])
+                    result = self.eval_fn(self, batch) if self.eval_fn else self.eval_batch(batch)
+                    for metric in self.metrics.values():
+                        metric.update(result)
+        finally:
+            self.model.train(was_training)
+        results: dict = {}
+        for metric in self.metrics.values():
+            metric.reduce(self.runtime.dp_group if self.runtime else None)
+            results.update(metric.get_metric())
+        return results
+
+    def eval_batch(self, batch: dict) -> dict:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device if self.runtime else next(self.model.parameters()).device
+
+
+class EvaluatorForPerplexity(Evaluator):
+    def eval_batch(self, batch: dict) -> dict:
+        labels = batch["labels"].to(self.device)
+        logits = self.model(batch["input_ids"].to(self.device)).logits
+        nll = causal_lm_loss(logits, labels, reduction="sum")
+        return {"nll_sum": nll, "tokens": int((labels[:, 1:] != IGNORE_INDEX).sum())}
+
+
+class EvaluatorForGeneration(Evaluator):
+    """Greedy (or sampled) continuation of each prompt, decoded to text."""
+
+    padding_side = "left"
+
+    def __init__(self, model, config, dataset, metrics, tokenizer=None, max_new_tokens: int = 32,
+                 do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 **kwargs: Any) -> None:
+        super().__init__(model, config, dataset, metrics, **kwargs)
+        self.tokenizer = tokenizer or dataset.tokenizer
+        self.generation = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                               top_k=top_k, top_p=top_p, eos_token_id=self.tokenizer.eos_token_id,
+                               pad_token_id=pad_id(self.tokenizer))
+
+    def eval_batch(self, batch: dict) -> dict:
+        input_ids = batch["input_ids"].to(self.device)
+        mask = batch["attention_mask"].to(self.device)
+        out = self.model.generate(input_ids, attention_mask=mask, **self.generation)
+        continuation = out[:, input_ids.shape[1]:]
+        preds = self.tokenizer.batch_decode(continuation, skip_special_tokens=True)
+        return {"prompt": batch["text"], "pred": preds, "target": batch["target"]}
+
+
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else EOS (common for LLaMA/GPT-2 tokenizers), else 0."""
+    if tokenizer is None:
+        return 0
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return value
+    return 0

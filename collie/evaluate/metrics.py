@@ -1,0 +1,82 @@
+"""Metrics accumulate over an evaluation and report named numbers.
+
+`update` sees one batch's results; `reduce` combines accumulators across data-parallel ranks
+(sums, or gathered samples); `get_metric` returns `{name: value}` and `reset` starts over.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+
+class BaseMetric:
+    def update(self, result: dict) -> None:
+        raise NotImplementedError
+
+    def reduce(self, group: Optional[dist.ProcessGroup]) -> None:
+        """Combine this rank's accumulators with the other data-parallel ranks'."""
+
+    def get_metric(self) -> dict:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+
+class PPLMetric(BaseMetric):
+    """exp(total NLL / total predicted tokens): token-weighted, not a mean of batch perplexities."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.nll = 0.0
+        self.tokens = 0
+
+    def update(self, result: dict) -> None:
+        self.nll += float(result["nll_sum"])
+        self.tokens += int(result["tokens"])
+
+    def reduce(self, group) -> None:
+        if dist.is_initialized():
+            totals = torch.tensor([self.nll, float(self.tokens)], dtype=torch.float64)
+            dist.all_reduce(totals, group=group)
+            self.nll, self.tokens = float(totals[0]), int(totals[1])
+
+    def get_metric(self) -> dict:
+        if self.tokens == 0:
+            return {"ppl": float("nan")}
+        return {"ppl": math.exp(self.nll / self.tokens)}
+
+
+class DecodeMetric(BaseMetric):
+    """Keeps decoded samples (shown by the evaluator) and scores exact match against targets."""
+
+    def __init__(self, normalise: Callable[[str], str] = str.strip) -> None:
+        self.normalise = normalise
+        self.reset()
+
+    def reset(self) -> None:
+        self.samples: list[dict] = []
+
+    def update(self, result: dict) -> None:
+        for prompt, pred, target in zip(result["prompt"], result["pred"], result["target"]):
+            self.samples.append({"prompt": prompt, "pred": pred, "target": target})
+
+    def reduce(self, group) -> None:
+        if dist.is_initialized():
+            gathered: list = [None] * dist.get_world_size(group)
+            dist.all_gather_object(gathered, self.samples, group=group)
+            self.samples = [sample for part in gathered for sample in part]
+
+    def get_metric(self) -> dict:
+        # "samples" is not a number: sinks skip it, the console shows it.
+        scored = [s for s in self.samples if s["target"] is not None]
+        if not scored:
+            return {"samples": list(self.samples)}
+        hits = sum(self.normalise(s["pred"]) == self.normalise(s["target"]) for s in scored)
+        return {"exact_match": hits / len(scored), "samples": list(self.samples)}

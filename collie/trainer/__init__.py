@@ -1,0 +1,4 @@
+from collie.trainer.callbacks import Callback
+from collie.trainer.trainer import Trainer
+
+__all__ = ["Callback", "Trainer"]

@@ -1,0 +1,39 @@
+"""Callbacks: user code that runs at the Trainer's events.
+
+Every method receives the trainer; override the ones you need. A callback with state to keep
+across resume implements `state_dict` / `load_state_dict`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Callback:
+    def on_train_begin(self, trainer) -> None: ...
+    def on_train_end(self, trainer) -> None: ...
+    def on_train_epoch_begin(self, trainer, epoch: int) -> None: ...
+    def on_train_epoch_end(self, trainer, epoch: int) -> None: ...
+    def on_train_batch_begin(self, trainer, batch: list[dict]) -> None: ...
+    def on_train_batch_end(self, trainer, loss: float) -> None: ...
+    def on_evaluate_begin(self, trainer) -> None: ...
+    def on_evaluate_end(self, trainer, results: dict) -> None: ...
+    def on_save_model(self, trainer, path: str) -> None: ...
+    def on_save_checkpoint(self, trainer, path: str) -> None: ...
+    def on_load_checkpoint(self, trainer, path: str) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class CallbackList:
+    """Fans each event out to every callback, in order."""
+
+    def __init__(self, callbacks: list[Callback]) -> None:
+        self.callbacks = list(callbacks)
+
+    def fire(self, event: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(*args)

@@ -1,0 +1,78 @@
+"""One optimizer step over a global batch's micro-batches.
+
+The loss of a step is the mean over every trainable token of the global batch: each
+micro-batch's mean loss is weighted by its share of the global token count (summed over
+micro-batches and data-parallel ranks first). Gradient accumulation and data parallelism
+therefore change neither the loss nor the gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+import torch
+import torch.nn.functional as F
+
+from collie.models.loss import IGNORE_INDEX
+
+
+@dataclass
+class StepResult:
+    loss: float          # mean over trainable tokens of the global batch (nan if it had none)
+    tokens: int          # real (non-padding) tokens of the global batch
+    skipped: bool = False
+
+
+def loss_token_count(labels: torch.Tensor, ignore_index: int) -> int:
+    return int((labels[..., 1:] != ignore_index).sum())
+
+
+def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of: Callable[[dict], torch.Tensor],
+                      backward: Callable[[torch.Tensor, bool], None], dp_sum: Callable[[list[float]], list[float]],
+                      dp_size: int, ignore_index: int = IGNORE_INDEX) -> StepResult:
+    """Forward and backward every micro-batch with token-weighted loss scaling.
+
+    `backward(loss, is_last)` applies the gradient (plain backward, or an optimizer that
+    updates inside backward). `dp_sum` sums a list of numbers over data-parallel ranks.
+    """
+    counts = [loss_token_count(mb["labels"], ignore_index) for mb in micro_batches]
+    real = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
+    total_loss_tokens, total_real = dp_sum([float(sum(counts)), float(real)])
+    if total_loss_tokens == 0:
+        return StepResult(float("nan"), int(total_real), skipped=True)
+    loss_sum = 0.0
+    last = len(micro_batches) - 1
+    for i, (mb, count) in enumerate(zip(micro_batches, counts)):
+        if count == 0:
+            # Still run forward and backward: sharded data parallel needs every rank to take
+            # part in the same collectives. The zero factor keeps the gradient exactly zero.
+            contribution = model(mb["input_ids"]).logits.sum() * 0.0
+        else:
+            loss = loss_of(mb)
+            # dp_size undoes the gradient averaging that data parallel applies.
+            contribution = loss * (count * dp_size / total_loss_tokens)
+            loss_sum += float(loss.detach()) * count
+        backward(contribution, i == last)
+    (global_loss_sum,) = dp_sum([loss_sum])
+    return StepResult(global_loss_sum / total_loss_tokens, int(total_real))
+
+
+def refresh_hessian(model: torch.nn.Module, optimizer, micro_batch: dict) -> None:
+    """SophiaG's Gauss-Newton-Bartlett estimate: backward on labels sampled from the model."""
+    logits = model(micro_batch["input_ids"]).logits
+    mask = micro_batch["attention_mask"][:, 1:].reshape(-1).bool()
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    with torch.no_grad():
+        sampled = torch.multinomial(flat.softmax(-1), 1).squeeze(-1)
+    loss = F.cross_entropy(flat[mask], sampled[mask], reduction="sum") / micro_batch["input_ids"].shape[0]
+    loss.backward()
+    optimizer.update_hessian()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def default_loss(model: torch.nn.Module, loss_fn: Callable, batch: dict,
+                 autocast: Callable[[], ContextManager]) -> torch.Tensor:
+    with autocast():
+        logits = model(batch["input_ids"]).logits
+    return loss_fn(logits, batch["labels"])

@@ -1,0 +1,266 @@
+"""The Trainer: a loop over global batches with events for callbacks, monitors and evaluators.
+
+The optimizer decides how gradients are applied: one that updates inside backward
+(`updates_in_backward = True`, e.g. LOMO) gets `backward(loss, last_microbatch)` calls; any
+other `torch.optim.Optimizer` gets the usual backward → clip → step → zero_grad.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import torch
+
+from collie.config import CollieConfig
+from collie.data.collate import ColliePadder
+from collie.data.sampler import GlobalBatchSampler
+from collie.distributed.clip import clip_grad_norm, clip_grad_value
+from collie.distributed.parallelize import parallelize
+from collie.distributed.runtime import build_runtime
+from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity, pad_id
+from collie.evaluate.metrics import PPLMetric
+from collie.models.loss import IGNORE_INDEX, GPTLMLoss
+from collie.monitors.monitors import Monitor, StepStats, default_monitors, llama_flops_per_token
+from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
+from collie.trainer import checkpoint
+from collie.trainer.callbacks import Callback, CallbackList
+from collie.trainer.optim_factory import build_optimizer, build_scheduler
+from collie.trainer.steps import StepResult, default_loss, refresh_hessian, run_micro_batches
+
+log = logging.getLogger("collie")
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, config: CollieConfig, loss_fn: Optional[Callable] = None,
+                 optimizer: Optional[torch.optim.Optimizer] = None, lr_scheduler=None, train_dataset=None,
+                 eval_dataset=None, callbacks: Optional[list[Callback]] = None,
+                 monitors: Optional[list[Monitor]] = None, evaluators: Optional[list[Evaluator]] = None,
+                 train_fn: Optional[Callable] = None, eval_fn: Optional[Callable] = None,
+                 tokenizer=None) -> None:
+        config.validate()
+        self.config = config
+        self.runtime = build_runtime(config)
+        self.model = parallelize(model, config, self.runtime)
+        self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
+        self.train_dataset = train_dataset
+        self.tokenizer = tokenizer or getattr(train_dataset, "tokenizer", None)
+        self.train_fn = train_fn
+        self.padder = ColliePadder(pad_id(self.tokenizer), config.data.padding_side)
+        self.sampler = None
+        if train_dataset is not None:
+            self.sampler = GlobalBatchSampler(len(train_dataset), config.train_micro_batch_size,
+                                              config.gradient_accumulation_steps, self.runtime.dp_size,
+                                              self.runtime.dp_rank, config.seed)
+        self.total_steps = self._total_steps()
+        self.optimizer = optimizer or build_optimizer(self.model, config.optimizer)
+        self.lr_scheduler = lr_scheduler or build_scheduler(self.optimizer, config.scheduler, max(1, self.total_steps))
+        self.monitors = default_monitors(config) if monitors is None else list(monitors)
+        self.evaluators = list(evaluators or [])
+        if eval_dataset is not None:
+            self.evaluators.append(EvaluatorForPerplexity(self.model, config, eval_dataset,
+                                                          {"ppl": PPLMetric()}, eval_fn=eval_fn))
+        for evaluator in self.evaluators:
+            evaluator.model, evaluator.runtime = self.model, self.runtime
+        self.callbacks = CallbackList(callbacks or [])
+        self.global_step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.should_stop = False
+        self.sinks: list[Sink] = []
+        self._flops_per_token: Optional[float] = None
+
+    # -- public API ---------------------------------------------------------
+    def train(self, resume_from: Optional[str] = None) -> None:
+        if self.train_dataset is None:
+            raise ValueError("train_dataset: the Trainer needs a training dataset to train")
+        resume_from = resume_from or checkpoint.latest(self.config.output_dir)
+        if resume_from:
+            self.load_checkpoint(resume_from)
+        self._open_sinks(resumed=bool(resume_from))
+        self.callbacks.fire("on_train_begin", self)
+        try:
+            self._loop()
+        finally:
+            for sink in self.sinks:
+                sink.close()
+        self.callbacks.fire("on_train_end", self)
+
+    def evaluate(self) -> dict:
+        self.callbacks.fire("on_evaluate_begin", self)
+        results: dict = {}
+        for evaluator in self.evaluators:
+            for key, value in evaluator.evaluate().items():
+                results[key if key not in results else f"{evaluator.name}.{key}"] = value
+        self._show_samples(results)
+        self.callbacks.fire("on_evaluate_end", self, results)
+        return results
+
+    def save_model(self, path: str) -> None:
+        """The model (and tokenizer) in Hugging Face format."""
+        checkpoint.export_hf(self.model, path, self.runtime, self.tokenizer)
+        self.callbacks.fire("on_save_model", self, path)
+
+    def save_checkpoint(self, path: Optional[str] = None) -> str:
+        path = checkpoint.save(self, path)
+        self.callbacks.fire("on_save_checkpoint", self, path)
+        return path
+
+    def load_checkpoint(self, path: str) -> None:
+        checkpoint.load(self, path)
+        self.callbacks.fire("on_load_checkpoint", self, path)
+
+    @property
+    def updates_in_backward(self) -> bool:
+        return bool(getattr(self.optimizer, "updates_in_backward", False))
+
+    # -- the loop -----------------------------------------------------------
+    def _total_steps(self) -> int:
+        if self.sampler is None:
+            return self.config.max_steps
+        per_epoch = self.sampler.batches_per_epoch() * self.config.train_epochs
+        return min(self.config.max_steps, per_epoch) if self.config.max_steps else per_epoch
+
+    def _loop(self) -> None:
+        per_epoch = self.sampler.batches_per_epoch()
+        while self.epoch < self.config.train_epochs and not self._done():
+            self.callbacks.fire("on_train_epoch_begin", self, self.epoch)
+            for indices in self.sampler.epoch(self.epoch, self.batch_in_epoch):
+                items = [[self.train_dataset[i] for i in mb] for mb in indices]
+                self.callbacks.fire("on_train_batch_begin", self, items)
+                start = time.perf_counter()
+                result = self._train_step(items)
+                elapsed = time.perf_counter() - start
+                self.global_step += 1
+                self.batch_in_epoch += 1
+                row = self._row(result, elapsed)
+                epoch_end = self.batch_in_epoch == per_epoch
+                if self._eval_due(epoch_end):
+                    row.update(self._eval_columns(self.evaluate()))
+                for sink in self.sinks:
+                    sink.write(row)
+                self.callbacks.fire("on_train_batch_end", self, result.loss)
+                self._check_finite(result)
+                if self.config.checkpoint_every_n_steps and self.global_step % self.config.checkpoint_every_n_steps == 0:
+                    self.save_checkpoint()
+                if self._done():
+                    break
+            if self.batch_in_epoch == per_epoch:
+                self.callbacks.fire("on_train_epoch_end", self, self.epoch)
+                self.epoch += 1
+                self.batch_in_epoch = 0
+
+    def _done(self) -> bool:
+        return self.should_stop or (self.config.max_steps > 0 and self.global_step >= self.config.max_steps)
+
+    def _eval_due(self, epoch_end: bool) -> bool:
+        if not self.evaluators:
+            return False
+        cfg = self.config
+        if cfg.eval_per_n_steps and self.global_step % cfg.eval_per_n_steps == 0:
+            return True
+        return bool(epoch_end and cfg.eval_per_n_epochs and (self.epoch + 1) % cfg.eval_per_n_epochs == 0)
+
+    def _train_step(self, items: list[list[dict]]) -> StepResult:
+        device = self.runtime.device
+        micro = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in self.padder(mb).items()} for mb in items]
+        self.model.train()
+        if self.train_fn is not None:
+            loss_of = lambda batch: self.train_fn(self, batch)  # noqa: E731
+        else:
+            loss_of = lambda batch: default_loss(self.model, self.loss_fn, batch, self._autocast)  # noqa: E731
+        result = run_micro_batches(self.model, micro, loss_of, self._backward, self.runtime.dp_sum,
+                                   self.runtime.dp_size, getattr(self.loss_fn, "ignore_index", IGNORE_INDEX))
+        if result.skipped:
+            log.warning("step %d: no trainable tokens in the global batch (all labels are -100); step skipped",
+                        self.global_step + 1)
+            self.optimizer.zero_grad(set_to_none=True)
+            return result
+        if not self.updates_in_backward:
+            self._optimizer_step()
+            interval = getattr(self.optimizer, "hessian_update_interval", 0)
+            if interval and (self.global_step + 1) % interval == 0:
+                refresh_hessian(self.model, self.optimizer, micro[0])
+        self.lr_scheduler.step()
+        return result
+
+    def _backward(self, loss: torch.Tensor, is_last: bool) -> None:
+        if self.updates_in_backward:
+            self.optimizer.backward(loss, last_microbatch=is_last)
+        else:
+            loss.backward()
+
+    def _optimizer_step(self) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        cfg = self.config.optimizer
+        if cfg.clip_grad_value:
+            clip_grad_value(params, cfg.clip_grad_value)
+        if cfg.clip_grad_norm:
+            clip_grad_norm(params, cfg.clip_grad_norm, self.runtime.pp_group)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _autocast(self):
+        if self.config.mixed_precision != "no" and self.runtime.device.type == "cuda":
+            dtype = torch.bfloat16 if self.config.mixed_precision == "bf16" else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        # On CPU bf16 matmuls are far slower than fp32: compute in fp32 there.
+        return contextlib.nullcontext()
+
+    def _check_finite(self, result: StepResult) -> None:
+        if not result.skipped and not math.isfinite(result.loss):
+            raise FloatingPointError(f"step {self.global_step}: the loss is {result.loss}; stopping "
+                                     "(the last checkpoint, if any, is intact)")
+
+    # -- reporting ----------------------------------------------------------
+    def _row(self, result: StepResult, elapsed: float) -> dict:
+        stats = StepStats(step=self.global_step, epoch=self.epoch, loss=result.loss,
+                          lr=self.optimizer.param_groups[0]["lr"], tokens=result.tokens, step_time_s=elapsed,
+                          num_devices=self.runtime.env.world_size, flops_per_token=self._model_flops(),
+                          device=self.runtime.device)
+        row: dict = {"step": self.global_step, "epoch": self.epoch}
+        for monitor in self.monitors:
+            row.update(monitor.step_columns(stats))
+        return row
+
+    def _eval_columns(self, results: dict) -> dict:
+        row: dict = {}
+        for monitor in self.monitors:
+            row.update(monitor.eval_columns(results))
+        return row
+
+    def _model_flops(self) -> Optional[float]:
+        model_config = getattr(self.model, "config", None)
+        if self._flops_per_token is None and model_config is not None and hasattr(model_config, "num_hidden_layers"):
+            params = sum(p.numel() for p in self.model.parameters() if p.requires_grad) * self.runtime.tp_size
+            seq = self.config.data.max_length
+            self._flops_per_token = llama_flops_per_token(model_config, seq, params)
+        return self._flops_per_token
+
+    def _open_sinks(self, resumed: bool) -> None:
+        if not self.runtime.is_main:
+            return
+        cfg = self.config
+        if "console" in cfg.logging:
+            self.sinks.append(ConsoleSink(self.total_steps, self.global_step, cfg.log_every_n_steps))
+        if cfg.output_dir and "csv" in cfg.logging:
+            os.makedirs(cfg.output_dir, exist_ok=True)
+            csv_sink = CSVSink(os.path.join(cfg.output_dir, "metrics.csv"), resume=resumed)
+            if resumed:
+                csv_sink.truncate_after(self.global_step)
+            self.sinks.append(csv_sink)
+        if cfg.output_dir and "tensorboard" in cfg.logging:
+            self.sinks.append(TensorBoardSink(os.path.join(cfg.output_dir, "tensorboard")))
+
+    def _show_samples(self, results: dict) -> None:
+        samples = results.get("samples")
+        if not samples:
+            return
+        for sink in self.sinks:
+            for sample in samples[:3]:
+                sink.message(f"  prompt: {sample['prompt']!r}\n  output: {sample['pred']!r}\n"
+                             f"  target: {sample['target']!r}")
