@@ -79,10 +79,11 @@ class CollieModel(nn.Module):
         hf_config = getattr(config, "model_config", None) or config
         apply_collie_settings(hf_config, config if hf_config is not config else None)
         model_cls = family_of(hf_config)[0] if cls is CollieModel else cls
-        if seed is not None:
-            torch.manual_seed(seed)
-        model = model_cls(hf_config)
-        model.reset_parameters(init_method)
+        with torch.device("meta"):
+            model = model_cls(hf_config)
+        model.to_empty(device="cpu")
+        model.tie_weights()
+        model.reset_parameters(init_method, seed or 0)
         return model.to(dtype)
 
     @classmethod
@@ -109,7 +110,6 @@ class CollieModel(nn.Module):
         model.load_hf_weights(path, adapter)
         if config is not None:
             config.model_config = hf_config
-            config.model = config.model or path
         return model
 
     def load_hf_weights(self, path: str, adapter: Optional[HFAdapter] = None) -> None:
@@ -170,7 +170,7 @@ class CollieModel(nn.Module):
         if getattr(self.config, "tie_word_embeddings", False) and self.lm_head is not None:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def reset_parameters(self, init_method: str = "normal") -> None:
+    def reset_parameters(self, init_method: str = "normal", seed: int = 0) -> None:
         raise NotImplementedError
 
     # -- generation ---------------------------------------------------------

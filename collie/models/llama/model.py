@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from collie.models.base import CausalLMOutput, CollieModel
+from collie.models.init import init_tensor
 from collie.models.kv_cache import KVCache
 from collie.models.llama.rope import apply_rope, inverse_frequencies, rope_cos_sin, rope_settings
 from collie.models.loss import causal_lm_loss
@@ -142,24 +143,11 @@ class LlamaForCausalLM(CollieModel):
         return KVCache(len(self.layers), batch_size, kv_heads, self.head_dim, max_len,
                        param.dtype, param.device)
 
-    def reset_parameters(self, init_method: str = "normal") -> None:
+    def reset_parameters(self, init_method: str = "normal", seed: int = 0) -> None:
         std = float(getattr(self.config, "initializer_range", 0.02))
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                _init_weight(module.weight, init_method, std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
-
-
-def _init_weight(weight: torch.Tensor, method: str, std: float) -> None:
-    if method == "normal":
-        nn.init.normal_(weight, mean=0.0, std=std)
-    elif method == "xavier_normal":
-        nn.init.xavier_normal_(weight)
-    elif method == "kaiming_normal":
-        nn.init.kaiming_normal_(weight)
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                param.copy_(init_tensor(name, tuple(param.shape), seed, std, init_method))
 
 
 def head_dim_of(config) -> int:

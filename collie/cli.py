@@ -1,0 +1,143 @@
+"""`collie train | init-model | generate` (also `python -m collie …`, also under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional
+
+import torch
+
+from collie.config import CollieConfig, ConfigError
+from collie.data.records import DataError
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="collie", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train from a YAML config; key=value overrides follow it")
+    train.add_argument("config", help="YAML file (see examples/quickstart.yaml)")
+    train.add_argument("overrides", nargs="*", help="key=value, dotted keys for nesting (optimizer.lr=1e-4)")
+
+    init = commands.add_parser("init-model", help="write a random-initialised HF model directory")
+    init.add_argument("--shape", required=True, help="tiny | 20m | 100m | 1b | 7b")
+    init.add_argument("out_dir")
+    init.add_argument("--tokenizer", help="tokenizer directory (default: collie's bundled 4k BPE)")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+
+    gen = commands.add_parser("generate", help="continue a prompt with a saved model")
+    gen.add_argument("model_dir")
+    gen.add_argument("prompt")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=0)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.command == "train":
+            run_train(args.config, args.overrides)
+        elif args.command == "init-model":
+            from collie.models.shapes import init_model
+
+            init_model(args.shape, args.out_dir, args.tokenizer, args.seed, getattr(torch, args.dtype))
+            print(f"wrote a random {args.shape} model to {args.out_dir}")
+        else:
+            print(run_generate(args))
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        print(f"collie: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_train(config_path: str, overrides: list[str]) -> None:
+    from transformers import AutoTokenizer
+
+    from collie.data import CollieDatasetForGeneration, CollieDatasetForTraining
+    from collie.data.datasets import generation_records
+    from collie.distributed.env import init_distributed
+    from collie.evaluate import DecodeMetric, EvaluatorForGeneration, EvaluatorForPerplexity, PPLMetric
+    from collie.models.base import CollieModel
+    from collie.trainer import Trainer
+
+    config = CollieConfig.load(config_path, overrides)
+    config.validate()
+    if not config.output_dir:
+        raise ConfigError("output_dir: `collie train` needs an output directory")
+    if not config.data.train_file:
+        raise ConfigError("data.train_file: `collie train` needs a training file (.json or .jsonl)")
+    env = init_distributed()
+    ensure_writable(config.output_dir)
+    model_dir = config.model or seed_checkpoint(config, env)
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or model_dir)
+    model = CollieModel.from_pretrained(model_dir, config=config)
+    train_ds = CollieDatasetForTraining(config.data.train_file, tokenizer, max_length=config.data.max_length)
+    evaluators = []
+    if config.data.eval_file:
+        eval_ds = CollieDatasetForTraining(config.data.eval_file, tokenizer, max_length=config.data.max_length)
+        evaluators.append(EvaluatorForPerplexity(model, config, eval_ds, {"ppl": PPLMetric()}))
+        if config.data.generation_samples:
+            prompts = CollieDatasetForGeneration(generation_records(eval_ds, config.data.generation_samples),
+                                                 tokenizer, max_length=config.data.max_length)
+            evaluators.append(EvaluatorForGeneration(model, config, prompts, {"decode": DecodeMetric()},
+                                                     max_new_tokens=config.data.max_new_tokens))
+    if env.is_main:
+        config.save(os.path.join(config.output_dir, "config.yaml"))
+    trainer = Trainer(model, config, train_dataset=train_ds, evaluators=evaluators, tokenizer=tokenizer)
+    trainer.train()
+    trainer.save_model(os.path.join(config.output_dir, "final"))
+
+
+def seed_checkpoint(config: CollieConfig, env) -> str:
+    """Random init written once (by rank 0) and loaded by every rank: all layouts start from
+    bit-identical weights."""
+    import torch.distributed as dist
+
+    from collie.models.shapes import bundled_tokenizer_path, init_model
+
+    if config.init_shape is None:
+        raise ConfigError("model: set `model` (an HF directory) or `init_shape` (tiny/20m/100m/1b/7b)")
+    path = os.path.join(config.output_dir, "init")
+    if env.is_main and not os.path.isfile(os.path.join(path, "config.json")):
+        init_model(config.init_shape, path, config.tokenizer or bundled_tokenizer_path(), config.seed,
+                   init_method=config.init_method)
+    if dist.is_initialized():
+        dist.barrier()
+    return path
+
+
+def ensure_writable(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"output_dir: {path!r} is not writable ({e.strerror})") from None
+
+
+def run_generate(args) -> str:
+    from transformers import AutoTokenizer
+
+    from collie.models.base import CollieModel
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    model = CollieModel.from_pretrained(args.model_dir).eval()
+    input_ids = torch.tensor([tokenizer(args.prompt)["input_ids"]])
+    generator = torch.Generator().manual_seed(args.seed)
+    out = model.generate(input_ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         eos_token_id=tokenizer.eos_token_id, generator=generator)
+    return tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

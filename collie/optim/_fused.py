@@ -1,0 +1,289 @@
+"""Shared machinery of the optimizers that update parameters inside backward (LOMO family).
+
+The point of LOMO/AdaLomo is memory: a parameter is updated as soon as its gradient
+is complete and the gradient is freed right away, so the full set of gradients never
+exists at once. This module holds everything that is not specific to one update
+rule: hook registration, the two-pass global-norm clipping, gradient accumulation,
+fp16 dynamic loss scaling and name-keyed checkpointing.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from collie.optim._loss_scaler import DynamicLossScaler
+
+logger = logging.getLogger(__name__)
+
+
+class _Mode(enum.Enum):
+    """What the per-parameter hook does while a backward pass runs."""
+
+    ACCUMULATE = "accumulate"  # nothing: plain autograd, gradients stay in ``.grad``
+    NORM = "norm"  # record the gradient's norm, free it
+    UPDATE = "update"  # update the parameter from its gradient, free it
+
+
+def param_fp32(p: torch.Tensor) -> torch.Tensor:
+    """fp32 working copy of ``p`` (``p`` itself when already fp32, so updates are in place)."""
+    return p.detach().to(torch.float32)
+
+
+def store_fp32(p: torch.Tensor, p32: torch.Tensor) -> None:
+    """Write a working copy made by :func:`param_fp32` back into a low-precision ``p``."""
+    if p.dtype != torch.float32:
+        p.copy_(p32)
+
+
+class FusedBackwardOptimizer(Optimizer):
+    """Base class of :class:`~collie.optim.Lomo` and :class:`~collie.optim.AdaLomo`.
+
+    Subclasses implement :meth:`_update_param` (the update rule) and say when fp16
+    loss scaling is wanted. The whole model is one parameter group (only its
+    trainable parameters); ``param_groups[0]["lr"]`` is what LR schedulers change.
+
+    Trainer protocol: ``updates_in_backward = True`` tells the trainer to call
+    :meth:`backward` once per micro-batch instead of ``loss.backward()`` +
+    :meth:`step`; :meth:`step` and :meth:`zero_grad` are harmless no-ops.
+    """
+
+    updates_in_backward = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        defaults: dict[str, Any],
+        clip_grad_norm: float | None,
+        clip_grad_value: float | None,
+    ) -> None:
+        if clip_grad_norm is not None and clip_grad_norm <= 0:
+            raise ValueError(f"clip_grad_norm should be positive, got {clip_grad_norm}.")
+        self._named_params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not self._named_params:
+            raise ValueError("The model has no trainable parameters.")
+        super().__init__([p for _, p in self._named_params], defaults)
+        self.model = model
+        self.clip_grad_norm = clip_grad_norm
+        self.clip_grad_value = clip_grad_value
+        self.loss_scaler: DynamicLossScaler | None = None
+        self._scaler_decided = False  # decided lazily: the model may be cast after construction
+        self._mode = _Mode.ACCUMULATE
+        self._grad_norms: list[torch.Tensor] = []
+        self._prepass_done = False  # grad_norm() ran for the pending update
+        self._clip_coef: torch.Tensor | None = None
+        self._skip_step = False  # the pending update overflowed
+        self._lr: float = defaults["lr"]
+        self._step_count = 0
+        for _, p in self._named_params:
+            p.register_post_accumulate_grad_hook(self._on_grad_ready)
+
+    # ------------------------------------------------------------------ public API
+
+    def backward(self, loss: torch.Tensor, last_microbatch: bool = True) -> None:
+        """Backward for one micro-batch, updating the parameters on the last one.
+
+        Non-final micro-batches (``last_microbatch=False``) only accumulate into
+        ``.grad``, so gradient accumulation keeps one full set of gradients for the
+        window (the memory LOMO otherwise saves). On the final micro-batch, if
+        gradients were accumulated, a plain backward completes them and the update
+        is applied from ``.grad`` (clipping uses the global norm of the accumulated
+        gradient); otherwise the update is fused into backward
+        (:meth:`fused_backward`, with a preceding :meth:`grad_norm` pass when
+        clipping or loss scaling needs one). The learning rate is read from
+        ``param_groups[0]["lr"]`` so LR schedulers drive it.
+        """
+        self._decide_loss_scaler()
+        if not last_microbatch:
+            self._run_backward(loss, _Mode.ACCUMULATE)
+        elif any(p.grad is not None for _, p in self._named_params):
+            self._run_backward(loss, _Mode.ACCUMULATE)
+            self._apply_accumulated_grads(self.param_groups[0]["lr"])
+        else:
+            self.fused_backward(loss, self.param_groups[0]["lr"])
+
+    def grad_norm(self, loss: torch.Tensor) -> None:
+        """First pass of global-norm clipping: backward that only measures the gradients.
+
+        A parameter cannot be clipped by the global norm before all gradients are
+        known, but keeping them all would defeat LOMO; so, like the reference, the
+        cost is a second backward pass: this pass records each gradient's norm and
+        frees it, then :meth:`fused_backward` reruns backward (the graph is retained
+        here) and applies the update scaled by the clipping coefficient. With fp16
+        loss scaling this pass also detects overflow, so the whole step can be
+        skipped before any parameter changes.
+        """
+        self._decide_loss_scaler()
+        self._grad_norms = []
+        self._run_backward(loss, _Mode.NORM, retain_graph=True)
+        self._finish_norm_pass()
+
+    def fused_backward(self, loss: torch.Tensor, lr: float) -> None:
+        """Backward that updates every parameter as soon as its gradient is complete.
+
+        Runs :meth:`grad_norm` first if clipping or loss scaling needs it and the
+        caller has not, and skips the update if that pass found an overflow.
+        """
+        self._decide_loss_scaler()
+        if self._needs_prepass() and not self._prepass_done:
+            self.grad_norm(loss)
+        if not self._skip_step:
+            self._lr = lr
+            self._step_count += 1
+            self._run_backward(loss, _Mode.UPDATE)
+        self._finish_step()
+
+    def step(self, closure: Any = None) -> None:
+        """No-op: parameters are updated inside :meth:`backward`; kept so generic loops work."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """No-op: the optimizer frees gradients itself, and clearing them between
+        micro-batches would destroy gradient accumulation."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Resumable state, keyed by parameter name so it loads into a fresh model copy."""
+        names = {p: n for n, p in self._named_params}
+        return {
+            "state": {names[p]: dict(s) for p, s in self.state.items() if s},
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups],
+            "step_count": self._step_count,
+            "loss_scaler": None if self.loss_scaler is None else self.loss_scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; state tensors keep their dtype (fp32)."""
+        params = dict(self._named_params)
+        unknown = set(state_dict["state"]) - set(params)
+        if unknown:
+            raise ValueError(f"Optimizer state for unknown parameters: {sorted(unknown)}")
+        self.state.clear()
+        for name, saved in state_dict["state"].items():
+            p = params[name]
+            self.state[p] = {
+                k: v.detach().to(device=p.device, copy=True) if isinstance(v, torch.Tensor) else v
+                for k, v in saved.items()
+            }
+        for group, saved in zip(self.param_groups, state_dict["param_groups"], strict=True):
+            group.update(saved)
+        self._step_count = state_dict["step_count"]
+        if state_dict["loss_scaler"] is not None:
+            self.loss_scaler = self._new_loss_scaler()
+            self.loss_scaler.load_state_dict(state_dict["loss_scaler"])
+            self._scaler_decided = True
+
+    # --------------------------------------------------------- subclass interface
+
+    def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        """Apply the update rule to ``p`` given its clipped fp32 gradient."""
+        raise NotImplementedError
+
+    def _wants_loss_scaler(self) -> bool:
+        """Whether dynamic loss scaling is used (decided at the first backward)."""
+        raise NotImplementedError
+
+    def _new_loss_scaler(self) -> DynamicLossScaler:
+        raise NotImplementedError
+
+    def _has_fp16_params(self) -> bool:
+        return any(p.dtype == torch.float16 for _, p in self._named_params)
+
+    # ------------------------------------------------------------------ internals
+
+    def _reduce_grad(self, p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """Gradient as the update should see it; the place for a data-parallel all-reduce."""
+        return grad
+
+    def _global_grad_norm(self, norms: list[torch.Tensor]) -> torch.Tensor:
+        """L2 norm of all gradients from the per-parameter norms (a global reduction)."""
+        if not norms:
+            return torch.zeros((), device=self._named_params[0][1].device)
+        device = norms[0].device
+        return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+
+    def _on_grad_ready(self, p: torch.Tensor) -> None:
+        """Post-accumulate-grad hook: ``p.grad`` is complete for this backward pass."""
+        if self._mode is _Mode.ACCUMULATE:
+            return
+        with torch.no_grad():
+            p.grad = self._reduce_grad(p, p.grad)
+            grad = self._unscaled_fp32(p.grad)
+            p.grad = None
+            if self._mode is _Mode.NORM:
+                self._grad_norms.append(torch.linalg.vector_norm(grad))
+            else:
+                self._update_param(p, self._clip(grad), self._lr)
+
+    def _apply_accumulated_grads(self, lr: float) -> None:
+        """Update from gradients accumulated in ``.grad`` (end of an accumulation window)."""
+        params = [p for _, p in self._named_params if p.grad is not None]
+        with torch.no_grad():
+            for p in params:
+                p.grad = self._reduce_grad(p, p.grad)
+            if self._needs_prepass():
+                self._grad_norms = [torch.linalg.vector_norm(self._unscaled_fp32(p.grad)) for p in params]
+                self._finish_norm_pass()
+            if not self._skip_step:
+                self._step_count += 1
+                for p in params:
+                    grad = self._unscaled_fp32(p.grad)
+                    p.grad = None
+                    self._update_param(p, self._clip(grad), lr)
+        self._finish_step()
+
+    def _needs_prepass(self) -> bool:
+        return self.clip_grad_norm is not None or self.loss_scaler is not None
+
+    def _decide_loss_scaler(self) -> None:
+        if not self._scaler_decided:
+            self._scaler_decided = True
+            if self._wants_loss_scaler():
+                self.loss_scaler = self._new_loss_scaler()
+
+    def _run_backward(self, loss: torch.Tensor, mode: _Mode, retain_graph: bool = False) -> None:
+        if self.loss_scaler is not None:
+            loss = loss * self.loss_scaler.loss_scale
+        self._mode = mode
+        try:
+            loss.backward(retain_graph=retain_graph)
+        finally:
+            self._mode = _Mode.ACCUMULATE
+
+    def _unscaled_fp32(self, grad: torch.Tensor) -> torch.Tensor:
+        """fp32 gradient with the loss scale removed; aliases ``grad`` when nothing changes."""
+        grad = grad.to(torch.float32)
+        if self.loss_scaler is not None:
+            grad = grad / self.loss_scaler.loss_scale
+        return grad
+
+    def _clip(self, grad: torch.Tensor) -> torch.Tensor:
+        """Clip by value, then scale by the global-norm coefficient (in place)."""
+        if self.clip_grad_value is not None and self.clip_grad_value > 0:
+            grad.clamp_(min=-self.clip_grad_value, max=self.clip_grad_value)
+        if self._clip_coef is not None:
+            grad.mul_(self._clip_coef)
+        return grad
+
+    def _finish_norm_pass(self) -> None:
+        """Turn recorded norms into a clipping coefficient, or flag an overflow."""
+        total = self._global_grad_norm(self._grad_norms)
+        self._grad_norms = []
+        self._prepass_done = True
+        if self.loss_scaler is not None and not torch.isfinite(total):
+            self.loss_scaler.update_scale(overflow=True)
+            self._skip_step = True
+            for _, p in self._named_params:
+                p.grad = None
+        elif self.clip_grad_norm is not None:
+            self._clip_coef = torch.clamp(self.clip_grad_norm / (total + 1e-6), max=1.0)
+
+    def _finish_step(self) -> None:
+        if self.loss_scaler is not None and not self._skip_step:
+            self.loss_scaler.update_scale(overflow=False)
+        self._prepass_done = False
+        self._skip_step = False
+        self._clip_coef = None
