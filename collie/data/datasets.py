@@ -21,7 +21,7 @@ _ALPACA_HEAD = ("Below is an instruction that describes a task{}. Write a respon
 
 
 class _RecordDataset(Dataset):
-    def __init__(self, dataset: RecordSource, tokenizer: Any, max_length: Optional[int]) -> None:
+    def __init__(self, dataset: RecordSource, tokenizer: Any = None, max_length: Optional[int] = None) -> None:
         self.records, self.origins = load_records(dataset)
         self.tokenizer = tokenizer
         self.max_length = max_length

@@ -29,7 +29,8 @@ def grad_norm(parameters: Iterable[torch.nn.Parameter], pp_group: Optional[dist.
         # A norm of norms keeps DTensor's partial-norm placement, so full_tensor() reduces
         # over exactly the mesh dims the gradients are sharded on.
         part = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(g, norm_type, dtype=torch.float32) for g in members]), norm_type)
+            torch.stack([torch.linalg.vector_norm(g, norm_type, dtype=torch.promote_types(g.dtype, torch.float32))
+                         for g in members]), norm_type)
         parts.append(part.full_tensor() if isinstance(part, DTensor) else part)
     if not parts:
         return torch.zeros(())

@@ -180,7 +180,11 @@ class Trainer:
                         self.global_step + 1)
             self.optimizer.zero_grad(set_to_none=True)
             return result
-        if not self.updates_in_backward:
+        if self.updates_in_backward:
+            # Parameters were updated in backward; this no-op step keeps LR schedulers'
+            # step-order bookkeeping right.
+            self.optimizer.step()
+        else:
             self._optimizer_step()
             interval = getattr(self.optimizer, "hessian_update_interval", 0)
             if interval and (self.global_step + 1) % interval == 0:

@@ -1,0 +1,67 @@
+import pytest
+
+from collie import CollieConfig, ConfigError
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    config = CollieConfig.load(None, ["optimizer.lr=0.01", "max_steps=5", "tp_size=2", "logging=[csv]"])
+    assert (config.optimizer.lr, config.max_steps, config.tp_size, config.logging) == (0.01, 5, 2, ["csv"])
+    config.save(str(tmp_path / "c.yaml"))
+    again = CollieConfig.load(str(tmp_path / "c.yaml"), ["seed=7"])
+    assert again.optimizer.lr == 0.01 and again.seed == 7 and again.max_steps == 5
+
+
+def test_apply_overrides_keeps_live_objects():
+    config = CollieConfig(model_config=object())
+    new = config.apply_overrides(["seed=3"])
+    assert new.seed == 3 and new.model_config is config.model_config
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["max_steps=abc"], "max_steps: Value 'abc'"),
+    (["no_such_key=1"], "no_such_key: Key 'no_such_key' not in 'CollieConfig'"),
+    (["optimizer.bogus=1"], "optimizer.bogus"),
+    (["lr"], "not of the form key=value"),
+])
+def test_bad_overrides_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        CollieConfig.load(None, overrides)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optimizer.name=adamx"], "optimizer.name: 'adamx' is not one of"),
+    (["zero_stage=4"], "zero_stage: 4 is not one of"),
+    (["train_micro_batch_size=0"], "train_micro_batch_size: must be >= 1"),
+    (["scheduler.name=step"], "scheduler.name"),
+    (["logging=[console,wandb]"], "logging: 'wandb'"),
+    (["optimizer.lr=0"], "optimizer.lr: must be > 0"),
+    (["model=x", "init_shape=tiny"], "give one of them"),
+])
+def test_validate_names_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        CollieConfig.load(None, overrides).validate()
+
+
+def test_world_size_must_match_layout():
+    config = CollieConfig(dp_size=2, tp_size=2)
+    assert config.resolve_dp_size(4) == 2
+    with pytest.raises(ConfigError, match=r"dp_size\*tp_size\*pp_size: 2\*2\*1=4 must equal the world size 2"):
+        config.validate(world_size=2)
+    assert CollieConfig(tp_size=2).resolve_dp_size(8) == 4
+    with pytest.raises(ConfigError, match="does not divide the world size 3"):
+        CollieConfig(tp_size=2).resolve_dp_size(3)
+
+
+def test_from_pretrained_reads_hf_config(tmp_path):
+    from helpers import save_tiny_hf_model
+
+    save_tiny_hf_model(str(tmp_path))
+    config = CollieConfig.from_pretrained(str(tmp_path))
+    assert config.model_config.hidden_size == 64
+    with pytest.raises(ConfigError, match="no config.json"):
+        CollieConfig.from_pretrained(str(tmp_path / "missing"))
+
+
+def test_missing_yaml_file():
+    with pytest.raises(ConfigError, match="config file not found"):
+        CollieConfig.load("/nonexistent/cfg.yaml")
