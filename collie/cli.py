@@ -58,13 +58,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run_train(config_path: str, overrides: list[str]) -> None:
-    from transformers import AutoTokenizer
-
     from collie.data import CollieDatasetForGeneration, CollieDatasetForTraining
     from collie.data.datasets import generation_records
     from collie.distributed.env import init_distributed
     from collie.evaluate import DecodeMetric, EvaluatorForGeneration, EvaluatorForPerplexity, PPLMetric
-    from collie.models.base import CollieModel
+    from collie.models.base import CollieModel, load_tokenizer
     from collie.trainer import Trainer
 
     config = CollieConfig.load(config_path, overrides)
@@ -76,7 +74,7 @@ def run_train(config_path: str, overrides: list[str]) -> None:
     env = init_distributed()
     ensure_writable(config.output_dir)
     model_dir = config.model or seed_checkpoint(config, env)
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or model_dir)
+    tokenizer = load_tokenizer(config.tokenizer or model_dir)
     model = CollieModel.from_pretrained(model_dir, config=config)
     train_ds = CollieDatasetForTraining(config.data.train_file, tokenizer, max_length=config.data.max_length)
     evaluators = []
@@ -125,12 +123,10 @@ def ensure_writable(path: str) -> None:
 
 
 def run_generate(args) -> str:
-    from transformers import AutoTokenizer
+    from collie.models.base import CollieModel, load_tokenizer
 
-    from collie.models.base import CollieModel
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     model = CollieModel.from_pretrained(args.model_dir).eval()
+    tokenizer = load_tokenizer(args.model_dir)
     input_ids = torch.tensor([tokenizer(args.prompt)["input_ids"]])
     generator = torch.Generator().manual_seed(args.seed)
     out = model.generate(input_ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample,

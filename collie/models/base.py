@@ -62,6 +62,18 @@ def load_hf_config(path: str):
     return AutoConfig.from_pretrained(path, local_files_only=True)
 
 
+def load_tokenizer(path: str):
+    """An HF tokenizer from a local directory (never from a hub)."""
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer directory not found: {path!r}")
+    if not any(os.path.isfile(os.path.join(path, name)) for name in ("tokenizer.json", "tokenizer_config.json",
+                                                                    "tokenizer.model", "vocab.json")):
+        raise FileNotFoundError(f"no tokenizer files (tokenizer.json, tokenizer_config.json, …) in {path!r}")
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
 def apply_collie_settings(hf_config, collie_config) -> None:
     """Settings of a CollieConfig that change the architecture's behaviour."""
     if collie_config is not None and collie_config.dropout > 0:

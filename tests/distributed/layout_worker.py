@@ -1,0 +1,55 @@
+"""Run under torchrun: train the same seed checkpoint under several layouts, write the losses."""
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+from collie import CollieConfig
+from collie.data import CollieDatasetForTraining
+from collie.models.base import CollieModel
+from collie.trainer import Callback, Trainer
+
+# Each layout keeps the global batch at 4 samples (micro × grad_accum × dp).
+LAYOUTS = {
+    "dp2": ["dp_size=2", "zero_stage=0", "train_micro_batch_size=1"],
+    "zero3_dp2": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
+    "zero2_dp2": ["dp_size=2", "zero_stage=2", "train_micro_batch_size=1"],
+    "tp2": ["dp_size=1", "tp_size=2"],
+}
+
+
+class Losses(Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_train_batch_end(self, trainer, loss):
+        self.values.append(loss)
+
+
+def run(model_dir: str, records: str, overrides: list[str]) -> list[float]:
+    config = CollieConfig.load(None, ["train_micro_batch_size=2", "gradient_accumulation_steps=2", "max_steps=6",
+                                      "logging=[]", "optimizer.lr=0.01", "optimizer.clip_grad_norm=1.0",
+                                      *overrides])
+    model = CollieModel.from_pretrained(model_dir, config=config)
+    with open(records) as f:
+        dataset = CollieDatasetForTraining(json.load(f))
+    losses = Losses()
+    trainer = Trainer(model, config, train_dataset=dataset, callbacks=[losses])
+    trainer.train()
+    return losses.values
+
+
+def main() -> None:
+    model_dir, records, out = sys.argv[1:4]
+    results = {name: run(model_dir, records, overrides) for name, overrides in LAYOUTS.items()}
+    if dist.get_rank() == 0:
+        with open(out, "w") as f:
+            json.dump(results, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()

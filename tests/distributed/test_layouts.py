@@ -1,0 +1,31 @@
+"""Loss parity across parallel layouts (gloo, 2 processes, one launch for all layouts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers import save_tiny_hf_model
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RECORDS = [{"tokens": [(7 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for i in range(24)]
+
+
+def test_layouts_match_single_process(tmp_path):
+    sys.path.insert(0, HERE)
+    from layout_worker import LAYOUTS, run
+
+    model_dir = save_tiny_hf_model(str(tmp_path / "seed"))
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps(RECORDS))
+    out = tmp_path / "losses.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    os.path.join(HERE, "layout_worker.py"), model_dir, str(records), str(out)],
+                   check=True, env=env, timeout=300)
+    reference = run(model_dir, str(records), ["dp_size=1"])
+    losses = json.loads(out.read_text())
+    assert set(losses) == set(LAYOUTS)
+    for name, values in losses.items():
+        assert len(values) == len(reference) == 6
+        assert max(abs(a - b) for a, b in zip(values, reference)) <= 1e-5, (name, values, reference)

@@ -1,0 +1,73 @@
+"""The command-line contract of DESIGN.md, end to end on the quickstart config."""
+
+import csv
+import os
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from collie.cli import main
+from collie.models.base import CollieModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICKSTART = os.path.join(ROOT, "examples", "quickstart.yaml")
+TRAIN_FILE = os.path.join(ROOT, "examples", "data", "collie_qa.jsonl")
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_resume_export_generate(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    common = [f"output_dir={out}", f"data.train_file={TRAIN_FILE}", f"data.eval_file={TRAIN_FILE}",
+              "checkpoint_every_n_steps=6", "eval_per_n_steps=6", "logging=[console,csv]"]
+    assert main(["train", QUICKSTART, "max_steps=12", *common]) == 0
+    rows = _rows(os.path.join(out, "metrics.csv"))
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    assert {"step", "loss", "lr", "tokens", "step_time_s", "tgs", "ppl", "exact_match"} <= set(rows[0])
+    assert rows[5]["ppl"] and not rows[4]["ppl"]
+    assert float(rows[11]["ppl"]) < float(rows[5]["ppl"])
+    with open(os.path.join(out, "checkpoints", "latest")) as f:
+        assert f.read().strip() == "step-12"
+
+    # Same command, same output_dir: resumes from `latest` and continues the numbering.
+    assert main(["train", QUICKSTART, "max_steps=18", *common]) == 0
+    rows = _rows(os.path.join(out, "metrics.csv"))
+    assert [int(r["step"]) for r in rows] == list(range(1, 19))
+
+    final = os.path.join(out, "final")
+    ours = CollieModel.from_pretrained(final).eval()
+    hf = AutoModelForCausalLM.from_pretrained(final).eval()
+    ids = torch.randint(0, 4000, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ours(ids).logits, hf(ids).logits)
+    assert os.path.isfile(os.path.join(final, "tokenizer.json"))
+
+    capsys.readouterr()
+    assert main(["generate", final, "Question: What is collie?\nAnswer: ", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_init_model_then_train_it(tmp_path):
+    model_dir = str(tmp_path / "tiny")
+    assert main(["init-model", "--shape", "tiny", model_dir]) == 0
+    out = str(tmp_path / "run")
+    assert main(["train", QUICKSTART, "init_shape=null", f"model={model_dir}", f"output_dir={out}",
+                 f"data.train_file={TRAIN_FILE}", "data.eval_file=null", "max_steps=2", "logging=[csv]"]) == 0
+    assert len(_rows(os.path.join(out, "metrics.csv"))) == 2
+
+
+def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    assert main(["train", QUICKSTART, "optimizer.name=adamx", f"output_dir={tmp_path}"]) == 2
+    assert "optimizer.name: 'adamx' is not one of" in capsys.readouterr().err
+    assert main(["train", QUICKSTART, f"output_dir={tmp_path}", "data.train_file=/nope.jsonl"]) == 2
+    assert "/nope.jsonl: data file not found" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "missing"), "hi"]) == 2
+    assert "model directory not found" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["train", QUICKSTART, f"output_dir={blocker}/sub"]) == 2
+    err = capsys.readouterr().err
+    assert "output_dir:" in err and "is not writable" in err
