@@ -26,13 +26,13 @@ MODEL_DIR = os.environ.get("MODEL_DIR") or init_model("tiny", tempfile.mkdtemp()
 
 config = CollieConfig.from_pretrained(MODEL_DIR)
 config.train_epochs, config.train_micro_batch_size = 1, 4
-config.eval_per_n_steps, config.logging = 10, ["console"]
+config.eval_per_n_steps, config.logging = 50, ["console"]
 model = LlamaForCausalLM.from_pretrained(MODEL_DIR, config=config)
 tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
 train_dataset = CollieDatasetForTraining(
-    [{"input": "Collie is a python package for ", "output": "finetuning large language models."}] * 160,
+    [{"input": "Collie is a python package for ", "output": "finetuning large language models."}] * 600,
     tokenizer)
-optimizer = Lomo(model, lr=0.5, clip_grad_norm=5.0)
+optimizer = Lomo(model, lr=1.0, clip_grad_norm=5.0)
 trainer = Trainer(model=model, config=config, loss_fn=GPTLMLoss(-100), optimizer=optimizer,
                   train_dataset=train_dataset,
                   monitors=[StepTimeMonitor(config), TGSMonitor(config), MemoryMonitor(config),
