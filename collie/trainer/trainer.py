@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
-from collie.config import CollieConfig
+from collie.config import CollieConfig, ConfigError
 from collie.data.collate import ColliePadder
 from collie.data.sampler import GlobalBatchSampler
 from collie.distributed.clip import clip_grad_norm, clip_grad_value
@@ -58,6 +58,11 @@ class Trainer:
                                               self.runtime.dp_rank, config.seed)
         self.total_steps = self._total_steps()
         self.optimizer = optimizer or build_optimizer(self.model, config.optimizer)
+        if self.updates_in_backward and self.runtime.env.world_size > 1:
+            # Their hooks update each shard before any cross-rank reduction: under dp the
+            # replicas would drift apart, under tp the clipping norm would be per shard.
+            raise ConfigError(f"optimizer.name: {type(self.optimizer).__name__} updates inside backward and runs on "
+                              f"a single process for now (world size is {self.runtime.env.world_size})")
         self.lr_scheduler = lr_scheduler or build_scheduler(self.optimizer, config.scheduler, max(1, self.total_steps))
         self.monitors = default_monitors(config) if monitors is None else list(monitors)
         self.evaluators = list(evaluators or [])

@@ -28,7 +28,7 @@ class Losses(Callback):
         self.values.append(loss)
 
 
-def run(model_dir: str, records: str, overrides: list[str]) -> list[float]:
+def run(model_dir: str, records: str, overrides: list[str], export: str = "") -> list[float]:
     config = CollieConfig.load(None, ["train_micro_batch_size=2", "gradient_accumulation_steps=2", "max_steps=6",
                                       "logging=[]", "optimizer.lr=0.01", "optimizer.clip_grad_norm=1.0",
                                       *overrides])
@@ -38,12 +38,20 @@ def run(model_dir: str, records: str, overrides: list[str]) -> list[float]:
     losses = Losses()
     trainer = Trainer(model, config, train_dataset=dataset, callbacks=[losses])
     trainer.train()
+    if export:
+        trainer.save_model(export)
     return losses.values
 
 
 def main() -> None:
     model_dir, records, out = sys.argv[1:4]
-    results = {name: run(model_dir, records, overrides) for name, overrides in LAYOUTS.items()}
+    # Every layout exports its trained model; the test compares them with transformers.
+    results = {name: run(model_dir, records, overrides, export=f"{out}.{name}")
+               for name, overrides in LAYOUTS.items()}
+    try:
+        run(model_dir, records, ["dp_size=2", "optimizer.name=lomo"])
+    except Exception as e:  # noqa: BLE001 - the message is what is checked
+        results["lomo_dp2_error"] = str(e)
     if dist.get_rank() == 0:
         with open(out, "w") as f:
             json.dump(results, f)
