@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
@@ -10,13 +12,13 @@ class KVCache:
 
     Preallocating avoids a torch.cat per generated token; `length` is how many positions
     are filled. The model writes one layer at a time and calls `advance` once per forward.
+    Each layer's buffers are allocated at its first write, from the keys it is given, so
+    the local head count under tensor parallel and the compute dtype need no bookkeeping.
     """
 
-    def __init__(self, num_layers: int, batch_size: int, kv_heads: int, head_dim: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device | str) -> None:
-        shape = (batch_size, kv_heads, max_len, head_dim)
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+    def __init__(self, num_layers: int, max_len: int) -> None:
+        self.keys: list[Optional[torch.Tensor]] = [None] * num_layers
+        self.values: list[Optional[torch.Tensor]] = [None] * num_layers
         self.max_len = max_len
         self.length = 0
 
@@ -25,6 +27,10 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
+        if self.keys[layer] is None:
+            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
+            self.keys[layer] = k.new_empty(shape)
+            self.values[layer] = v.new_empty(shape)
         self.keys[layer][:, :, self.length:end] = k
         self.values[layer][:, :, self.length:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]

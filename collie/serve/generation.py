@@ -24,7 +24,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
     pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
     batch, prompt_len = input_ids.shape
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-    cache = model.new_kv_cache(batch, prompt_len + max_new_tokens)
+    cache = model.new_kv_cache(prompt_len + max_new_tokens)
     was_training = model.training
     model.eval()
     try:

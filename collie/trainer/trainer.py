@@ -245,7 +245,8 @@ class Trainer:
     def _model_flops(self) -> Optional[float]:
         model_config = getattr(self.model, "config", None)
         if self._flops_per_token is None and model_config is not None and hasattr(model_config, "num_hidden_layers"):
-            params = sum(p.numel() for p in self.model.parameters() if p.requires_grad) * self.runtime.tp_size
+            # DTensor.numel() is the global size, so sharded parameters are counted whole.
+            params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
             seq = self.config.data.max_length
             self._flops_per_token = llama_flops_per_token(model_config, seq, params)
         return self._flops_per_token

@@ -137,11 +137,8 @@ class LlamaForCausalLM(CollieModel):
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, kv_cache=kv_cache)
 
-    def new_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
-        param = self.embed_tokens.weight
-        kv_heads = getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads
-        return KVCache(len(self.layers), batch_size, kv_heads, self.head_dim, max_len,
-                       param.dtype, param.device)
+    def new_kv_cache(self, max_len: int) -> KVCache:
+        return KVCache(len(self.layers), max_len)
 
     def reset_parameters(self, init_method: str = "normal", seed: int = 0) -> None:
         std = float(getattr(self.config, "initializer_range", 0.02))
