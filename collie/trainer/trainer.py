@@ -45,7 +45,10 @@ class Trainer:
         config.validate()
         self.config = config
         self.runtime = build_runtime(config)
+        names = {id(p): name for name, p in model.named_parameters()}
         self.model = parallelize(model, config, self.runtime)
+        if optimizer is not None:
+            rebind_parameters(optimizer, names, dict(self.model.named_parameters()))
         self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
         self.train_dataset = train_dataset
         self.tokenizer = tokenizer or getattr(train_dataset, "tokenizer", None)
@@ -274,3 +277,18 @@ class Trainer:
             for sample in samples[:3]:
                 sink.message(f"  prompt: {sample['prompt']!r}\n  output: {sample['pred']!r}\n"
                              f"  target: {sample['target']!r}")
+
+
+def rebind_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str],
+                      new_params: dict[str, torch.nn.Parameter]) -> None:
+    """Point an optimizer built before parallelization (CoLLiE's API order) at the sharded
+    parameters that FSDP/tensor parallel put in the model's place."""
+    stale = [p for group in optimizer.param_groups for p in group["params"]
+             if id(p) in names and new_params.get(names[id(p)]) is not p]
+    if not stale:
+        return
+    if optimizer.state:
+        raise ConfigError("optimizer: it already has state for parameters that parallelization replaced; "
+                          "create it before training starts or let the Trainer build it from config.optimizer")
+    for group in optimizer.param_groups:
+        group["params"] = [new_params[names[id(p)]] if id(p) in names else p for p in group["params"]]

@@ -17,6 +17,9 @@ LAYOUTS = {
     "zero3_dp2": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
     "zero2_dp2": ["dp_size=2", "zero_stage=2", "train_micro_batch_size=1"],
     "tp2": ["dp_size=1", "tp_size=2"],
+    # CoLLiE's API order: the user builds the optimizer before the Trainer shards the model.
+    "zero3_dp2_user_optimizer": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
+    "tp2_user_optimizer": ["dp_size=1", "tp_size=2"],
 }
 
 
@@ -36,7 +39,10 @@ def run(model_dir: str, records: str, overrides: list[str], export: str = "") ->
     with open(records) as f:
         dataset = CollieDatasetForTraining(json.load(f))
     losses = Losses()
-    trainer = Trainer(model, config, train_dataset=dataset, callbacks=[losses])
+    optimizer = None
+    if export.endswith("user_optimizer"):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr, weight_decay=0.0)
+    trainer = Trainer(model, config, train_dataset=dataset, callbacks=[losses], optimizer=optimizer)
     trainer.train()
     if export:
         trainer.save_model(export)
