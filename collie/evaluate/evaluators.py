@@ -12,10 +12,13 @@ import torch
 
 from collie.data.collate import ColliePadder
 from collie.evaluate.metrics import BaseMetric
-from collie.models.loss import IGNORE_INDEX, causal_lm_loss
+from collie.models.loss import causal_lm_loss, count_loss_tokens
 
 
 class Evaluator:
+    # Batches are padded on this side (generation overrides it: prompts must end together).
+    padding_side = "right"
+
     def __init__(self, model: torch.nn.Module, config, dataset, metrics: dict[str, BaseMetric],
                  eval_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None,
                  name: Optional[str] = None) -> None:
@@ -28,8 +31,6 @@ class Evaluator:
         tokenizer = getattr(dataset, "tokenizer", None)
         self.collate_fn = collate_fn or ColliePadder(pad_id(tokenizer), padding_side=self.padding_side)
         self.runtime: Any = None  # set by the Trainer: device, dp rank/size, process groups
-
-    padding_side = "right"
 
     def evaluate(self) -> dict:
         """Run over this rank's share of the dataset; return `{metric: value}` merged over metrics."""
@@ -68,7 +69,7 @@ class EvaluatorForPerplexity(Evaluator):
         labels = batch["labels"].to(self.device)
         logits = self.model(batch["input_ids"].to(self.device)).logits
         nll = causal_lm_loss(logits, labels, reduction="sum")
-        return {"nll_sum": nll, "tokens": int((labels[:, 1:] != IGNORE_INDEX).sum())}
+        return {"nll_sum": nll, "tokens": count_loss_tokens(labels)}
 
 
 class EvaluatorForGeneration(Evaluator):

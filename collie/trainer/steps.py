@@ -14,7 +14,7 @@ from typing import Callable, ContextManager
 import torch
 import torch.nn.functional as F
 
-from collie.models.loss import IGNORE_INDEX
+from collie.models.loss import IGNORE_INDEX, count_loss_tokens
 
 
 @dataclass
@@ -22,10 +22,6 @@ class StepResult:
     loss: float          # mean over trainable tokens of the global batch (nan if it had none)
     tokens: int          # real (non-padding) tokens of the global batch
     skipped: bool = False
-
-
-def loss_token_count(labels: torch.Tensor, ignore_index: int) -> int:
-    return int((labels[..., 1:] != ignore_index).sum())
 
 
 def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of: Callable[[dict], torch.Tensor],
@@ -36,7 +32,7 @@ def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of
     `backward(loss, is_last)` applies the gradient (plain backward, or an optimizer that
     updates inside backward). `dp_sum` sums a list of numbers over data-parallel ranks.
     """
-    counts = [loss_token_count(mb["labels"], ignore_index) for mb in micro_batches]
+    counts = [count_loss_tokens(mb["labels"], ignore_index) for mb in micro_batches]
     real = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
     total_loss_tokens, total_real = dp_sum([float(sum(counts)), float(real)])
     if total_loss_tokens == 0:

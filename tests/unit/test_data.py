@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from collie.data import ColliePadder, CollieDatasetForGeneration, CollieDatasetForTraining, DataError, GlobalBatchSampler
 

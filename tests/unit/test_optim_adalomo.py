@@ -3,7 +3,6 @@ accumulation, and resume bit-exactly from a checkpoint."""
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Callable
 
@@ -12,6 +11,7 @@ import torch
 from torch import nn
 
 from collie.optim import AdaLomo
+from helpers import reload_through_checkpoint
 
 torch.set_num_threads(1)
 
@@ -134,15 +134,9 @@ def test_adalomo_state_dict_round_trip_is_bit_exact(dtype: torch.dtype) -> None:
     first = _model(dtype)
     opt1 = make(first)
     _train(first, opt1, range(2))
-    buf = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optim": opt1.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf)
-    assert ckpt["optim"]["step_count"] == 2
     resumed = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).to(dtype)
-    resumed.load_state_dict(ckpt["model"])
-    opt2 = make(resumed)
-    opt2.load_state_dict(ckpt["optim"])
+    opt2, ckpt = reload_through_checkpoint(first, opt1, resumed, make)
+    assert ckpt["optim"]["step_count"] == 2
     assert opt2.state[resumed[0].weight]["exp_avg_sq_row"].dtype == torch.float32
     _train(resumed, opt2, range(2, 4))
 

@@ -5,13 +5,13 @@ bit-exact resume."""
 from __future__ import annotations
 
 import copy
-import io
 
 import pytest
 import torch
 from torch import nn
 
 from collie.optim import AdaLomo, Lomo
+from helpers import reload_through_checkpoint
 
 torch.set_num_threads(1)
 
@@ -168,14 +168,8 @@ def test_lomo_state_dict_round_trip_is_bit_exact() -> None:
     first = _model()
     opt1 = make(first)
     _train(first, opt1, range(2))
-    buf = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optim": opt1.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf)
     resumed = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    resumed.load_state_dict(ckpt["model"])
-    opt2 = make(resumed)
-    opt2.load_state_dict(ckpt["optim"])
+    opt2, _ = reload_through_checkpoint(first, opt1, resumed, make)
     _train(resumed, opt2, range(2, 4))
 
     for a, b in zip(straight.parameters(), resumed.parameters()):

@@ -3,7 +3,6 @@ with two parameter groups (different lr / weight decay), and bit-exact resume.""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from collie.optim import Adan, Lion, SophiaG
+from helpers import reload_through_checkpoint
 
 torch.set_num_threads(1)
 
@@ -137,14 +137,8 @@ def test_state_dict_round_trip_is_bit_exact(name: str) -> None:
     first = _model()
     opt1 = make(first)
     _run(first, opt1, range(2), hessian)
-    buf = io.BytesIO()
-    torch.save({"model": first.state_dict(), "optim": opt1.state_dict()}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf)
     resumed = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
-    resumed.load_state_dict(ckpt["model"])
-    opt2 = make(resumed)
-    opt2.load_state_dict(ckpt["optim"])
+    opt2, _ = reload_through_checkpoint(first, opt1, resumed, make)
     _run(resumed, opt2, range(2, 4), hessian)
 
     for a, b in zip(straight.parameters(), resumed.parameters()):
