@@ -1,4 +1,4 @@
-"""`collie train | init-model | generate` (also `python -m collie …`, also under torchrun)."""
+"""`collie train | init-model | generate | convert` (also `python -m collie …`, also under torchrun)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from collie.config import CollieConfig, ConfigError
 from collie.data.records import DataError
+from collie.trainer.checkpoint import CheckpointError
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -39,6 +40,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
 
+    conv = commands.add_parser("convert", help="DCP checkpoint → HF directory, or HF → DCP (model only)")
+    conv.add_argument("source", help="a checkpoint directory (…/checkpoints/step-N) or an HF model directory")
+    target = conv.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-hf", metavar="OUT_DIR", help="write an HF-format model from a DCP checkpoint")
+    target.add_argument("--to-dcp", metavar="OUT_DIR", help="write a model-only DCP checkpoint from an HF dir")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -49,11 +56,22 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             init_model(args.shape, args.out_dir, args.tokenizer, args.seed, getattr(torch, args.dtype))
             print(f"wrote a random {args.shape} model to {args.out_dir}")
+        elif args.command == "convert":
+            from collie.trainer.convert import dcp_to_hf, hf_to_dcp
+
+            if args.to_hf:
+                dcp_to_hf(args.source, args.to_hf)
+            else:
+                hf_to_dcp(args.source, args.to_dcp)
+            print(f"wrote {args.to_hf or args.to_dcp}")
         else:
             print(run_generate(args))
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"collie: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        print(f"collie: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -74,7 +92,7 @@ def run_train(config_path: str, overrides: list[str]) -> None:
     env = init_distributed()
     ensure_writable(config.output_dir)
     model_dir = config.model or seed_checkpoint(config, env)
-    tokenizer = load_tokenizer(config.tokenizer or model_dir)
+    tokenizer = load_tokenizer(config.tokenizer or model_dir, config.trust_remote_code)
     model = CollieModel.from_pretrained(model_dir, config=config)
     train_ds = CollieDatasetForTraining(config.data.train_file, tokenizer, max_length=config.data.max_length)
     evaluators = []

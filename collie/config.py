@@ -97,6 +97,7 @@ class CollieConfig:
     peft_config: Any = None
     quantization_config: Any = None
     # -- what a modern trainer needs ----------------------------------------
+    # > 0: train exactly this many optimizer steps, however many epochs that takes.
     max_steps: int = 0
     zero_stage: int = 0
     cpu_offload: bool = False
@@ -107,6 +108,10 @@ class CollieConfig:
     output_dir: Optional[str] = None
     checkpoint_every_n_steps: int = 0
     max_to_keep: int = 0
+    # What a NaN/inf loss does: "stop" training, or "skip" that step's update.
+    nan_policy: str = "stop"
+    # Tokenizers/configs that ship their own Python code run it only when this is set.
+    trust_remote_code: bool = False
     log_every_n_steps: int = 1
     logging: list[str] = field(default_factory=lambda: ["console", "csv", "tensorboard"])
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -184,6 +189,7 @@ class CollieConfig:
         _choice("param_dtype", self.param_dtype, DTYPES)
         _choice("data.padding_side", self.data.padding_side, PADDING_SIDES)
         _choice("init_method", self.init_method, INIT_METHODS)
+        _choice("nan_policy", self.nan_policy, ("stop", "skip"))
         for sink in self.logging:
             _choice("logging", sink, SINKS)
         for name in ("tp_size", "pp_size", "train_micro_batch_size", "gradient_accumulation_steps",

@@ -62,8 +62,9 @@ def load_hf_config(path: str):
     return AutoConfig.from_pretrained(path, local_files_only=True)
 
 
-def load_tokenizer(path: str):
-    """An HF tokenizer from a local directory (never from a hub)."""
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """An HF tokenizer from a local directory (never from a hub); code shipped with it runs
+    only when `trust_remote_code` is set."""
     from transformers import AutoTokenizer
 
     if not os.path.isdir(path):
@@ -71,7 +72,7 @@ def load_tokenizer(path: str):
     if not any(os.path.isfile(os.path.join(path, name)) for name in ("tokenizer.json", "tokenizer_config.json",
                                                                     "tokenizer.model", "vocab.json")):
         raise FileNotFoundError(f"no tokenizer files (tokenizer.json, tokenizer_config.json, …) in {path!r}")
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
 
 
 def apply_collie_settings(hf_config, collie_config) -> None:

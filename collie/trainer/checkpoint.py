@@ -2,6 +2,8 @@
 
 A checkpoint is written to `<name>.tmp` and renamed when complete; the `latest` marker is
 replaced last, so a crash mid-save leaves `latest` pointing at the previous checkpoint.
+Each checkpoint also holds the model's `config.json` (and tokenizer), so `collie convert`
+can turn it into an HF directory on its own.
 """
 
 from __future__ import annotations
@@ -14,11 +16,17 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, corrupted or of another model."""
 
 
 def checkpoints_dir(output_dir: str) -> str:
@@ -36,7 +44,7 @@ def latest(output_dir: Optional[str]) -> Optional[str]:
         name = f.read().strip()
     path = os.path.join(checkpoints_dir(output_dir), name)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{marker} names {name!r}, which does not exist")
+        raise CheckpointError(f"{marker} names {name!r}, which does not exist")
     return path
 
 
@@ -49,53 +57,72 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _states(trainer) -> dict:
+def _no_dist() -> bool:
+    return not dist.is_initialized()
+
+
+def _states(trainer, model_only: bool) -> dict:
     state = {"model": get_model_state_dict(trainer.model)}
-    if not trainer.updates_in_backward:
+    if not model_only and not trainer.updates_in_backward:
         state["optim"] = get_optimizer_state_dict(trainer.model, trainer.optimizer)
     return state
 
 
-def save(trainer, path: Optional[str] = None) -> str:
+def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: bool = False,
+         mark_latest: bool = True) -> str:
+    """Write a checkpoint (every rank calls this); returns its path."""
     if path is None:
         if not trainer.config.output_dir:
             raise ValueError("output_dir: set it (or pass a path) to save checkpoints")
         path = os.path.join(checkpoints_dir(trainer.config.output_dir), f"step-{trainer.global_step}")
     tmp = path + ".tmp"
-    if _rank() == 0 and os.path.exists(tmp):
-        shutil.rmtree(tmp)
-    _barrier()
-    dcp.save(_states(trainer), checkpoint_id=tmp)
     rank = _rank()
-    per_rank = {"rng": rng_state()}
-    if trainer.updates_in_backward:
-        # In-backward optimizers keep per-parameter state on each rank's own shards.
-        per_rank["optimizer"] = trainer.optimizer.state_dict()
-    torch.save(per_rank, os.path.join(tmp, f"rank-{rank}.pt"))
+    if rank == 0 and os.path.exists(tmp):
+        shutil.rmtree(tmp)  # left by a save that was killed
+    _barrier()
+    dcp.save(_states(trainer, model_only), checkpoint_id=tmp, no_dist=_no_dist())
+    if not model_only:
+        per_rank = {"rng": rng_state()}
+        if trainer.updates_in_backward:
+            # In-backward optimizers keep per-parameter state on each rank's own shards.
+            per_rank["optimizer"] = trainer.optimizer.state_dict()
+        torch.save(per_rank, os.path.join(tmp, f"rank-{rank}.pt"))
     if rank == 0:
         with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
-            json.dump(trainer_state(trainer), f, indent=2)
+            json.dump(trainer_state(trainer, model_only), f, indent=2)
+        model_config = getattr(trainer.model, "config", None)
+        if model_config is not None and hasattr(model_config, "save_pretrained"):
+            model_config.save_pretrained(tmp)
+        if trainer.tokenizer is not None:
+            trainer.tokenizer.save_pretrained(tmp)
     _barrier()
     if rank == 0:
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(tmp, path)
-        _write_marker(os.path.dirname(path), os.path.basename(path))
-        _prune(os.path.dirname(path), trainer.config.max_to_keep)
+        if mark_latest:
+            _write_marker(os.path.dirname(path), os.path.basename(path))
+            _prune(os.path.dirname(path), max_to_keep)
     _barrier()
     return path
 
 
 def load(trainer, path: str) -> None:
-    if not os.path.isfile(os.path.join(path, TRAINER_STATE)):
-        raise FileNotFoundError(f"{path}: not a collie checkpoint (no {TRAINER_STATE})")
-    state = _states(trainer)
-    dcp.load(state, checkpoint_id=path)
+    """Restore a checkpoint; it may come from another parallel layout (DCP reshards).
+
+    A model-only checkpoint restores the weights alone: training starts from step 0 with a
+    fresh optimizer (a warm start).
+    """
+    saved = read_trainer_state(path)
+    if saved.get("model_only"):
+        load_model_only(trainer, path)
+        return
+    state = _states(trainer, model_only=False)
+    _check_compatible(path, state)
+    _dcp_load(path, state)
     set_model_state_dict(trainer.model, state["model"])
     if "optim" in state:
         set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optim"])
-    with open(os.path.join(path, TRAINER_STATE)) as f:
-        saved = json.load(f)
     trainer.global_step, trainer.epoch = saved["global_step"], saved["epoch"]
     trainer.batch_in_epoch = saved["batch_in_epoch"]
     trainer.lr_scheduler.load_state_dict(saved["lr_scheduler"])
@@ -103,16 +130,66 @@ def load(trainer, path: str) -> None:
         callback.load_state_dict(callback_state)
     own = os.path.join(path, f"rank-{_rank()}.pt")
     if os.path.isfile(own):
-        per_rank = torch.load(own, weights_only=True)
+        try:
+            per_rank = torch.load(own, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+            raise CheckpointError(f"{own}: unreadable ({type(e).__name__}); the checkpoint is corrupted") from None
         set_rng_state(per_rank["rng"])
         if "optimizer" in per_rank:
             trainer.optimizer.load_state_dict(per_rank["optimizer"])
 
 
-def trainer_state(trainer) -> dict:
-    return {"global_step": trainer.global_step, "epoch": trainer.epoch, "batch_in_epoch": trainer.batch_in_epoch,
-            "lr_scheduler": trainer.lr_scheduler.state_dict(),
-            "callbacks": [c.state_dict() for c in trainer.callbacks.callbacks]}
+def load_model_only(trainer, path: str) -> None:
+    state = {"model": get_model_state_dict(trainer.model)}
+    _check_compatible(path, state)
+    _dcp_load(path, state)
+    set_model_state_dict(trainer.model, state["model"])
+
+
+def read_trainer_state(path: str) -> dict:
+    state_file = os.path.join(path, TRAINER_STATE)
+    if not os.path.isfile(state_file):
+        raise CheckpointError(f"{path}: not a collie checkpoint (no {TRAINER_STATE})")
+    try:
+        with open(state_file) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{state_file}: unreadable ({e}); the checkpoint is corrupted") from None
+
+
+def _check_compatible(path: str, state: dict) -> None:
+    """Name the first tensor the checkpoint lacks or holds in another shape, instead of
+    DCP's deep error, when resuming with a different model."""
+    try:
+        metadata = FileSystemReader(path).read_metadata().state_dict_metadata
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot read the checkpoint metadata ({type(e).__name__}); "
+                              "the checkpoint is incomplete or corrupted") from None
+    for name, tensor in state["model"].items():
+        saved = metadata.get(f"model.{name}")
+        if saved is None:
+            raise CheckpointError(f"{path}: has no tensor {name!r}; it is a checkpoint of another model")
+        if tuple(saved.size) != tuple(tensor.shape):
+            raise CheckpointError(f"{path}: {name} has shape {tuple(saved.size)}, the model has "
+                                  f"{tuple(tensor.shape)}; it is a checkpoint of another model shape")
+
+
+def _dcp_load(path: str, state: dict) -> None:
+    try:
+        dcp.load(state, checkpoint_id=path, no_dist=_no_dist())
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP's own error is a BaseException
+        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: cannot load the checkpoint ({type(e).__name__}: {first_line}); "
+                              "the checkpoint is incomplete or corrupted") from None
+
+
+def trainer_state(trainer, model_only: bool = False) -> dict:
+    state = {"global_step": trainer.global_step, "epoch": trainer.epoch, "batch_in_epoch": trainer.batch_in_epoch,
+             "model_only": model_only}
+    if not model_only:
+        state["lr_scheduler"] = trainer.lr_scheduler.state_dict()
+        state["callbacks"] = [c.state_dict() for c in trainer.callbacks.callbacks]
+    return state
 
 
 def rng_state() -> dict:

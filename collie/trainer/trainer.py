@@ -29,6 +29,7 @@ from collie.monitors.monitors import Monitor, StepStats, default_monitors, llama
 from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
 from collie.trainer import checkpoint
 from collie.trainer.callbacks import Callback, CallbackList
+from collie.trainer.checkpoint_callbacks import CheckpointCallback
 from collie.trainer.optim_factory import build_optimizer, build_scheduler
 from collie.trainer.steps import StepResult, default_loss, refresh_hessian, run_micro_batches
 
@@ -74,7 +75,11 @@ class Trainer:
                                                           {"ppl": PPLMetric()}, eval_fn=eval_fn))
         for evaluator in self.evaluators:
             evaluator.model, evaluator.runtime = self.model, self.runtime
-        self.callbacks = CallbackList(callbacks or [])
+        callbacks = list(callbacks or [])
+        if config.checkpoint_every_n_steps:
+            callbacks.append(CheckpointCallback(every_n_steps=config.checkpoint_every_n_steps,
+                                                max_to_keep=config.max_to_keep))
+        self.callbacks = CallbackList(callbacks)
         self.global_step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -113,8 +118,9 @@ class Trainer:
         checkpoint.export_hf(self.model, path, self.runtime, self.tokenizer)
         self.callbacks.fire("on_save_model", self, path)
 
-    def save_checkpoint(self, path: Optional[str] = None) -> str:
-        path = checkpoint.save(self, path)
+    def save_checkpoint(self, path: Optional[str] = None, max_to_keep: int = 0, model_only: bool = False) -> str:
+        """A DCP checkpoint under `output_dir/checkpoints/step-N` (or `path`); `latest` names it."""
+        path = checkpoint.save(self, path, max_to_keep=max_to_keep, model_only=model_only)
         self.callbacks.fire("on_save_checkpoint", self, path)
         return path
 
@@ -128,14 +134,14 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------
     def _total_steps(self) -> int:
-        if self.sampler is None:
+        if self.config.max_steps or self.sampler is None:
             return self.config.max_steps
-        per_epoch = self.sampler.batches_per_epoch() * self.config.train_epochs
-        return min(self.config.max_steps, per_epoch) if self.config.max_steps else per_epoch
+        return self.sampler.batches_per_epoch() * self.config.train_epochs
 
     def _loop(self) -> None:
         per_epoch = self.sampler.batches_per_epoch()
-        while self.epoch < self.config.train_epochs and not self._done():
+        # max_steps, when set, overrides train_epochs (as in HF's Trainer): run as many epochs as it takes.
+        while not self._done() and (self.config.max_steps or self.epoch < self.config.train_epochs):
             self.callbacks.fire("on_train_epoch_begin", self, self.epoch)
             for indices in self.sampler.epoch(self.epoch, self.batch_in_epoch):
                 items = [[self.train_dataset[i] for i in mb] for mb in indices]
@@ -152,9 +158,6 @@ class Trainer:
                 for sink in self.sinks:
                     sink.write(row)
                 self.callbacks.fire("on_train_batch_end", self, result.loss)
-                self._check_finite(result)
-                if self.config.checkpoint_every_n_steps and self.global_step % self.config.checkpoint_every_n_steps == 0:
-                    self.save_checkpoint()
                 if self._done():
                     break
             if self.batch_in_epoch == per_epoch:
@@ -188,6 +191,8 @@ class Trainer:
                         self.global_step + 1)
             self.optimizer.zero_grad(set_to_none=True)
             return result
+        if not math.isfinite(result.loss):
+            return self._non_finite(result)
         if self.updates_in_backward:
             # Parameters were updated in backward; this no-op step keeps LR schedulers'
             # step-order bookkeeping right.
@@ -223,10 +228,18 @@ class Trainer:
         # On CPU bf16 matmuls are far slower than fp32: compute in fp32 there.
         return contextlib.nullcontext()
 
-    def _check_finite(self, result: StepResult) -> None:
-        if not result.skipped and not math.isfinite(result.loss):
-            raise FloatingPointError(f"step {self.global_step}: the loss is {result.loss}; stopping "
-                                     "(the last checkpoint, if any, is intact)")
+    def _non_finite(self, result: StepResult) -> StepResult:
+        """A NaN/inf loss: stop (default) or, with nan_policy=skip, drop this step's update.
+        The optimizer and the last checkpoint are untouched either way."""
+        step = self.global_step + 1
+        if self.config.nan_policy == "skip" and not self.updates_in_backward:
+            log.warning("step %d: the loss is %s; the update is skipped (nan_policy=skip)", step, result.loss)
+            self.optimizer.zero_grad(set_to_none=True)
+            result.skipped = True
+            return result
+        applied = " (already applied inside backward)" if self.updates_in_backward else ""
+        raise FloatingPointError(f"step {step}: the loss is {result.loss}{applied}; training stopped, the last "
+                                 "checkpoint is intact (set nan_policy=skip to skip such steps)")
 
     # -- reporting ----------------------------------------------------------
     def _row(self, result: StepResult, elapsed: float) -> dict:
