@@ -1,0 +1,75 @@
+"""Run under torchrun (2 processes). Modes:
+
+reshard MODEL RECORDS OUT — checkpoints written under tp2 resume under dp2; dp2 resume is bit-exact.
+kill MODEL RECORDS OUT    — under `--max-restarts=1`, rank 1 SIGKILLs itself after step 3 on the first
+                            attempt; the restarted job resumes from `latest` and finishes.
+"""
+
+import json
+import os
+import signal
+import sys
+
+import torch.distributed as dist
+
+from collie import CollieConfig
+from collie.data import CollieDatasetForTraining
+from collie.models.base import CollieModel
+from collie.trainer import Callback, Trainer
+
+TP2 = ["dp_size=1", "tp_size=2", "train_micro_batch_size=2"]
+DP2 = ["dp_size=2", "train_micro_batch_size=1"]
+
+
+class Losses(Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_train_batch_end(self, trainer, loss):
+        self.values.append(loss)
+
+
+class KillOnce(Callback):
+    def on_train_batch_end(self, trainer, loss):
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if first_attempt and trainer.global_step == 3 and dist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def trainer_for(model_dir, records, out, overrides, callbacks):
+    config = CollieConfig.load(None, ["gradient_accumulation_steps=2", "max_steps=6", "logging=[csv]",
+                                      "optimizer.lr=0.01", "optimizer.clip_grad_norm=1.0", f"output_dir={out}",
+                                      *overrides])
+    model = CollieModel.from_pretrained(model_dir, config=config)
+    with open(records) as f:
+        dataset = CollieDatasetForTraining(json.load(f))
+    return Trainer(model, config, train_dataset=dataset, callbacks=callbacks)
+
+
+def run(model_dir, records, out, overrides, resume_from=None, extra=()):
+    losses = Losses()
+    trainer_for(model_dir, records, out, overrides, [losses, *extra]).train(resume_from=resume_from)
+    return losses.values
+
+
+def main() -> None:
+    mode, model_dir, records, out = sys.argv[1:5]
+    results = {}
+    if mode == "reshard":
+        results["tp2"] = run(model_dir, records, f"{out}/tp2", TP2 + ["checkpoint_every_n_steps=3"])
+        results["tp2_to_dp2"] = run(model_dir, records, f"{out}/dp2_from_tp2", DP2,
+                                    resume_from=f"{out}/tp2/checkpoints/step-3")
+        results["dp2"] = run(model_dir, records, f"{out}/dp2", DP2 + ["checkpoint_every_n_steps=3"])
+        results["dp2_resumed"] = run(model_dir, records, f"{out}/dp2_resumed", DP2,
+                                     resume_from=f"{out}/dp2/checkpoints/step-3")
+    else:
+        results["after_restart"] = run(model_dir, records, f"{out}/killed", DP2 + ["checkpoint_every_n_steps=2"],
+                                       extra=[KillOnce()])
+    if dist.get_rank() == 0:
+        with open(f"{out}/{mode}.json", "w") as f:
+            json.dump(results, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
