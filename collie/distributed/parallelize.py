@@ -10,14 +10,16 @@ from torch.distributed.tensor.parallel import parallelize_module
 from collie.config import ConfigError
 
 
-def parallelize(model: torch.nn.Module, config, runtime) -> torch.nn.Module:
+def parallelize(model: torch.nn.Module, config, runtime, replicate_wrapper: bool = True) -> torch.nn.Module:
+    """`replicate_wrapper=False` leaves replicated data parallel (zero_stage 0) to an optimizer
+    that averages gradients itself inside backward (LOMO/AdaLomo)."""
     check_layout(model, config)
     model.to(runtime.device)
     if config.tp_size > 1:
         apply_tensor_parallel(model, runtime.mesh["tp"])
     if config.checkpointing:
         apply_activation_checkpointing(model)
-    if runtime.dp_size > 1:
+    if runtime.dp_size > 1 and (config.zero_stage > 0 or replicate_wrapper):
         apply_data_parallel(model, runtime.mesh["dp"], config)
     return model
 

@@ -14,7 +14,9 @@ import logging
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from collie.optim._loss_scaler import DynamicLossScaler
@@ -28,6 +30,11 @@ class _Mode(enum.Enum):
     ACCUMULATE = "accumulate"  # nothing: plain autograd, gradients stay in ``.grad``
     NORM = "norm"  # record the gradient's norm, free it
     UPDATE = "update"  # update the parameter from its gradient, free it
+
+
+def full_or_local(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor itself, or a DTensor's local shard (the storage collectives act on)."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def param_fp32(p: torch.Tensor) -> torch.Tensor:
@@ -80,8 +87,36 @@ class FusedBackwardOptimizer(Optimizer):
         self._skip_step = False  # the pending update overflowed
         self._lr: float = defaults["lr"]
         self._step_count = 0
+        self._dp_group: dist.ProcessGroup | None = None
+        self._update_after_backward = False
+        self._register_hooks()
+
+    def _register_hooks(self) -> None:
         for _, p in self._named_params:
             p.register_post_accumulate_grad_hook(self._on_grad_ready)
+
+    def configure_parallel(self, model: nn.Module, dp_group: dist.ProcessGroup | None = None,
+                           sharded: bool = False) -> None:
+        """Adapt to how the Trainer parallelized `model` (called by the Trainer).
+
+        Parallelization may have replaced the parameters (tensor parallel and FSDP put
+        DTensors in their place), so they are collected again and hooked. With replicated
+        data parallel (`dp_group`), each gradient is averaged over the replicas inside its
+        hook, before the update. With FSDP (`sharded`), gradients reach the sharded
+        parameters by reduce-scatter after backward, where no hook sees them; the update
+        then runs right after backward from those local shards, so this mode keeps one
+        1/dp-sized set of gradients until the end of backward.
+        """
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if [p for _, p in named] != [p for _, p in self._named_params]:
+            if self.state:
+                raise ValueError("configure_parallel: the optimizer already has state for the old parameters")
+            self._named_params = named
+            self.param_groups[0]["params"] = [p for _, p in named]
+            self._register_hooks()
+        self.model = model
+        self._dp_group = dp_group if dp_group is not None and dist.get_world_size(dp_group) > 1 else None
+        self._update_after_backward = sharded
 
     # ------------------------------------------------------------------ public API
 
@@ -101,7 +136,7 @@ class FusedBackwardOptimizer(Optimizer):
         self._decide_loss_scaler()
         if not last_microbatch:
             self._run_backward(loss, _Mode.ACCUMULATE)
-        elif any(p.grad is not None for _, p in self._named_params):
+        elif self._update_after_backward or any(p.grad is not None for _, p in self._named_params):
             self._run_backward(loss, _Mode.ACCUMULATE)
             self._apply_accumulated_grads(self.param_groups[0]["lr"])
         else:
@@ -176,7 +211,17 @@ class FusedBackwardOptimizer(Optimizer):
             self.loss_scaler.load_state_dict(state_dict["loss_scaler"])
             self._scaler_decided = True
 
+    def state_template(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per-parameter state to load a checkpoint into: the current state, or fresh
+        (zero) state where a parameter has none yet."""
+        return {name: dict(self.state[p]) if self.state.get(p) else self._init_state(p)
+                for name, p in self._named_params}
+
     # --------------------------------------------------------- subclass interface
+
+    def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fresh per-parameter state (none for plain LOMO)."""
+        return {}
 
     def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         """Apply the update rule to ``p`` given its clipped fp32 gradient."""
@@ -195,8 +240,22 @@ class FusedBackwardOptimizer(Optimizer):
     # ------------------------------------------------------------------ internals
 
     def _reduce_grad(self, p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """Gradient as the update should see it; the place for a data-parallel all-reduce."""
+        """Gradient as the update should see it: laid out like its parameter (tensor parallel
+        can hand back e.g. a partial-sum gradient for a sharded embedding) and averaged over
+        data-parallel replicas."""
+        if isinstance(grad, DTensor) and grad.placements != p.placements:
+            grad = grad.redistribute(p.device_mesh, p.placements)
+        if self._dp_group is not None:
+            # SUM then divide: gloo has no AVG.
+            local = full_or_local(grad)
+            dist.all_reduce(local, group=self._dp_group)
+            local.div_(dist.get_world_size(self._dp_group))
         return grad
+
+    def _grad_norm_of(self, grad: torch.Tensor) -> torch.Tensor:
+        """The whole gradient's L2 norm, also when only a shard of it lives here."""
+        norm = torch.linalg.vector_norm(grad)
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
     def _global_grad_norm(self, norms: list[torch.Tensor]) -> torch.Tensor:
         """L2 norm of all gradients from the per-parameter norms (a global reduction)."""
@@ -214,7 +273,7 @@ class FusedBackwardOptimizer(Optimizer):
             grad = self._unscaled_fp32(p.grad)
             p.grad = None
             if self._mode is _Mode.NORM:
-                self._grad_norms.append(torch.linalg.vector_norm(grad))
+                self._grad_norms.append(self._grad_norm_of(grad))
             else:
                 self._update_param(p, self._clip(grad), self._lr)
 
@@ -225,7 +284,7 @@ class FusedBackwardOptimizer(Optimizer):
             for p in params:
                 p.grad = self._reduce_grad(p, p.grad)
             if self._needs_prepass():
-                self._grad_norms = [torch.linalg.vector_norm(self._unscaled_fp32(p.grad)) for p in params]
+                self._grad_norms = [self._grad_norm_of(self._unscaled_fp32(p.grad)) for p in params]
                 self._finish_norm_pass()
             if not self._skip_step:
                 self._step_count += 1
@@ -265,7 +324,8 @@ class FusedBackwardOptimizer(Optimizer):
         if self.clip_grad_value is not None and self.clip_grad_value > 0:
             grad.clamp_(min=-self.clip_grad_value, max=self.clip_grad_value)
         if self._clip_coef is not None:
-            grad.mul_(self._clip_coef)
+            # DTensors take a Python number, not a plain 0-d tensor.
+            grad.mul_(float(self._clip_coef) if isinstance(grad, DTensor) else self._clip_coef)
         return grad
 
     def _finish_norm_pass(self) -> None:

@@ -13,15 +13,26 @@ import math
 import torch
 from torch import nn
 
-from collie.optim._fused import FusedBackwardOptimizer, param_fp32, store_fp32
+from torch.distributed.tensor import DTensor
+
+from collie.optim._fused import FusedBackwardOptimizer, full_or_local, param_fp32, store_fp32
 from collie.optim._loss_scaler import DynamicLossScaler
 
 
-def _approx_rsqrt_second_moment(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
-    """``1 / sqrt(V)`` for the rank-1 estimate ``V = row col^T / mean(row)`` (Adafactor)."""
-    r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
-    c_factor = col.unsqueeze(-2).rsqrt()
-    return r_factor * c_factor
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor holding the whole value (a DTensor reduction is completed)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _local_region(tensor: torch.Tensor) -> tuple[slice, ...]:
+    """Where this rank's shard of `tensor` sits in the whole tensor (everything if plain)."""
+    if not isinstance(tensor, DTensor):
+        return tuple(slice(None) for _ in tensor.shape)
+    # Private, but it is what DCP itself uses to place shards; there is no public equivalent.
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+    return tuple(slice(o, o + n) for o, n in zip(offset, shape))
 
 
 class AdaLomo(FusedBackwardOptimizer):
@@ -86,7 +97,7 @@ class AdaLomo(FusedBackwardOptimizer):
 
     def _rms(self, tensor: torch.Tensor) -> torch.Tensor:
         """Root mean square of a whole parameter-shaped tensor (global if it is sharded)."""
-        return torch.linalg.vector_norm(tensor) / math.sqrt(tensor.numel())
+        return _whole(torch.linalg.vector_norm(tensor)) / math.sqrt(tensor.numel())
 
     def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         """Zero second-moment statistics, fp32 on the parameter's device."""
@@ -99,26 +110,36 @@ class AdaLomo(FusedBackwardOptimizer):
         return {"exp_avg_sq": torch.zeros(p.shape, **zeros)}
 
     def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        # The second-moment statistics are small (rows + cols per matrix) and kept whole on
+        # every rank, so they do not depend on the layout and reshard trivially; the update
+        # itself is computed on this rank's shard only.
         state = self.state[p]
         if not state:
             state.update(self._init_state(p))
         beta2 = 1.0 - math.pow(self._step_count, self.decay_rate)
         sq = grad.square().add_(self.eps[0])
+        region = _local_region(grad)
+        local_grad = full_or_local(grad)
         if grad.dim() >= 2:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
-            row.mul_(beta2).add_(sq.mean(dim=-1), alpha=1.0 - beta2)
-            col.mul_(beta2).add_(sq.mean(dim=-2), alpha=1.0 - beta2)
-            update = _approx_rsqrt_second_moment(row, col).mul_(grad)
+            row.mul_(beta2).add_(_whole(sq.mean(dim=-1)), alpha=1.0 - beta2)
+            col.mul_(beta2).add_(_whole(sq.mean(dim=-2)), alpha=1.0 - beta2)
+            # 1 / sqrt(V) for Adafactor's rank-1 estimate V = row col^T / mean(row).
+            r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_()[region[:-1]].unsqueeze(-1)
+            c_factor = col[region[:-2] + region[-1:]].unsqueeze(-2).rsqrt()
+            update = (r_factor * c_factor).mul_(local_grad)
         else:
             exp_avg_sq = state["exp_avg_sq"]
-            exp_avg_sq.mul_(beta2).add_(sq, alpha=1.0 - beta2)
-            update = exp_avg_sq.rsqrt().mul_(grad)
-        update.div_((self._rms(update) / self.clip_threshold).clamp_(min=1.0))
-
+            exp_avg_sq.mul_(beta2).add_(_whole(sq), alpha=1.0 - beta2)
+            update = exp_avg_sq[region].rsqrt().mul_(local_grad)
+        whole_update = update if not isinstance(grad, DTensor) else DTensor.from_local(
+            update, grad.device_mesh, grad.placements, shape=grad.shape, stride=grad.stride())
+        update.div_((self._rms(whole_update) / self.clip_threshold).clamp_(min=1.0))
         p32 = param_fp32(p)
         step_size = lr * self._rms(p32).clamp(min=self.eps[1])
         weight_decay = self.param_groups[0]["weight_decay"]
+        local_p32 = full_or_local(p32)
         if weight_decay > 0.0:
-            p32.mul_(1.0 - step_size * weight_decay)
-        p32.sub_(update.mul_(step_size))
+            local_p32.mul_(1.0 - step_size * weight_decay)
+        local_p32.sub_(update.mul_(step_size))
         store_fp32(p, p32)

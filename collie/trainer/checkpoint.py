@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_model_state_dict, set_optimizer_state_dict)
@@ -61,9 +61,15 @@ def _no_dist() -> bool:
     return not dist.is_initialized()
 
 
-def _states(trainer, model_only: bool) -> dict:
+def _states(trainer, model_only: bool, loading: bool = False) -> dict:
     state = {"model": get_model_state_dict(trainer.model)}
-    if not model_only and not trainer.updates_in_backward:
+    if model_only:
+        return state
+    if trainer.updates_in_backward:
+        # Name-keyed tensors through DCP (any layout loads them); the rest goes to trainer_state.json.
+        optimizer = trainer.optimizer
+        state["optim_in_backward"] = optimizer.state_template() if loading else optimizer.state_dict()["state"]
+    else:
         state["optim"] = get_optimizer_state_dict(trainer.model, trainer.optimizer)
     return state
 
@@ -82,11 +88,7 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
     _barrier()
     dcp.save(_states(trainer, model_only), checkpoint_id=tmp, no_dist=_no_dist())
     if not model_only:
-        per_rank = {"rng": rng_state()}
-        if trainer.updates_in_backward:
-            # In-backward optimizers keep per-parameter state on each rank's own shards.
-            per_rank["optimizer"] = trainer.optimizer.state_dict()
-        torch.save(per_rank, os.path.join(tmp, f"rank-{rank}.pt"))
+        torch.save({"rng": rng_state()}, os.path.join(tmp, f"rank-{rank}.pt"))
     if rank == 0:
         with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
             json.dump(trainer_state(trainer, model_only), f, indent=2)
@@ -117,12 +119,16 @@ def load(trainer, path: str) -> None:
     if saved.get("model_only"):
         load_model_only(trainer, path)
         return
-    state = _states(trainer, model_only=False)
+    state = _states(trainer, model_only=False, loading=True)
     _check_compatible(path, state)
-    _dcp_load(path, state)
+    # In-backward optimizers may have no state yet for some parameters in the checkpoint
+    # (saved before their first update): those keep the fresh state they were given.
+    _dcp_load(path, state, partial="optim_in_backward" in state)
     set_model_state_dict(trainer.model, state["model"])
     if "optim" in state:
         set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optim"])
+    if "optim_in_backward" in state:
+        trainer.optimizer.load_state_dict({"state": state["optim_in_backward"], **saved["optimizer"]})
     trainer.global_step, trainer.epoch = saved["global_step"], saved["epoch"]
     trainer.batch_in_epoch = saved["batch_in_epoch"]
     trainer.lr_scheduler.load_state_dict(saved["lr_scheduler"])
@@ -135,8 +141,6 @@ def load(trainer, path: str) -> None:
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
             raise CheckpointError(f"{own}: unreadable ({type(e).__name__}); the checkpoint is corrupted") from None
         set_rng_state(per_rank["rng"])
-        if "optimizer" in per_rank:
-            trainer.optimizer.load_state_dict(per_rank["optimizer"])
 
 
 def load_model_only(trainer, path: str) -> None:
@@ -174,9 +178,10 @@ def _check_compatible(path: str, state: dict) -> None:
                                   f"{tuple(tensor.shape)}; it is a checkpoint of another model shape")
 
 
-def _dcp_load(path: str, state: dict) -> None:
+def _dcp_load(path: str, state: dict, partial: bool = False) -> None:
+    planner = DefaultLoadPlanner(allow_partial_load=partial)
     try:
-        dcp.load(state, checkpoint_id=path, no_dist=_no_dist())
+        dcp.load(state, checkpoint_id=path, planner=planner, no_dist=_no_dist())
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP's own error is a BaseException
         first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise CheckpointError(f"{path}: cannot load the checkpoint ({type(e).__name__}: {first_line}); "
@@ -189,6 +194,8 @@ def trainer_state(trainer, model_only: bool = False) -> dict:
     if not model_only:
         state["lr_scheduler"] = trainer.lr_scheduler.state_dict()
         state["callbacks"] = [c.state_dict() for c in trainer.callbacks.callbacks]
+        if trainer.updates_in_backward:
+            state["optimizer"] = {k: v for k, v in trainer.optimizer.state_dict().items() if k != "state"}
     return state
 
 

@@ -10,6 +10,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from collie.config import OptimizerConfig, SchedulerConfig
 
 
+# Optimizers that update each parameter inside backward (the Trainer must know before it
+# parallelizes the model: they average gradients themselves instead of DDP).
+UPDATES_IN_BACKWARD = ("lomo", "adalomo")
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     name = cfg.name

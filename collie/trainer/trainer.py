@@ -30,7 +30,7 @@ from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
 from collie.trainer import checkpoint
 from collie.trainer.callbacks import Callback, CallbackList
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
-from collie.trainer.optim_factory import build_optimizer, build_scheduler
+from collie.trainer.optim_factory import UPDATES_IN_BACKWARD, build_optimizer, build_scheduler
 from collie.trainer.steps import StepResult, default_loss, refresh_hessian, run_micro_batches
 
 log = logging.getLogger("collie")
@@ -47,8 +47,10 @@ class Trainer:
         self.config = config
         self.runtime = build_runtime(config)
         names = {id(p): name for name, p in model.named_parameters()}
-        self.model = parallelize(model, config, self.runtime)
-        if optimizer is not None:
+        in_backward = (getattr(optimizer, "updates_in_backward", False) if optimizer is not None
+                       else config.optimizer.name in UPDATES_IN_BACKWARD)
+        self.model = parallelize(model, config, self.runtime, replicate_wrapper=not in_backward)
+        if optimizer is not None and not in_backward:
             rebind_parameters(optimizer, names, dict(self.model.named_parameters()))
         self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
         self.train_dataset = train_dataset
@@ -62,11 +64,10 @@ class Trainer:
                                               self.runtime.dp_rank, config.seed)
         self.total_steps = self._total_steps()
         self.optimizer = optimizer or build_optimizer(self.model, config.optimizer)
-        if self.updates_in_backward and self.runtime.env.world_size > 1:
-            # Their hooks update each shard before any cross-rank reduction: under dp the
-            # replicas would drift apart, under tp the clipping norm would be per shard.
-            raise ConfigError(f"optimizer.name: {type(self.optimizer).__name__} updates inside backward and runs on "
-                              f"a single process for now (world size is {self.runtime.env.world_size})")
+        if self.updates_in_backward:
+            sharded = self.runtime.dp_size > 1 and config.zero_stage > 0
+            self.optimizer.configure_parallel(self.model, dp_group=None if sharded else self.runtime.dp_group,
+                                              sharded=sharded)
         self.lr_scheduler = lr_scheduler or build_scheduler(self.optimizer, config.scheduler, max(1, self.total_steps))
         self.monitors = default_monitors(config) if monitors is None else list(monitors)
         self.evaluators = list(evaluators or [])

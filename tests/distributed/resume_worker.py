@@ -1,6 +1,7 @@
 """Run under torchrun (2 processes). Modes:
 
-reshard MODEL RECORDS OUT — checkpoints written under tp2 resume under dp2; dp2 resume is bit-exact.
+reshard MODEL RECORDS OUT — checkpoints written under tp2 resume under dp2; dp2 resume (AdamW and
+                            AdaLomo) is bit-exact.
 kill MODEL RECORDS OUT    — under `--max-restarts=1`, rank 1 SIGKILLs itself after step 3 on the first
                             attempt; the restarted job resumes from `latest` and finishes.
 """
@@ -62,6 +63,10 @@ def main() -> None:
         results["dp2"] = run(model_dir, records, f"{out}/dp2", DP2 + ["checkpoint_every_n_steps=3"])
         results["dp2_resumed"] = run(model_dir, records, f"{out}/dp2_resumed", DP2,
                                      resume_from=f"{out}/dp2/checkpoints/step-3")
+        adalomo = DP2 + ["optimizer.name=adalomo"]
+        results["adalomo_dp2"] = run(model_dir, records, f"{out}/adalomo", adalomo + ["checkpoint_every_n_steps=3"])
+        results["adalomo_dp2_resumed"] = run(model_dir, records, f"{out}/adalomo_resumed", adalomo,
+                                             resume_from=f"{out}/adalomo/checkpoints/step-3")
     else:
         results["after_restart"] = run(model_dir, records, f"{out}/killed", DP2 + ["checkpoint_every_n_steps=2"],
                                        extra=[KillOnce()])

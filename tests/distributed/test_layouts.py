@@ -13,7 +13,7 @@ RECORDS = [{"tokens": [(7 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for
 
 def test_layouts_match_single_process(tmp_path):
     sys.path.insert(0, HERE)
-    from layout_worker import LAYOUTS, run
+    from layout_worker import IN_BACKWARD, IN_BACKWARD_LAYOUTS, LAYOUTS, run
 
     model_dir = save_tiny_hf_model(str(tmp_path / "seed"))
     records = tmp_path / "records.json"
@@ -25,7 +25,16 @@ def test_layouts_match_single_process(tmp_path):
                    check=True, env=env, timeout=300)
     reference = run(model_dir, str(records), ["dp_size=1"])
     losses = json.loads(out.read_text())
-    assert "updates inside backward and runs on a single process" in losses.pop("lomo_dp2_error")
+    # LOMO/AdaLomo, with and without clipping: averaged over dp replicas, updated on FSDP
+    # shards, global norms and RMS over tensor-parallel shards.
+    for optimizer, settings in IN_BACKWARD.items():
+        # The single-process run updates (tests/unit prove LOMO == SGD and AdaLomo == its
+        # reference), so a layout that failed to update would fail this parity check.
+        reference_ib = run(model_dir, str(records), ["dp_size=1", *settings])
+        for layout in IN_BACKWARD_LAYOUTS:
+            values = losses.pop(f"{optimizer}/{layout}")
+            assert max(abs(a - b) for a, b in zip(values, reference_ib)) <= 1e-5, (optimizer, layout, values,
+                                                                                  reference_ib)
     assert set(losses) == set(LAYOUTS)
     for name, values in losses.items():
         assert len(values) == len(reference) == 6

@@ -37,6 +37,8 @@ def test_resume_on_another_layout_and_bit_exact_dp2(tmp_path):
     assert len(got["tp2"]) == 6 and len(got["tp2_to_dp2"]) == 3
     assert max(abs(a - b) for a, b in zip(got["tp2_to_dp2"], got["tp2"][3:])) <= 1e-5
     assert got["dp2_resumed"] == got["dp2"][3:]  # bit-exact
+    assert got["adalomo_dp2_resumed"] == got["adalomo_dp2"][3:]
+    assert got["adalomo_dp2"] != got["dp2"]
     # The tp2 checkpoint also resumes in a single process (no process group at all).
     single = run(model_dir, records, str(tmp_path / "single"), ["dp_size=1", "train_micro_batch_size=2"],
                  resume_from=f"{out}/tp2/checkpoints/step-3")
