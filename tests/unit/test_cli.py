@@ -45,6 +45,14 @@ def test_train_resume_export_generate(tmp_path, capsys):
         assert torch.equal(ours(ids).logits, hf(ids).logits)
     assert os.path.isfile(os.path.join(final, "tokenizer.json"))
 
+    # The DCP checkpoint of the last step converts to the same HF model as `final/`.
+    converted = str(tmp_path / "converted")
+    assert main(["convert", os.path.join(out, "checkpoints", "step-18"), "--to-hf", converted]) == 0
+    with torch.no_grad():
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(converted).eval()(ids).logits, hf(ids).logits)
+    assert main(["convert", final, "--to-dcp", str(tmp_path / "warm")]) == 0
+    assert (tmp_path / "warm" / "trainer_state.json").is_file()
+
     capsys.readouterr()
     assert main(["generate", final, "Question: What is collie?\nAnswer: ", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.strip()

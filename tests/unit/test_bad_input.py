@@ -1,0 +1,37 @@
+"""The remaining rows of the bad-input table: each gives a one-line error naming the cause."""
+
+import json
+
+import pytest
+
+from collie import CollieConfig, ConfigError, LlamaForCausalLM
+from collie.distributed.parallelize import check_layout
+from collie.models.base import CollieModel, load_tokenizer
+from helpers import save_tiny_hf_model, tiny_llama_config
+
+
+def test_layouts_the_model_cannot_take():
+    model = LlamaForCausalLM(tiny_llama_config())  # 4 heads, 2 key/value heads, 2 layers
+    with pytest.raises(ConfigError, match=r"tp_size: 4 must divide the attention heads \(4\) and key/value heads \(2\)"):
+        check_layout(model, CollieConfig(tp_size=4))
+    with pytest.raises(ConfigError, match="pp_size: 3 stages but the model has only 2 layers"):
+        check_layout(model, CollieConfig(pp_size=3))
+
+
+def test_missing_or_unknown_model_and_tokenizer(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer directory not found"):
+        load_tokenizer(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        load_tokenizer(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        CollieModel.from_pretrained(str(tmp_path))
+    save_tiny_hf_model(str(tmp_path / "m"))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["model_type"] = "gpt2"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="model_type 'gpt2' is not supported"):
+        CollieModel.from_pretrained(str(tmp_path / "m"))
+    (tmp_path / "m" / "model.safetensors").unlink()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(dict(config, model_type="llama")))
+    with pytest.raises(FileNotFoundError, match="no model weights"):
+        CollieModel.from_pretrained(str(tmp_path / "m"))
