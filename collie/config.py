@@ -104,7 +104,12 @@ class CollieConfig:
     sequence_parallel: bool = False
     pp_schedule: str = "1f1b"
     mixed_precision: str = "no"
+    # Storage dtype of the parameters ("auto" = float32). bfloat16 without fp32 master copies
+    # is LOMO's memory mode.
     param_dtype: str = "auto"
+    # Compute dtype ("auto": float32 on CPU for bf16/fp16 storage, since bf16 matmuls are slow
+    # there, each layer upcasting its own weights; the storage dtype otherwise).
+    compute_dtype: str = "auto"
     output_dir: Optional[str] = None
     checkpoint_every_n_steps: int = 0
     max_to_keep: int = 0
@@ -187,6 +192,7 @@ class CollieConfig:
         _choice("pp_schedule", self.pp_schedule, PP_SCHEDULES)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         _choice("param_dtype", self.param_dtype, DTYPES)
+        _choice("compute_dtype", self.compute_dtype, DTYPES)
         _choice("data.padding_side", self.data.padding_side, PADDING_SIDES)
         _choice("init_method", self.init_method, INIT_METHODS)
         _choice("nan_policy", self.nan_policy, ("stop", "skip"))

@@ -1,27 +1,51 @@
 """Apply parallelism to a single-device model from outside, in one fixed order:
-tensor parallel (DTensor) → activation checkpointing → data parallel (FSDP2 or DDP)."""
+pipeline split → tensor parallel (DTensor) → compute dtype → activation checkpointing →
+data parallel (FSDP2 or DDP)."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.tensor.parallel import parallelize_module
 
 from collie.config import ConfigError
+from collie.distributed.precision import apply_compute_dtype
+
+log = logging.getLogger("collie")
 
 
 def parallelize(model: torch.nn.Module, config, runtime, replicate_wrapper: bool = True) -> torch.nn.Module:
     """`replicate_wrapper=False` leaves replicated data parallel (zero_stage 0) to an optimizer
     that averages gradients itself inside backward (LOMO/AdaLomo)."""
     check_layout(model, config)
+    if config.pp_size > 1:
+        from collie.distributed.pipeline import split_for_stage, stage_layer_ranges
+
+        ranges = stage_layer_ranges(model, config.pp_size, config.pp_partition_method)
+        split_for_stage(model, runtime.pp_rank, ranges)
     model.to(runtime.device)
     if config.tp_size > 1:
         apply_tensor_parallel(model, runtime.mesh["tp"])
+    compute = compute_dtype(config, runtime.device, next(model.parameters()).dtype)
+    if compute != next(model.parameters()).dtype:
+        apply_compute_dtype(model, compute)
     if config.checkpointing:
         apply_activation_checkpointing(model)
     if runtime.dp_size > 1 and (config.zero_stage > 0 or replicate_wrapper):
         apply_data_parallel(model, runtime.mesh["dp"], config)
     return model
+
+
+def compute_dtype(config, device: torch.device, storage: torch.dtype) -> torch.dtype:
+    """Half-precision storage computes in float32 on CPU (no fast bf16 matmuls there); otherwise
+    compute happens in the storage dtype, unless `compute_dtype` says otherwise."""
+    if config.compute_dtype != "auto":
+        return getattr(torch, config.compute_dtype)
+    if device.type == "cpu" and storage in (torch.bfloat16, torch.float16):
+        return torch.float32
+    return storage
 
 
 def check_layout(model: torch.nn.Module, config) -> None:
@@ -36,10 +60,9 @@ def check_layout(model: torch.nn.Module, config) -> None:
                           f"key/value heads ({kv_heads})")
     if config.pp_size > hf.num_hidden_layers:
         raise ConfigError(f"pp_size: {config.pp_size} stages but the model has only {hf.num_hidden_layers} layers")
-    if config.pp_size > 1:
-        raise ConfigError("pp_size: pipeline parallel is not available yet; use dp_size/tp_size")
-    if config.tp_size > 1 and getattr(hf, "tie_word_embeddings", False):
-        raise ConfigError("tp_size: tied input/output embeddings cannot be split by tensor parallel yet")
+    if (config.tp_size > 1 or config.pp_size > 1) and getattr(hf, "tie_word_embeddings", False):
+        raise ConfigError("tie_word_embeddings: tied input/output embeddings cannot be split by tensor or "
+                          "pipeline parallel yet (use tp_size=1 and pp_size=1 for this model)")
 
 
 def apply_tensor_parallel(model: torch.nn.Module, tp_mesh) -> None:
@@ -57,8 +80,12 @@ def apply_activation_checkpointing(model: torch.nn.Module) -> None:
 def apply_data_parallel(model: torch.nn.Module, dp_mesh, config) -> None:
     """ZeRO through FSDP2: stage 3 reshards parameters after forward, stages 2 and 1 keep them
     gathered until backward (FSDP2 always shards optimizer state and gradients, so stage 1
-    behaves as stage 2). Stage 0 is plain replicated data parallel (PyTorch's DDP)."""
-    if config.zero_stage == 0:
+    behaves as stage 2). Stage 0 is plain replicated data parallel (PyTorch's DDP); DDP does
+    not take tensor-parallel DTensor parameters, so with tp_size > 1 stage 0 runs as stage 2."""
+    if config.zero_stage == 0 and config.tp_size > 1:
+        log.info("zero_stage 0 with tp_size %d runs as zero_stage 2 (DDP cannot hold DTensor parameters)",
+                 config.tp_size)
+    elif config.zero_stage == 0:
         from torch.distributed._composable.replicate import replicate
 
         replicate(model, device_mesh=dp_mesh)

@@ -36,6 +36,14 @@ class Runtime:
         return self.mesh["dp"].get_local_rank() if self.mesh is not None else 0
 
     @property
+    def pp_rank(self) -> int:
+        return self.mesh["pp"].get_local_rank() if self.mesh is not None else 0
+
+    @property
+    def tp_rank(self) -> int:
+        return self.mesh["tp"].get_local_rank() if self.mesh is not None else 0
+
+    @property
     def dp_group(self) -> Optional[dist.ProcessGroup]:
         return self.mesh["dp"].get_group() if self.mesh is not None and self.dp_size > 1 else None
 
@@ -50,6 +58,14 @@ class Runtime:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t, group=self.dp_group)
         return t.tolist()
+
+    def pp_sum(self, value: float) -> float:
+        """Sum a number over pipeline stages (how the last stage's loss reaches every stage)."""
+        if self.pp_group is None:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, group=self.pp_group)
+        return float(t)
 
     def barrier(self) -> None:
         if dist.is_initialized():

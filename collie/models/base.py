@@ -92,12 +92,9 @@ class CollieModel(nn.Module):
         hf_config = getattr(config, "model_config", None) or config
         apply_collie_settings(hf_config, config if hf_config is not config else None)
         model_cls = family_of(hf_config)[0] if cls is CollieModel else cls
-        with torch.device("meta"):
-            model = model_cls(hf_config)
-        model.to_empty(device="cpu")
-        model.tie_weights()
+        model = _materialize(model_cls, hf_config, dtype)
         model.reset_parameters(init_method, seed or 0)
-        return model.to(dtype)
+        return model
 
     @classmethod
     def from_pretrained(cls, path: str, config=None, dtype: Optional[torch.dtype] = None) -> "CollieModel":
@@ -111,15 +108,11 @@ class CollieModel(nn.Module):
         model_cls, adapter = family_of(hf_config)
         if cls is not CollieModel and not issubclass(model_cls, cls):
             raise ValueError(f"{path!r} holds a {hf_config.model_type!r} model, not a {cls.__name__}")
-        dtype = dtype or torch.float32
+        dtype = dtype or param_dtype(config)
         if config is None or config.low_cpu_mem_usage:
-            with torch.device("meta"):
-                model = model_cls(hf_config)
-            model.to_empty(device="cpu")
-            model.tie_weights()
+            model = _materialize(model_cls, hf_config, dtype)
         else:
-            model = model_cls(hf_config)
-        model.to(dtype)
+            model = model_cls(hf_config).to(dtype)
         model.load_hf_weights(path, adapter)
         if config is not None:
             config.model_config = hf_config
@@ -194,6 +187,26 @@ class CollieModel(nn.Module):
         from collie.serve.generation import generate
 
         return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def _materialize(model_cls: type, hf_config, dtype: torch.dtype) -> "CollieModel":
+    """Uninitialised storage in `dtype` directly (cast while still on meta), so a bf16 7B
+    model never passes through an fp32 copy."""
+    with torch.device("meta"):
+        model = model_cls(hf_config)
+    model.to(dtype)
+    model.to_empty(device="cpu")
+    model.tie_weights()
+    return model
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def param_dtype(config) -> torch.dtype:
+    """The storage dtype a CollieConfig asks for; "auto" is fp32 (full-precision master weights)."""
+    name = getattr(config, "param_dtype", "auto") if config is not None else "auto"
+    return _DTYPES.get(name, torch.float32)
 
 
 def full_tensor(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:

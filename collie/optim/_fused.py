@@ -88,6 +88,7 @@ class FusedBackwardOptimizer(Optimizer):
         self._lr: float = defaults["lr"]
         self._step_count = 0
         self._dp_group: dist.ProcessGroup | None = None
+        self._pp_group: dist.ProcessGroup | None = None
         self._update_after_backward = False
         self._register_hooks()
 
@@ -96,7 +97,7 @@ class FusedBackwardOptimizer(Optimizer):
             p.register_post_accumulate_grad_hook(self._on_grad_ready)
 
     def configure_parallel(self, model: nn.Module, dp_group: dist.ProcessGroup | None = None,
-                           sharded: bool = False) -> None:
+                           sharded: bool = False, pp_group: dist.ProcessGroup | None = None) -> None:
         """Adapt to how the Trainer parallelized `model` (called by the Trainer).
 
         Parallelization may have replaced the parameters (tensor parallel and FSDP put
@@ -105,7 +106,9 @@ class FusedBackwardOptimizer(Optimizer):
         hook, before the update. With FSDP (`sharded`), gradients reach the sharded
         parameters by reduce-scatter after backward, where no hook sees them; the update
         then runs right after backward from those local shards, so this mode keeps one
-        1/dp-sized set of gradients until the end of backward.
+        1/dp-sized set of gradients until the end of backward. Under pipeline parallel
+        (`pp_group`) the schedule runs backward itself, so the Trainer calls
+        :meth:`step_from_grads` after it; the gradient norm is then summed over all stages.
         """
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if [p for _, p in named] != [p for _, p in self._named_params]:
@@ -116,6 +119,7 @@ class FusedBackwardOptimizer(Optimizer):
             self._register_hooks()
         self.model = model
         self._dp_group = dp_group if dp_group is not None and dist.get_world_size(dp_group) > 1 else None
+        self._pp_group = pp_group
         self._update_after_backward = sharded
 
     # ------------------------------------------------------------------ public API
@@ -141,6 +145,12 @@ class FusedBackwardOptimizer(Optimizer):
             self._apply_accumulated_grads(self.param_groups[0]["lr"])
         else:
             self.fused_backward(loss, self.param_groups[0]["lr"])
+
+    def step_from_grads(self) -> None:
+        """Update from the gradients backward left in ``.grad`` (pipeline schedules run
+        backward themselves), then free them."""
+        self._decide_loss_scaler()
+        self._apply_accumulated_grads(self.param_groups[0]["lr"])
 
     def grad_norm(self, loss: torch.Tensor) -> None:
         """First pass of global-norm clipping: backward that only measures the gradients.
@@ -259,10 +269,14 @@ class FusedBackwardOptimizer(Optimizer):
 
     def _global_grad_norm(self, norms: list[torch.Tensor]) -> torch.Tensor:
         """L2 norm of all gradients from the per-parameter norms (a global reduction)."""
-        if not norms:
-            return torch.zeros((), device=self._named_params[0][1].device)
-        device = norms[0].device
-        return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+        device = full_or_local(self._named_params[0][1]).device
+        total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms])) if norms else \
+            torch.zeros((), device=device)
+        if self._pp_group is not None:
+            squared = total.square()
+            dist.all_reduce(squared, group=self._pp_group)
+            total = squared.sqrt()
+        return total
 
     def _on_grad_ready(self, p: torch.Tensor) -> None:
         """Post-accumulate-grad hook: ``p.grad`` is complete for this backward pass."""

@@ -230,7 +230,12 @@ def _prune(root: str, max_to_keep: int) -> None:
 
 def export_hf(model: torch.nn.Module, path: str, runtime, tokenizer=None) -> None:
     """HF-format model (+ tokenizer) from any layout; see `CollieModel.save_pretrained`."""
-    model.save_pretrained(path)
+    if runtime.pp_size > 1:
+        from collie.distributed.pipeline import save_pipelined
+
+        save_pipelined(model, path, runtime)
+    else:
+        model.save_pretrained(path)
     if runtime.is_main and tokenizer is not None:
         tokenizer.save_pretrained(path)
     runtime.barrier()

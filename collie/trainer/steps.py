@@ -54,6 +54,23 @@ def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of
     return StepResult(global_loss_sum / total_loss_tokens, int(total_real))
 
 
+def run_pipeline_step(runner, micro_batches: list[dict], dp_sum: Callable[[list[float]], list[float]],
+                      pp_sum: Callable[[float], float], dp_size: int,
+                      ignore_index: int = IGNORE_INDEX) -> StepResult:
+    """The same step through a pipeline schedule: the last stage sums each micro-batch's token
+    losses weighted by the global token count; the mean then reaches every stage."""
+    counts = [count_loss_tokens(mb["labels"], ignore_index) for mb in micro_batches]
+    real = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
+    total_loss_tokens, total_real = dp_sum([float(sum(counts)), float(real)])
+    if total_loss_tokens == 0:
+        return StepResult(float("nan"), int(total_real), skipped=True)
+    input_ids = torch.cat([mb["input_ids"] for mb in micro_batches])
+    labels = torch.cat([mb["labels"] for mb in micro_batches])
+    contribution = runner.step(input_ids, labels, loss_weight=dp_size / total_loss_tokens)
+    (loss,) = dp_sum([contribution / dp_size])
+    return StepResult(pp_sum(loss), int(total_real))
+
+
 def refresh_hessian(model: torch.nn.Module, optimizer, micro_batch: dict) -> None:
     """SophiaG's Gauss-Newton-Bartlett estimate: backward on labels sampled from the model."""
     logits = model(micro_batch["input_ids"]).logits

@@ -21,6 +21,7 @@ from collie.data.collate import ColliePadder
 from collie.data.sampler import GlobalBatchSampler
 from collie.distributed.clip import clip_grad_norm, clip_grad_value
 from collie.distributed.parallelize import parallelize
+from collie.distributed.pipeline import PipelinedModel, PipelineRunner
 from collie.distributed.runtime import build_runtime
 from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity, pad_id
 from collie.evaluate.metrics import PPLMetric
@@ -31,7 +32,7 @@ from collie.trainer import checkpoint
 from collie.trainer.callbacks import Callback, CallbackList
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
 from collie.trainer.optim_factory import UPDATES_IN_BACKWARD, build_optimizer, build_scheduler
-from collie.trainer.steps import StepResult, default_loss, refresh_hessian, run_micro_batches
+from collie.trainer.steps import StepResult, default_loss, refresh_hessian, run_micro_batches, run_pipeline_step
 
 log = logging.getLogger("collie")
 
@@ -56,7 +57,14 @@ class Trainer:
         self.train_dataset = train_dataset
         self.tokenizer = tokenizer or getattr(train_dataset, "tokenizer", None)
         self.train_fn = train_fn
-        self.padder = ColliePadder(pad_id(self.tokenizer), config.data.padding_side)
+        self.pipeline: Optional[PipelineRunner] = None
+        if self.runtime.pp_size > 1:
+            if train_fn is not None:
+                raise ConfigError("pp_size: a custom train_fn cannot run inside a pipeline schedule")
+            self.pipeline = PipelineRunner(self.model, self.runtime, config)
+        # Pipeline stages exchange fixed-shape activations: pad every batch to max_length there.
+        self.padder = ColliePadder(pad_id(self.tokenizer), config.data.padding_side,
+                                   pad_to=config.data.max_length if self.pipeline else None)
         self.sampler = None
         if train_dataset is not None:
             self.sampler = GlobalBatchSampler(len(train_dataset), config.train_micro_batch_size,
@@ -67,15 +75,19 @@ class Trainer:
         if self.updates_in_backward:
             sharded = self.runtime.dp_size > 1 and config.zero_stage > 0
             self.optimizer.configure_parallel(self.model, dp_group=None if sharded else self.runtime.dp_group,
-                                              sharded=sharded)
+                                              sharded=sharded or self.pipeline is not None,
+                                              pp_group=self.runtime.pp_group)
+        if self.pipeline is not None and getattr(self.optimizer, "hessian_update_interval", 0):
+            raise ConfigError("optimizer.name: SophiaG's Hessian refresh needs the whole model; use pp_size=1")
         self.lr_scheduler = lr_scheduler or build_scheduler(self.optimizer, config.scheduler, max(1, self.total_steps))
         self.monitors = default_monitors(config) if monitors is None else list(monitors)
         self.evaluators = list(evaluators or [])
         if eval_dataset is not None:
             self.evaluators.append(EvaluatorForPerplexity(self.model, config, eval_dataset,
                                                           {"ppl": PPLMetric()}, eval_fn=eval_fn))
+        eval_model = PipelinedModel(self.model, self.runtime) if self.pipeline else self.model
         for evaluator in self.evaluators:
-            evaluator.model, evaluator.runtime = self.model, self.runtime
+            evaluator.model, evaluator.runtime = eval_model, self.runtime
         callbacks = list(callbacks or [])
         if config.checkpoint_every_n_steps:
             callbacks.append(CheckpointCallback(every_n_steps=config.checkpoint_every_n_steps,
@@ -185,18 +197,24 @@ class Trainer:
             loss_of = lambda batch: self.train_fn(self, batch)  # noqa: E731
         else:
             loss_of = lambda batch: default_loss(self.model, self.loss_fn, batch, self._autocast)  # noqa: E731
-        result = run_micro_batches(self.model, micro, loss_of, self._backward, self.runtime.dp_sum,
-                                   self.runtime.dp_size, getattr(self.loss_fn, "ignore_index", IGNORE_INDEX))
+        ignore_index = getattr(self.loss_fn, "ignore_index", IGNORE_INDEX)
+        rt = self.runtime
+        if self.pipeline is not None:
+            result = run_pipeline_step(self.pipeline, micro, rt.dp_sum, rt.pp_sum, rt.dp_size, ignore_index)
+        else:
+            result = run_micro_batches(self.model, micro, loss_of, self._backward, rt.dp_sum, rt.dp_size,
+                                       ignore_index)
         if result.skipped:
             log.warning("step %d: no trainable tokens in the global batch (all labels are -100); step skipped",
                         self.global_step + 1)
-            self.optimizer.zero_grad(set_to_none=True)
+            self._drop_grads()
             return result
         if not math.isfinite(result.loss):
             return self._non_finite(result)
         if self.updates_in_backward:
-            # Parameters were updated in backward; this no-op step keeps LR schedulers'
-            # step-order bookkeeping right.
+            if self.pipeline is not None:
+                self.optimizer.step_from_grads()  # the schedule ran backward itself
+            # Parameters are updated; this no-op step keeps LR schedulers' step-order bookkeeping right.
             self.optimizer.step()
         else:
             self._optimizer_step()
@@ -205,6 +223,11 @@ class Trainer:
                 refresh_hessian(self.model, self.optimizer, micro[0])
         self.lr_scheduler.step()
         return result
+
+    def _drop_grads(self) -> None:
+        # Not optimizer.zero_grad(): in-backward optimizers make it a no-op.
+        for p in self.model.parameters():
+            p.grad = None
 
     def _backward(self, loss: torch.Tensor, is_last: bool) -> None:
         if self.updates_in_backward:
@@ -233,12 +256,13 @@ class Trainer:
         """A NaN/inf loss: stop (default) or, with nan_policy=skip, drop this step's update.
         The optimizer and the last checkpoint are untouched either way."""
         step = self.global_step + 1
-        if self.config.nan_policy == "skip" and not self.updates_in_backward:
+        already_applied = self.updates_in_backward and self.pipeline is None
+        if self.config.nan_policy == "skip" and not already_applied:
             log.warning("step %d: the loss is %s; the update is skipped (nan_policy=skip)", step, result.loss)
-            self.optimizer.zero_grad(set_to_none=True)
+            self._drop_grads()
             result.skipped = True
             return result
-        applied = " (already applied inside backward)" if self.updates_in_backward else ""
+        applied = " (already applied inside backward)" if already_applied else ""
         raise FloatingPointError(f"step {step}: the loss is {result.loss}{applied}; training stopped, the last "
                                  "checkpoint is intact (set nan_policy=skip to skip such steps)")
 

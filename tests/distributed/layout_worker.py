@@ -1,6 +1,7 @@
 """Run under torchrun: train the same seed checkpoint under several layouts, write the losses."""
 
 import json
+import os
 import sys
 
 import torch
@@ -20,6 +21,14 @@ LAYOUTS = {
     # CoLLiE's API order: the user builds the optimizer before the Trainer shards the model.
     "zero3_dp2_user_optimizer": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
     "tp2_user_optimizer": ["dp_size=1", "tp_size=2"],
+    "pp2_gpipe": ["dp_size=1", "pp_size=2", "pp_schedule=gpipe"],
+    "pp2_1f1b": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b"],
+}
+# Four processes (a second launch).
+LAYOUTS_4 = {
+    "dp2_tp2": ["dp_size=2", "tp_size=2", "train_micro_batch_size=1"],
+    "pp2_tp2": ["dp_size=1", "pp_size=2", "tp_size=2"],
+    "pp2_dp2_zero3": ["dp_size=2", "pp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
 }
 
 
@@ -43,8 +52,8 @@ class Losses(Callback):
 
 def run(model_dir: str, records: str, overrides: list[str], export: str = "") -> list[float]:
     config = CollieConfig.load(None, ["train_micro_batch_size=2", "gradient_accumulation_steps=2", "max_steps=6",
-                                      "logging=[]", "optimizer.lr=0.01", "optimizer.clip_grad_norm=1.0",
-                                      *overrides])
+                                      "logging=[]", "optimizer.lr=0.001", "optimizer.clip_grad_norm=1.0",
+                                      "data.max_length=16", *overrides])
     model = CollieModel.from_pretrained(model_dir, config=config)
     with open(records) as f:
         dataset = CollieDatasetForTraining(json.load(f))
@@ -61,12 +70,13 @@ def run(model_dir: str, records: str, overrides: list[str], export: str = "") ->
 
 def main() -> None:
     model_dir, records, out = sys.argv[1:4]
+    layouts = LAYOUTS_4 if os.environ["WORLD_SIZE"] == "4" else LAYOUTS
     # Every layout exports its trained model; the test compares them with transformers.
     results = {name: run(model_dir, records, overrides, export=f"{out}.{name}")
-               for name, overrides in LAYOUTS.items()}
+               for name, overrides in layouts.items()}
     for optimizer, settings in IN_BACKWARD.items():
-        for layout in IN_BACKWARD_LAYOUTS:
-            results[f"{optimizer}/{layout}"] = run(model_dir, records, LAYOUTS[layout] + settings)
+        for layout in (IN_BACKWARD_LAYOUTS if layouts is LAYOUTS else ("pp2_tp2",)):
+            results[f"{optimizer}/{layout}"] = run(model_dir, records, layouts[layout] + settings)
     if dist.get_rank() == 0:
         with open(out, "w") as f:
             json.dump(results, f)

@@ -1,9 +1,13 @@
-"""Loss parity across parallel layouts (gloo, 2 processes, one launch for all layouts)."""
+"""Loss parity across parallel layouts (gloo; one launch of 2 processes and one of 4)."""
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 from helpers import save_tiny_hf_model
 
@@ -11,45 +15,62 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RECORDS = [{"tokens": [(7 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for i in range(24)]
 
 
-def test_layouts_match_single_process(tmp_path):
+@pytest.fixture(scope="module")
+def seed(tmp_path_factory):
     sys.path.insert(0, HERE)
-    from layout_worker import IN_BACKWARD, IN_BACKWARD_LAYOUTS, LAYOUTS, run
-
-    model_dir = save_tiny_hf_model(str(tmp_path / "seed"))
-    records = tmp_path / "records.json"
+    root = tmp_path_factory.mktemp("layouts")
+    model_dir = save_tiny_hf_model(str(root / "seed"))
+    records = root / "records.json"
     records.write_text(json.dumps(RECORDS))
-    out = tmp_path / "losses.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    os.path.join(HERE, "layout_worker.py"), model_dir, str(records), str(out)],
-                   check=True, env=env, timeout=300)
-    reference = run(model_dir, str(records), ["dp_size=1"])
+    from layout_worker import IN_BACKWARD, run
+
+    # Single-process references, and the model a single process exports.
+    references = {"adamw": run(model_dir, str(records), ["dp_size=1"], export=str(root / "single"))}
+    for optimizer, settings in IN_BACKWARD.items():
+        references[optimizer] = run(model_dir, str(records), ["dp_size=1", *settings])
+    return root, model_dir, str(records), references
+
+
+def _check(seed, nproc, layouts, in_backward_layouts):
+    from layout_worker import IN_BACKWARD
+
+    root, model_dir, records, references = seed
+    out = root / f"losses{nproc}.json"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                    os.path.join(HERE, "layout_worker.py"), model_dir, records, str(out)],
+                   check=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     losses = json.loads(out.read_text())
     # LOMO/AdaLomo, with and without clipping: averaged over dp replicas, updated on FSDP
-    # shards, global norms and RMS over tensor-parallel shards.
-    for optimizer, settings in IN_BACKWARD.items():
-        # The single-process run updates (tests/unit prove LOMO == SGD and AdaLomo == its
-        # reference), so a layout that failed to update would fail this parity check.
-        reference_ib = run(model_dir, str(records), ["dp_size=1", *settings])
-        for layout in IN_BACKWARD_LAYOUTS:
+    # shards and pipeline stages, global norms and RMS over tensor-parallel shards. The
+    # single-process runs update (tests/unit prove LOMO == SGD and AdaLomo == its reference),
+    # so a layout that failed to update would fail this parity check.
+    for optimizer in IN_BACKWARD:
+        for layout in in_backward_layouts:
             values = losses.pop(f"{optimizer}/{layout}")
-            assert max(abs(a - b) for a, b in zip(values, reference_ib)) <= 1e-5, (optimizer, layout, values,
-                                                                                  reference_ib)
-    assert set(losses) == set(LAYOUTS)
+            assert max(abs(a - b) for a, b in zip(values, references[optimizer])) <= 1e-5, (optimizer, layout)
+    assert set(losses) == set(layouts)
     for name, values in losses.items():
-        assert len(values) == len(reference) == 6
-        assert max(abs(a - b) for a, b in zip(values, reference)) <= 1e-5, (name, values, reference)
+        assert len(values) == len(references["adamw"]) == 6
+        assert max(abs(a - b) for a, b in zip(values, references["adamw"])) <= 1e-5, (name, values)
 
     # Export from every layout: transformers loads one HF model equal to the single-process one.
     # 1e-3, not 1e-5: six AdamW steps amplify fp32 reduction-order noise in near-zero gradient
     # entries (Adam divides by sqrt(v) + eps); a mis-assembled shard would be off by O(1).
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    run(model_dir, str(records), ["dp_size=1"], export=str(tmp_path / "single"))
-    expected = AutoModelForCausalLM.from_pretrained(tmp_path / "single").eval()
+    expected = AutoModelForCausalLM.from_pretrained(root / "single").eval()
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        for name in LAYOUTS:
+        for name in layouts:
             exported = AutoModelForCausalLM.from_pretrained(f"{out}.{name}").eval()
             assert (exported(ids).logits - expected(ids).logits).abs().max() <= 1e-3, name
+
+
+def test_two_process_layouts_match_single_process(seed):
+    from layout_worker import IN_BACKWARD_LAYOUTS, LAYOUTS
+
+    _check(seed, 2, LAYOUTS, IN_BACKWARD_LAYOUTS)
+
+
+def test_four_process_layouts_match_single_process(seed):
+    from layout_worker import LAYOUTS_4
+
+    _check(seed, 4, LAYOUTS_4, ("pp2_tp2",))

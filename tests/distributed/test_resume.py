@@ -13,9 +13,12 @@ RECORDS = [{"tokens": [(5 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for
 
 
 def _launch(mode, model_dir, records, out, *torchrun_args):
+    # Restarted workers must not share the launcher's rendezvous store: they could read a
+    # peer address left by the killed attempt (PyTorch issue 135712). README says the same.
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                     *torchrun_args, os.path.join(HERE, "resume_worker.py"), mode, model_dir, records, out],
-                   check=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300, capture_output=True)
+                   check=True, env=env, timeout=300, capture_output=True)
     with open(os.path.join(out, f"{mode}.json")) as f:
         return json.load(f)
 

@@ -1,0 +1,127 @@
+"""What the memory benchmarks share: one measured run per subprocess, its peak RSS, and
+building and training a collie model without a memory peak that is not the method's own.
+
+Peak RSS is a process-wide high-water mark, so each configuration gets a fresh process
+(`script --run NAME ...`) that prints one JSON line; the parent collects those lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+RESULT_PREFIX = "RESULT "
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def peak_rss_gib() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def report(**fields: Any) -> None:
+    """The child's last word: its peak RSS (and GPU peak on CUDA) plus `fields`, as JSON."""
+    result = {"peak_rss_gib": peak_rss_gib(), **fields}
+    if torch.cuda.is_available():
+        result["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_child(script: str, name: str, args: list[str]) -> dict:
+    """Run `script --run name args` in a fresh interpreter and return its reported result."""
+    proc = subprocess.run([sys.executable, script, "--run", name, *args], capture_output=True, text=True,
+                          check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"run {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def shape_model_config(shape: str):
+    """An HF LlamaConfig of a named collie shape (vocab at least the bundled tokenizer's)."""
+    from transformers import AutoTokenizer
+
+    from collie.models.shapes import bundled_tokenizer_path, shape_config
+
+    return shape_config(shape, AutoTokenizer.from_pretrained(bundled_tokenizer_path()))
+
+
+def build_collie_model(model_config, dtype: torch.dtype, seed: int = 0):
+    """A randomly initialised collie LLaMA stored in `dtype` (built on meta and cast there, so
+    a bf16 model never passes through an fp32 copy)."""
+    from collie.models.llama import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_config(model_config, seed=seed, dtype=dtype)
+
+
+def available_bytes() -> int:
+    """Memory the OS could still give a new process (MemAvailable), to decide what to attempt."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def random_records(vocab: int, seq: int, count: int, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    return [{"tokens": torch.randint(0, vocab, (seq,), generator=g).tolist()} for _ in range(count)]
+
+
+def train_transformers_adamw(shape: str, seq: int, steps: int) -> list[float]:
+    """The baseline: transformers' LlamaForCausalLM, fp32, gradient checkpointing, torch AdamW,
+    a plain loop on the same random tokens; returns the step times."""
+    from transformers import LlamaForCausalLM as HFLlama
+
+    config = shape_model_config(shape)
+    # Built straight on the device's host in fp32: one copy, as `from_pretrained` would leave it.
+    model = HFLlama(config).to(device()).train()
+    model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for record in random_records(config.vocab_size, seq, steps):
+        ids = torch.tensor([record["tokens"]], device=device())
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int) -> list[float]:
+    """Train `model` for `steps` steps (batch 1, checkpointing) with collie's Trainer on random
+    tokens; returns the step times. A bf16-stored model computes in fp32 on CPU, one layer at
+    a time (the Trainer's default compute_dtype), natively in bf16 on GPUs."""
+    from collie import CollieConfig
+    from collie.data import CollieDatasetForTraining
+    from collie.trainer import Callback, Trainer
+
+    class StepTimes(Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_train_batch_begin(self, trainer, batch) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, loss) -> None:
+            self.times.append(time.perf_counter() - self.start)
+
+    config = CollieConfig(model_config=model.config, train_micro_batch_size=1, max_steps=steps, logging=[],
+                          checkpointing=True)
+    config.data.max_length = seq
+    config.optimizer.name = optimizer
+    data = CollieDatasetForTraining(random_records(model.config.vocab_size, seq, steps))
+    timer = StepTimes()
+    Trainer(model, config, train_dataset=data, callbacks=[timer]).train()
+    return timer.times

@@ -1,0 +1,121 @@
+"""Full-parameter fine-tuning memory: collie (AdamW, LOMO, AdaLomo; fp32 and bf16 storage)
+vs transformers' LlamaForCausalLM with AdamW.
+
+~1B LLaMA shape (`1b` in collie/models/shapes.py: hidden 2048, 16 layers, 16 heads, MLP 5632,
+vocab 32000), seq 512, batch 1, activation checkpointing, 3 optimizer steps on random tokens.
+Each configuration runs in its own process and reports the OS's peak resident set size
+(ru_maxrss), which counts everything the run held at its worst moment: weights, gradients,
+optimizer state, activations, the interpreter and libraries. On CUDA the peak allocated GPU
+memory is shown too. Prints one row per run with its ratio to the transformers run, then
+whether the goals (LOMO <= 0.30x, AdaLomo <= 0.35x of transformers AdamW) are met; the goal
+uses the bf16-storage run of each optimizer (LOMO's intended setting) when it was run.
+
+    OMP_NUM_THREADS=2 python benchmarks/memory.py [--shape 1b] [--seq 512] [--steps 3] [--only NAME,...]
+    python benchmarks/memory.py --dry-run     # tiny shape, seq 32, 1 step: checks the plumbing
+
+bf16 runs store parameters in bf16 with no fp32 copy; on CPU each layer computes in fp32
+(`collie.distributed.precision.apply_compute_dtype`), on CUDA natively in bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from _rss import (build_collie_model, device, report, run_child, shape_model_config, train_collie,
+                  train_transformers_adamw)
+
+BASELINE = "transformers_adamw"
+# name -> (collie optimizer, storage dtype); None marks the transformers baseline.
+RUNS: dict[str, tuple[str, torch.dtype] | None] = {
+    BASELINE: None,
+    "collie_adamw": ("adamw", torch.float32),
+    "collie_lomo": ("lomo", torch.float32),
+    "collie_adalomo": ("adalomo", torch.float32),
+    "collie_lomo_bf16": ("lomo", torch.bfloat16),
+    "collie_adalomo_bf16": ("adalomo", torch.bfloat16),
+}
+# goal name -> (max ratio, runs judged, preferred first)
+GOALS = {"LOMO": (0.30, ("collie_lomo_bf16", "collie_lomo")),
+         "AdaLomo": (0.35, ("collie_adalomo_bf16", "collie_adalomo"))}
+
+
+def collie_run(name: str, shape: str, seq: int, steps: int) -> list[float]:
+    optimizer, dtype = RUNS[name]
+    model = build_collie_model(shape_model_config(shape), dtype)
+    return train_collie(model, optimizer, seq, steps)
+
+
+def child(name: str, args: argparse.Namespace) -> None:
+    if RUNS[name] is None:
+        times = train_transformers_adamw(args.shape, args.seq, args.steps)
+    else:
+        times = collie_run(name, args.shape, args.seq, args.steps)
+    report(step_s=sum(times) / len(times))
+
+
+def goal_line(ratios: dict[str, float]) -> str:
+    parts = []
+    for goal, (limit, candidates) in GOALS.items():
+        run = next((r for r in candidates if r in ratios), None)
+        if run is None:
+            parts.append(f"{goal} <= {limit:.2f}x: not measured")
+        else:
+            verdict = "met" if ratios[run] <= limit else "not met"
+            parts.append(f"{goal} <= {limit:.2f}x: {verdict} ({run} {ratios[run]:.2f}x)")
+    return "goals: " + "; ".join(parts)
+
+
+def parent(args: argparse.Namespace) -> None:
+    names = args.only.split(",") if args.only else list(RUNS)
+    unknown = [n for n in names if n not in RUNS]
+    if unknown:
+        raise SystemExit(f"--only: unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUNS)}")
+    if BASELINE in names:  # the baseline first, so every later row has its ratio
+        names.remove(BASELINE)
+        names.insert(0, BASELINE)
+    script = os.path.abspath(__file__)
+    child_args = ["--shape", args.shape, "--seq", str(args.seq), "--steps", str(args.steps)]
+    print(f"shape {args.shape}, seq {args.seq}, batch 1, {args.steps} step(s), activation checkpointing, "
+          f"device {device().type}, threads {os.environ.get('OMP_NUM_THREADS', 'default')}", flush=True)
+    print(f"{'run':<22}{'peak RSS':>10}{'ratio':>9}{'s/step':>9}" +
+          (f"{'GPU peak':>11}" if device().type == "cuda" else ""), flush=True)
+    base: float | None = None
+    ratios: dict[str, float] = {}
+    for name in names:
+        result = run_child(script, name, child_args)
+        rss = result["peak_rss_gib"]
+        if name == BASELINE:
+            base = rss
+        ratio = rss / base if base else None
+        if ratio is not None:
+            ratios[name] = ratio
+        cells = f"{name:<22}{rss:>6.2f} GiB{(f'{ratio:.2f}x' if ratio is not None else '-'):>9}" \
+                f"{result['step_s']:>9.2f}"
+        if "cuda_peak_gib" in result:
+            cells += f"{result['cuda_peak_gib']:>7.2f} GiB"
+        print(cells, flush=True)
+    print(goal_line(ratios), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="1b")
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    parser.add_argument("--dry-run", action="store_true", help="tiny shape, seq 32, 1 step")
+    parser.add_argument("--run", choices=list(RUNS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.dry_run:
+        args.shape, args.seq, args.steps = "tiny", 32, 1
+    if args.run:
+        child(args.run, args)
+    else:
+        parent(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""bf16 storage with fp32 compute (`apply_compute_dtype`): fp32 numbers, bf16 gradients on the
+stored parameters, unchanged names, and composition with activation checkpointing and LOMO."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from collie.distributed.parallelize import apply_activation_checkpointing
+from collie.distributed.precision import apply_compute_dtype
+from collie.models.llama import LlamaForCausalLM
+from collie.optim import Lomo
+from helpers import tiny_llama_config
+
+torch.set_num_threads(1)
+
+
+def _bf16_model() -> LlamaForCausalLM:
+    return LlamaForCausalLM.from_config(tiny_llama_config(), seed=0, dtype=torch.bfloat16)
+
+
+def _ids() -> torch.Tensor:
+    return torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def _loss(model: LlamaForCausalLM) -> torch.Tensor:
+    ids = _ids()
+    return model(ids, labels=ids).loss
+
+
+def _pair() -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
+    """A bf16 model computing in fp32, and an fp32 model holding the same (bf16-rounded) values."""
+    model = _bf16_model()
+    reference = copy.deepcopy(model).float()
+    apply_compute_dtype(model, torch.float32)
+    return model, reference
+
+
+def test_logits_equal_fp32_model_with_the_same_weights() -> None:
+    model, reference = _pair()
+    with torch.no_grad():
+        got, want = model(_ids()).logits, reference(_ids()).logits
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_gradients_reach_stored_parameters_in_bf16_and_hooks_fire() -> None:
+    model, _ = _pair()
+    fired = []
+    for name, p in model.named_parameters():
+        p.register_post_accumulate_grad_hook(lambda p, name=name: fired.append(name))
+    _loss(model).backward()
+    assert sorted(fired) == sorted(name for name, _ in model.named_parameters())
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.bfloat16, name
+
+
+def test_names_unchanged() -> None:
+    model = _bf16_model()
+    keys = list(model.state_dict())
+    names = [name for name, _ in model.named_parameters()]
+    apply_compute_dtype(model, torch.float32)
+    assert list(model.state_dict()) == keys
+    assert [name for name, _ in model.named_parameters()] == names
+    model.load_state_dict(_bf16_model().state_dict())
+
+
+@pytest.mark.parametrize("checkpointing_first", [False, True])
+def test_checkpointing_matches_fp32_gradients(checkpointing_first: bool) -> None:
+    model = _bf16_model()
+    reference = copy.deepcopy(model).float()
+    if checkpointing_first:
+        apply_activation_checkpointing(model)
+    apply_compute_dtype(model, torch.float32)
+    if not checkpointing_first:
+        apply_activation_checkpointing(model)
+    _loss(model).backward()
+    _loss(reference).backward()
+    grads = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        want = grads[name.replace("._checkpoint_wrapped_module", "")].grad
+        assert p.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(p.grad.float(), want, atol=1e-3, rtol=1e-2, msg=name)
+
+
+def test_checkpointing_keeps_no_upcast_weights_for_backward() -> None:
+    """The point of upcasting inside the checkpointed region: backward recomputes the fp32
+    copies, so forward leaves none of the layers' copies saved."""
+    model, _ = _pair()
+    apply_activation_checkpointing(model)
+    # Matrices only: the final norm (outside any layer) legitimately saves its fp32 weight.
+    layer_shapes = {tuple(p.shape) for p in model.layers.parameters() if p.ndim == 2}
+    saved = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append((tuple(t.shape), t.dtype))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _loss(model)
+    assert saved and not [s for s in saved if s[1] == torch.float32 and s[0] in layer_shapes]
+
+
+def test_lomo_updates_bf16_model_in_place() -> None:
+    model, _ = _pair()
+    apply_activation_checkpointing(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    Lomo(model, lr=1e-2).backward(_loss(model))
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.bfloat16 and p.grad is None, name
+        # Norm weights sit at 1.0, where an update this small rounds back in bf16.
+        if p.ndim == 2:
+            assert not torch.equal(p, before[name]), name
+
+
+def test_no_op_when_already_in_compute_dtype() -> None:
+    model = LlamaForCausalLM.from_config(tiny_llama_config(), seed=0)
+    classes = [type(m) for m in model.modules()]
+    apply_compute_dtype(model, torch.float32)
+    assert [type(m) for m in model.modules()] == classes
