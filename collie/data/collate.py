@@ -18,18 +18,21 @@ class ColliePadder:
     """
 
     def __init__(self, pad_token_id: int, padding_side: str = "right",
-                 max_length: Optional[int] = None, pad_to: Optional[int] = None) -> None:
+                 max_length: Optional[int] = None, pad_to: Optional[int] = None, multiple_of: int = 1) -> None:
         """`pad_to` pads every batch to exactly that length (pipeline stages exchange
-        fixed-shape activations); otherwise batches are padded to their longest item."""
+        fixed-shape activations); otherwise batches are padded to their longest item, rounded
+        up to `multiple_of` (sequence parallel splits the sequence evenly over ranks)."""
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side: {padding_side!r} is not one of left, right")
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
         self.max_length = max_length
         self.pad_to = pad_to
+        self.multiple_of = multiple_of
 
     def __call__(self, items: list[dict]) -> dict:
         longest = self.pad_to or max(len(item["input_ids"]) for item in items)
+        longest = -(-longest // self.multiple_of) * self.multiple_of
         if self.max_length is not None:
             longest = min(longest, self.max_length)
         batch: dict = {

@@ -27,7 +27,7 @@ def parallelize(model: torch.nn.Module, config, runtime, replicate_wrapper: bool
         split_for_stage(model, runtime.pp_rank, ranges)
     model.to(runtime.device)
     if config.tp_size > 1:
-        apply_tensor_parallel(model, runtime.mesh["tp"])
+        apply_tensor_parallel(model, runtime.mesh["tp"], config.sequence_parallel)
     compute = compute_dtype(config, runtime.device, next(model.parameters()).dtype)
     if compute != next(model.parameters()).dtype:
         apply_compute_dtype(model, compute)
@@ -65,10 +65,10 @@ def check_layout(model: torch.nn.Module, config) -> None:
                           "pipeline parallel yet (use tp_size=1 and pp_size=1 for this model)")
 
 
-def apply_tensor_parallel(model: torch.nn.Module, tp_mesh) -> None:
+def apply_tensor_parallel(model: torch.nn.Module, tp_mesh, sequence_parallel: bool = False) -> None:
     from collie.models.llama.tp_plan import llama_tp_plan
 
-    parallelize_module(model, tp_mesh, llama_tp_plan(model))
+    parallelize_module(model, tp_mesh, llama_tp_plan(model, sequence_parallel))
 
 
 def apply_activation_checkpointing(model: torch.nn.Module) -> None:

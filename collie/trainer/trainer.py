@@ -23,7 +23,7 @@ from collie.distributed.clip import clip_grad_norm, clip_grad_value
 from collie.distributed.parallelize import parallelize
 from collie.distributed.pipeline import PipelinedModel, PipelineRunner
 from collie.distributed.runtime import build_runtime
-from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity, pad_id
+from collie.evaluate.evaluators import Evaluator, EvaluatorForGeneration, EvaluatorForPerplexity, pad_id
 from collie.evaluate.metrics import PPLMetric
 from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.monitors.monitors import Monitor, StepStats, default_monitors, llama_flops_per_token
@@ -64,7 +64,8 @@ class Trainer:
             self.pipeline = PipelineRunner(self.model, self.runtime, config)
         # Pipeline stages exchange fixed-shape activations: pad every batch to max_length there.
         self.padder = ColliePadder(pad_id(self.tokenizer), config.data.padding_side,
-                                   pad_to=config.data.max_length if self.pipeline else None)
+                                   pad_to=config.data.max_length if self.pipeline else None,
+                                   multiple_of=self._sequence_multiple())
         self.sampler = None
         if train_dataset is not None:
             self.sampler = GlobalBatchSampler(len(train_dataset), config.train_micro_batch_size,
@@ -88,6 +89,10 @@ class Trainer:
         eval_model = PipelinedModel(self.model, self.runtime) if self.pipeline else self.model
         for evaluator in self.evaluators:
             evaluator.model, evaluator.runtime = eval_model, self.runtime
+            evaluator.collate_fn.multiple_of = self._sequence_multiple()
+            if config.sequence_parallel and config.tp_size > 1 and isinstance(evaluator, EvaluatorForGeneration):
+                raise ConfigError("sequence_parallel: token-by-token generation cannot split the sequence over "
+                                  "ranks; evaluate generation without sequence_parallel")
         callbacks = list(callbacks or [])
         if config.checkpoint_every_n_steps:
             callbacks.append(CheckpointCallback(every_n_steps=config.checkpoint_every_n_steps,
@@ -223,6 +228,9 @@ class Trainer:
                 refresh_hessian(self.model, self.optimizer, micro[0])
         self.lr_scheduler.step()
         return result
+
+    def _sequence_multiple(self) -> int:
+        return self.config.tp_size if self.config.sequence_parallel else 1
 
     def _drop_grads(self) -> None:
         # Not optimizer.zero_grad(): in-backward optimizers make it a no-op.

@@ -21,6 +21,7 @@ LAYOUTS = {
     # CoLLiE's API order: the user builds the optimizer before the Trainer shards the model.
     "zero3_dp2_user_optimizer": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
     "tp2_user_optimizer": ["dp_size=1", "tp_size=2"],
+    "tp2_sequence_parallel": ["dp_size=1", "tp_size=2", "sequence_parallel=true"],
     "pp2_gpipe": ["dp_size=1", "pp_size=2", "pp_schedule=gpipe"],
     "pp2_1f1b": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b"],
 }

@@ -119,18 +119,20 @@ class LlamaForCausalLM(CollieModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 kv_cache: Optional[KVCache] = None) -> CausalLMOutput:
+        # Sizes from the input, not from h: under sequence parallel h holds a slice of the sequence.
+        batch, seq = input_ids.shape[:2]
         h = self.embed_tokens(input_ids) if self.embed_tokens is not None else input_ids
         past = kv_cache.length if kv_cache is not None else 0
         if position_ids is None:
-            position_ids = default_position_ids(h.shape[0], h.shape[1], past, attention_mask, h.device)
-        if self._inv_freq.device != h.device:
-            self._inv_freq = self._inv_freq.to(h.device)
+            position_ids = default_position_ids(batch, seq, past, attention_mask, input_ids.device)
+        if self._inv_freq.device != input_ids.device:
+            self._inv_freq = self._inv_freq.to(input_ids.device)
         cos, sin = rope_cos_sin(self._inv_freq, position_ids, h.dtype)
-        mask = attention_bias_mask(attention_mask, h.shape[1], past, h.device)
+        mask = attention_bias_mask(attention_mask, seq, past, input_ids.device)
         for layer in self.layers.values():
             h = layer(h, cos, sin, mask, kv_cache)
         if kv_cache is not None:
-            kv_cache.advance(h.shape[1])
+            kv_cache.advance(seq)
         if self.norm is not None:
             h = self.norm(h)
         logits = self.lm_head(h) if self.lm_head is not None else h

@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
-from torch.distributed.tensor import Replicate
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
+                                               SequenceParallel)
 
 
-def llama_tp_plan(model) -> dict:
+def llama_tp_plan(model, sequence_parallel: bool = False) -> dict:
     """Megatron layout: q/k/v and gate/up split by output features, o/down by input features,
     so each layer needs one all-reduce after attention and one after the MLP; the embedding is
-    split by vocabulary and the LM head gathers its vocabulary shards back."""
+    split by vocabulary and the LM head gathers its vocabulary shards back.
+
+    With `sequence_parallel`, the residual stream and the norms hold a slice of the sequence
+    on each rank (the all-reduces become reduce-scatter + all-gather), cutting activation
+    memory by tp_size outside attention and MLP.
+    """
+    between = Shard(1) if sequence_parallel else Replicate()
     plan = {}
     # A pipeline stage may lack the embedding or the head.
     if model.embed_tokens is not None:
-        plan["embed_tokens"] = RowwiseParallel(input_layouts=Replicate())
+        plan["embed_tokens"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=between)
     if model.lm_head is not None:
-        plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
+        plan["lm_head"] = ColwiseParallel(input_layouts=between, output_layouts=Replicate())
+        if sequence_parallel:
+            plan["norm"] = SequenceParallel()
     for name in model.layers:
         prefix = f"layers.{name}."
         for proj in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
             plan[prefix + proj] = ColwiseParallel()
         for proj in ("self_attn.o_proj", "mlp.down_proj"):
-            plan[prefix + proj] = RowwiseParallel()
+            plan[prefix + proj] = RowwiseParallel(output_layouts=between)
+        if sequence_parallel:
+            plan[prefix + "input_layernorm"] = SequenceParallel()
+            plan[prefix + "post_attention_layernorm"] = SequenceParallel()
+            # Attention and MLP see the whole sequence: gather it at their entrance.
+            plan[prefix + "self_attn"] = PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
+                                                            desired_input_layouts=(Replicate(), None, None, None,
+                                                                                   None))
+            plan[prefix + "mlp"] = PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),))
     return plan
