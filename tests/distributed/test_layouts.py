@@ -74,3 +74,25 @@ def test_four_process_layouts_match_single_process(seed):
     from layout_worker import LAYOUTS_4
 
     _check(seed, 4, LAYOUTS_4, ("pp2_tp2",))
+
+
+def test_two_nodes_with_c10d_rendezvous(seed):
+    """Two launchers (`--nnodes=2 --node_rank=i`), one process each, meeting through torchrun's
+    c10d rendezvous on localhost: the multi-node path, reaching the single-process losses."""
+    import socket
+
+    root, model_dir, records, references = seed
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = root / "two_nodes.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    launchers = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={i}",
+                                   "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                                   "--rdzv-id=collie-two-nodes", os.path.join(HERE, "layout_worker.py"), model_dir,
+                                   records, str(out), "dp2,zero3_dp2"], env=env)
+                 for i in range(2)]
+    assert [p.wait(timeout=300) for p in launchers] == [0, 0]
+    losses = json.loads(out.read_text())
+    for name in ("dp2", "zero3_dp2"):
+        assert max(abs(a - b) for a, b in zip(losses[name], references["adamw"])) <= 1e-5, name
