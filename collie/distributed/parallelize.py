@@ -20,12 +20,16 @@ def parallelize(model: torch.nn.Module, config, runtime, replicate_wrapper: bool
     """`replicate_wrapper=False` leaves replicated data parallel (zero_stage 0) to an optimizer
     that averages gradients itself inside backward (LOMO/AdaLomo)."""
     check_layout(model, config)
+    # A model from `from_pretrained` under a multi-process launch is still empty (meta): it is
+    # split and sharded first, then each rank loads only its own shards.
+    source = getattr(model, "hf_source", None)
     if config.pp_size > 1:
         from collie.distributed.pipeline import split_for_stage, stage_layer_ranges
 
         ranges = stage_layer_ranges(model, config.pp_size, config.pp_partition_method)
         split_for_stage(model, runtime.pp_rank, ranges)
-    model.to(runtime.device)
+    if source is None:
+        model.to(runtime.device)
     if config.tp_size > 1:
         apply_tensor_parallel(model, runtime.mesh["tp"], config.sequence_parallel)
     compute = compute_dtype(config, runtime.device, next(model.parameters()).dtype)
@@ -33,9 +37,20 @@ def parallelize(model: torch.nn.Module, config, runtime, replicate_wrapper: bool
         apply_compute_dtype(model, compute)
     if config.checkpointing:
         apply_activation_checkpointing(model)
-    if runtime.dp_size > 1 and (config.zero_stage > 0 or replicate_wrapper):
+    fsdp = runtime.dp_size > 1 and (config.zero_stage > 0 or config.tp_size > 1)
+    if source is not None and not fsdp:
+        _load_shards(model, source, runtime, config)  # DDP broadcasts real weights when it wraps
+    if runtime.dp_size > 1 and (fsdp or replicate_wrapper):
         apply_data_parallel(model, runtime.mesh["dp"], config)
+    if source is not None and fsdp:
+        _load_shards(model, source, runtime, config)
     return model
+
+
+def _load_shards(model: torch.nn.Module, source: str, runtime, config) -> None:
+    model.to_empty(device=runtime.device)
+    model.load_hf_weights(source, partial=config.pp_size > 1)
+    del model.hf_source
 
 
 def compute_dtype(config, device: torch.device, storage: torch.dtype) -> torch.dtype:

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from collie.distributed.shards import copy_whole_into
 from collie.models.hf_io import DEFAULT_MAX_SHARD_BYTES, iter_hf_tensors, save_hf_tensors
 
 
@@ -101,7 +102,10 @@ class CollieModel(nn.Module):
         """Load an HF directory. `config` is an optional CollieConfig (dropout, low_cpu_mem_usage).
 
         With `low_cpu_mem_usage` (the default) the model is built on the meta device and each
-        checkpoint tensor is copied into place as it is read: peak memory ≈ one model.
+        checkpoint tensor is copied into place as it is read: peak memory ≈ one model. Under
+        a multi-process launch, with a CollieConfig, loading is deferred to the Trainer: it
+        splits and shards the still-empty model first, then each rank copies in only its own
+        shards, one checkpoint tensor at a time (no rank ever holds the whole model).
         """
         hf_config = load_hf_config(path)
         apply_collie_settings(hf_config, config)
@@ -109,19 +113,28 @@ class CollieModel(nn.Module):
         if cls is not CollieModel and not issubclass(model_cls, cls):
             raise ValueError(f"{path!r} holds a {hf_config.model_type!r} model, not a {cls.__name__}")
         dtype = dtype or param_dtype(config)
+        if config is not None:
+            config.model_config = hf_config
+        if config is not None and config.low_cpu_mem_usage and _launched_processes() > 1 and \
+                not getattr(hf_config, "tie_word_embeddings", False):
+            with torch.device("meta"):
+                model = model_cls(hf_config)
+            model.to(dtype)
+            model.hf_source = path  # collie.distributed.parallelize loads it, shard by shard
+            return model
         if config is None or config.low_cpu_mem_usage:
             model = _materialize(model_cls, hf_config, dtype)
         else:
             model = model_cls(hf_config).to(dtype)
         model.load_hf_weights(path, adapter)
-        if config is not None:
-            config.model_config = hf_config
         return model
 
-    def load_hf_weights(self, path: str, adapter: Optional[HFAdapter] = None) -> None:
+    def load_hf_weights(self, path: str, adapter: Optional[HFAdapter] = None, partial: bool = False) -> None:
+        """Copy an HF checkpoint's tensors into this model, whose parameters may be DTensor
+        shards (each rank copies its own slice). `partial`: the model is one pipeline stage,
+        so tensors of other stages are skipped."""
         adapter = adapter or family_of(self.config)[1]
-        params = dict(self.named_parameters(remove_duplicate=False))
-        params.update(dict(self.named_buffers()))
+        params = self.state_dict(keep_vars=True)
         missing = set(self.hf_state_names())
         unexpected = []
         with torch.no_grad():
@@ -130,13 +143,14 @@ class CollieModel(nn.Module):
                 if name is None:
                     continue
                 if name not in params:
-                    unexpected.append(hf_name)
+                    if not partial:
+                        unexpected.append(hf_name)
                     continue
                 target = params[name]
                 if tuple(target.shape) != tuple(tensor.shape):
                     raise ValueError(f"{path}: {hf_name} has shape {tuple(tensor.shape)}, the model expects "
                                      f"{tuple(target.shape)} (does config.json match the weights?)")
-                target.copy_(tensor)
+                copy_whole_into(target, tensor.to(target.dtype))
                 missing.discard(name)
         if unexpected:
             raise ValueError(f"{path}: weights the model does not have: {', '.join(unexpected[:5])}")
@@ -187,6 +201,12 @@ class CollieModel(nn.Module):
         from collie.serve.generation import generate
 
         return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def _launched_processes() -> int:
+    from collie.distributed.env import read_launch_env
+
+    return int(read_launch_env().get("WORLD_SIZE", "1"))
 
 
 def _materialize(model_cls: type, hf_config, dtype: torch.dtype) -> "CollieModel":

@@ -15,6 +15,7 @@ from torch import nn
 
 from torch.distributed.tensor import DTensor
 
+from collie.distributed.shards import local_region
 from collie.optim._fused import FusedBackwardOptimizer, full_or_local, param_fp32, store_fp32
 from collie.optim._loss_scaler import DynamicLossScaler
 
@@ -22,17 +23,6 @@ from collie.optim._loss_scaler import DynamicLossScaler
 def _whole(tensor: torch.Tensor) -> torch.Tensor:
     """A plain tensor holding the whole value (a DTensor reduction is completed)."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
-def _local_region(tensor: torch.Tensor) -> tuple[slice, ...]:
-    """Where this rank's shard of `tensor` sits in the whole tensor (everything if plain)."""
-    if not isinstance(tensor, DTensor):
-        return tuple(slice(None) for _ in tensor.shape)
-    # Private, but it is what DCP itself uses to place shards; there is no public equivalent.
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-
-    shape, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
-    return tuple(slice(o, o + n) for o, n in zip(offset, shape))
 
 
 class AdaLomo(FusedBackwardOptimizer):
@@ -118,7 +108,7 @@ class AdaLomo(FusedBackwardOptimizer):
             state.update(self._init_state(p))
         beta2 = 1.0 - math.pow(self._step_count, self.decay_rate)
         sq = grad.square().add_(self.eps[0])
-        region = _local_region(grad)
+        region = local_region(grad)
         local_grad = full_or_local(grad)
         if grad.dim() >= 2:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]

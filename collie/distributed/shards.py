@@ -1,0 +1,26 @@
+"""Where a DTensor's local shard sits in the whole tensor, and filling shards from whole tensors."""
+
+from __future__ import annotations
+
+import torch
+from torch.distributed.tensor import DTensor
+
+
+def local_region(tensor: torch.Tensor) -> tuple[slice, ...]:
+    """Index of this rank's shard of `tensor` within the whole tensor (everything if plain)."""
+    if not isinstance(tensor, DTensor):
+        return tuple(slice(None) for _ in tensor.shape)
+    # Private, but it is what DCP itself uses to place shards; there is no public equivalent.
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(tensor.shape, tensor.device_mesh, tensor.placements)
+    return tuple(slice(o, o + n) for o, n in zip(offset, shape))
+
+
+@torch.no_grad()
+def copy_whole_into(target: torch.Tensor, whole: torch.Tensor) -> None:
+    """Copy a whole tensor into `target`, which may hold only a shard of it (no communication)."""
+    if isinstance(target, DTensor):
+        target.to_local().copy_(whole[local_region(target)])
+    else:
+        target.copy_(whole)
