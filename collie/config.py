@@ -102,6 +102,9 @@ class CollieConfig:
     zero_stage: int = 0
     cpu_offload: bool = False
     sequence_parallel: bool = False
+    # Tensor parallel: keep logits sharded by vocabulary and compute the loss on the shards
+    # (never gathering batch × seq × vocab logits on one rank).
+    loss_parallel: bool = False
     pp_schedule: str = "1f1b"
     mixed_precision: str = "no"
     # Storage dtype of the parameters ("auto" = float32). bfloat16 without fp32 master copies

@@ -31,7 +31,7 @@ def parallelize(model: torch.nn.Module, config, runtime, replicate_wrapper: bool
     if source is None:
         model.to(runtime.device)
     if config.tp_size > 1:
-        apply_tensor_parallel(model, runtime.mesh["tp"], config.sequence_parallel)
+        apply_tensor_parallel(model, runtime.mesh["tp"], config.sequence_parallel, config.loss_parallel)
     compute = compute_dtype(config, runtime.device, next(model.parameters()).dtype)
     if compute != next(model.parameters()).dtype:
         apply_compute_dtype(model, compute)
@@ -75,15 +75,18 @@ def check_layout(model: torch.nn.Module, config) -> None:
                           f"key/value heads ({kv_heads})")
     if config.pp_size > hf.num_hidden_layers:
         raise ConfigError(f"pp_size: {config.pp_size} stages but the model has only {hf.num_hidden_layers} layers")
+    if config.loss_parallel and config.pp_size > 1:
+        raise ConfigError("loss_parallel: not available with pipeline parallel yet (use pp_size=1)")
     if (config.tp_size > 1 or config.pp_size > 1) and getattr(hf, "tie_word_embeddings", False):
         raise ConfigError("tie_word_embeddings: tied input/output embeddings cannot be split by tensor or "
                           "pipeline parallel yet (use tp_size=1 and pp_size=1 for this model)")
 
 
-def apply_tensor_parallel(model: torch.nn.Module, tp_mesh, sequence_parallel: bool = False) -> None:
+def apply_tensor_parallel(model: torch.nn.Module, tp_mesh, sequence_parallel: bool = False,
+                          loss_parallel: bool = False) -> None:
     from collie.models.llama.tp_plan import llama_tp_plan
 
-    parallelize_module(model, tp_mesh, llama_tp_plan(model, sequence_parallel))
+    parallelize_module(model, tp_mesh, llama_tp_plan(model, sequence_parallel, loss_parallel))
 
 
 def apply_activation_checkpointing(model: torch.nn.Module) -> None:

@@ -6,6 +6,11 @@ import torch
 from torch.distributed.tensor import DTensor
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor holding the whole value (gathers or completes a DTensor's reduction)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def local_region(tensor: torch.Tensor) -> tuple[slice, ...]:
     """Index of this rank's shard of `tensor` within the whole tensor (everything if plain)."""
     if not isinstance(tensor, DTensor):

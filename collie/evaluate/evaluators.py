@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from collie.data.collate import ColliePadder
+from collie.distributed.shards import whole
 from collie.evaluate.metrics import BaseMetric
 from collie.models.loss import causal_lm_loss, count_loss_tokens
 
@@ -67,7 +68,7 @@ class Evaluator:
 class EvaluatorForPerplexity(Evaluator):
     def eval_batch(self, batch: dict) -> dict:
         labels = batch["labels"].to(self.device)
-        logits = self.model(batch["input_ids"].to(self.device)).logits
+        logits = whole(self.model(batch["input_ids"].to(self.device)).logits)
         nll = causal_lm_loss(logits, labels, reduction="sum")
         return {"nll_sum": nll, "tokens": count_loss_tokens(labels)}
 

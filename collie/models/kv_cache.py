@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 
@@ -16,9 +14,10 @@ class KVCache:
     the local head count under tensor parallel and the compute dtype need no bookkeeping.
     """
 
-    def __init__(self, num_layers: int, max_len: int) -> None:
-        self.keys: list[Optional[torch.Tensor]] = [None] * num_layers
-        self.values: list[Optional[torch.Tensor]] = [None] * num_layers
+    def __init__(self, max_len: int) -> None:
+        # Keyed by layer index: a pipeline stage holds only some of the layers.
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
         self.max_len = max_len
         self.length = 0
 
@@ -27,7 +26,7 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
-        if self.keys[layer] is None:
+        if layer not in self.keys:
             shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
             self.keys[layer] = k.new_empty(shape)
             self.values[layer] = v.new_empty(shape)

@@ -15,14 +15,9 @@ from torch import nn
 
 from torch.distributed.tensor import DTensor
 
-from collie.distributed.shards import local_region
+from collie.distributed.shards import local_region, whole
 from collie.optim._fused import FusedBackwardOptimizer, full_or_local, param_fp32, store_fp32
 from collie.optim._loss_scaler import DynamicLossScaler
-
-
-def _whole(tensor: torch.Tensor) -> torch.Tensor:
-    """A plain tensor holding the whole value (a DTensor reduction is completed)."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 class AdaLomo(FusedBackwardOptimizer):
@@ -87,7 +82,7 @@ class AdaLomo(FusedBackwardOptimizer):
 
     def _rms(self, tensor: torch.Tensor) -> torch.Tensor:
         """Root mean square of a whole parameter-shaped tensor (global if it is sharded)."""
-        return _whole(torch.linalg.vector_norm(tensor)) / math.sqrt(tensor.numel())
+        return whole(torch.linalg.vector_norm(tensor)) / math.sqrt(tensor.numel())
 
     def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         """Zero second-moment statistics, fp32 on the parameter's device."""
@@ -112,15 +107,15 @@ class AdaLomo(FusedBackwardOptimizer):
         local_grad = full_or_local(grad)
         if grad.dim() >= 2:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
-            row.mul_(beta2).add_(_whole(sq.mean(dim=-1)), alpha=1.0 - beta2)
-            col.mul_(beta2).add_(_whole(sq.mean(dim=-2)), alpha=1.0 - beta2)
+            row.mul_(beta2).add_(whole(sq.mean(dim=-1)), alpha=1.0 - beta2)
+            col.mul_(beta2).add_(whole(sq.mean(dim=-2)), alpha=1.0 - beta2)
             # 1 / sqrt(V) for Adafactor's rank-1 estimate V = row col^T / mean(row).
             r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_()[region[:-1]].unsqueeze(-1)
             c_factor = col[region[:-2] + region[-1:]].unsqueeze(-2).rsqrt()
             update = (r_factor * c_factor).mul_(local_grad)
         else:
             exp_avg_sq = state["exp_avg_sq"]
-            exp_avg_sq.mul_(beta2).add_(_whole(sq), alpha=1.0 - beta2)
+            exp_avg_sq.mul_(beta2).add_(whole(sq), alpha=1.0 - beta2)
             update = exp_avg_sq[region].rsqrt().mul_(local_grad)
         whole_update = update if not isinstance(grad, DTensor) else DTensor.from_local(
             update, grad.device_mesh, grad.placements, shape=grad.shape, stride=grad.stride())

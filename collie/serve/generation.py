@@ -6,6 +6,8 @@ from typing import Optional, Union
 
 import torch
 
+from collie.distributed.shards import whole
+
 
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
@@ -28,7 +30,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
     was_training = model.training
     model.eval()
     try:
-        logits = model(input_ids, attention_mask=mask, kv_cache=cache).logits[:, -1]
+        # whole(): under loss_parallel the logits come sharded by vocabulary.
+        logits = whole(model(input_ids, attention_mask=mask, kv_cache=cache).logits)[:, -1]
         tokens = [input_ids]
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):
@@ -40,7 +43,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            logits = model(next_token[:, None], attention_mask=mask, kv_cache=cache).logits[:, -1]
+            logits = whole(model(next_token[:, None], attention_mask=mask, kv_cache=cache).logits)[:, -1]
     finally:
         model.train(was_training)
     return torch.cat(tokens, dim=1)

@@ -14,6 +14,7 @@ from typing import Callable, ContextManager
 import torch
 import torch.nn.functional as F
 
+from collie.distributed.shards import whole
 from collie.models.loss import IGNORE_INDEX, count_loss_tokens
 
 
@@ -48,7 +49,7 @@ def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of
             loss = loss_of(mb)
             # dp_size undoes the gradient averaging that data parallel applies.
             contribution = loss * (count * dp_size / total_loss_tokens)
-            loss_sum += float(loss.detach()) * count
+            loss_sum += float(whole(loss.detach())) * count
         backward(contribution, i == last)
     (global_loss_sum,) = dp_sum([loss_sum])
     return StepResult(global_loss_sum / total_loss_tokens, int(total_real))

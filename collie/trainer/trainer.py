@@ -15,6 +15,7 @@ import time
 from typing import Callable, Optional
 
 import torch
+from torch.distributed.tensor.parallel import loss_parallel
 
 from collie.config import CollieConfig, ConfigError
 from collie.data.collate import ColliePadder
@@ -207,8 +208,11 @@ class Trainer:
         if self.pipeline is not None:
             result = run_pipeline_step(self.pipeline, micro, rt.dp_sum, rt.pp_sum, rt.dp_size, ignore_index)
         else:
-            result = run_micro_batches(self.model, micro, loss_of, self._backward, rt.dp_sum, rt.dp_size,
-                                       ignore_index)
+            # loss_parallel: the loss and its backward run on vocabulary-sharded logits.
+            context = loss_parallel() if self.config.loss_parallel and rt.tp_size > 1 else contextlib.nullcontext()
+            with context:
+                result = run_micro_batches(self.model, micro, loss_of, self._backward, rt.dp_sum, rt.dp_size,
+                                           ignore_index)
         if result.skipped:
             log.warning("step %d: no trainable tokens in the global batch (all labels are -100); step skipped",
                         self.global_step + 1)

@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from collie import CollieConfig
 from collie.data import CollieDatasetForTraining
+from collie.evaluate import EvaluatorForPerplexity, PPLMetric
 from collie.models.base import CollieModel
 from collie.trainer import Callback, Trainer
 
@@ -22,6 +23,7 @@ LAYOUTS = {
     "zero3_dp2_user_optimizer": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
     "tp2_user_optimizer": ["dp_size=1", "tp_size=2"],
     "tp2_sequence_parallel": ["dp_size=1", "tp_size=2", "sequence_parallel=true"],
+    "tp2_sp_loss_parallel": ["dp_size=1", "tp_size=2", "sequence_parallel=true", "loss_parallel=true"],
     "pp2_gpipe": ["dp_size=1", "pp_size=2", "pp_schedule=gpipe"],
     "pp2_1f1b": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b"],
 }
@@ -51,6 +53,12 @@ class Losses(Callback):
         self.values.append(loss)
 
 
+# export path -> perplexity and greedy tokens after training, from the layout's own evaluator
+# model (a PipelinedModel under pipeline parallel).
+EVALS: dict[str, dict] = {}
+PROMPT = [[5, 17, 42, 9]]
+
+
 def run(model_dir: str, records: str, overrides: list[str], export: str = "") -> list[float]:
     config = CollieConfig.load(None, ["train_micro_batch_size=2", "gradient_accumulation_steps=2", "max_steps=6",
                                       "logging=[]", "optimizer.lr=0.001", "optimizer.clip_grad_norm=1.0",
@@ -62,10 +70,16 @@ def run(model_dir: str, records: str, overrides: list[str], export: str = "") ->
     optimizer = None
     if export.endswith("user_optimizer"):
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr, weight_decay=0.0)
-    trainer = Trainer(model, config, train_dataset=dataset, callbacks=[losses], optimizer=optimizer)
+    evaluator = EvaluatorForPerplexity(model, config, dataset[:6], {"ppl": PPLMetric()})
+    trainer = Trainer(model, config, train_dataset=dataset, callbacks=[losses], optimizer=optimizer,
+                      evaluators=[evaluator])
     trainer.train()
     if export:
         trainer.save_model(export)
+        result = {"ppl": trainer.evaluate()["ppl"]}
+        if not config.sequence_parallel:  # token-by-token decoding cannot split the sequence
+            result["tokens"] = evaluator.model.generate(torch.tensor(PROMPT), max_new_tokens=6).tolist()
+        EVALS[export] = result
     return losses.values
 
 
@@ -80,6 +94,7 @@ def main() -> None:
     for optimizer, settings in IN_BACKWARD.items():
         for layout in (IN_BACKWARD_LAYOUTS if layouts is LAYOUTS else ("pp2_tp2",) if layouts is LAYOUTS_4 else ()):
             results[f"{optimizer}/{layout}"] = run(model_dir, records, layouts[layout] + settings)
+    results.update({f"eval/{name}": EVALS[f"{out}.{name}"] for name in layouts})
     if dist.get_rank() == 0:
         with open(out, "w") as f:
             json.dump(results, f)

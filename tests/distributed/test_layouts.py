@@ -22,10 +22,11 @@ def seed(tmp_path_factory):
     model_dir = save_tiny_hf_model(str(root / "seed"))
     records = root / "records.json"
     records.write_text(json.dumps(RECORDS))
-    from layout_worker import IN_BACKWARD, run
+    from layout_worker import EVALS, IN_BACKWARD, run
 
     # Single-process references, and the model a single process exports.
     references = {"adamw": run(model_dir, str(records), ["dp_size=1"], export=str(root / "single"))}
+    references["eval"] = EVALS[str(root / "single")]
     for optimizer, settings in IN_BACKWARD.items():
         references[optimizer] = run(model_dir, str(records), ["dp_size=1", *settings])
     return root, model_dir, str(records), references
@@ -48,6 +49,11 @@ def _check(seed, nproc, layouts, in_backward_layouts):
         for layout in in_backward_layouts:
             values = losses.pop(f"{optimizer}/{layout}")
             assert max(abs(a - b) for a, b in zip(values, references[optimizer])) <= 1e-5, (optimizer, layout)
+    # Evaluation and generation from every layout (across stages under pipeline parallel).
+    for name in layouts:
+        evaluation = losses.pop(f"eval/{name}")
+        assert abs(evaluation["ppl"] - references["eval"]["ppl"]) <= 1e-4 * references["eval"]["ppl"], name
+        assert evaluation.get("tokens", references["eval"]["tokens"]) == references["eval"]["tokens"], name
     assert set(losses) == set(layouts)
     for name, values in losses.items():
         assert len(values) == len(references["adamw"]) == 6

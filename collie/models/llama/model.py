@@ -140,7 +140,7 @@ class LlamaForCausalLM(CollieModel):
         return CausalLMOutput(logits=logits, loss=loss, kv_cache=kv_cache)
 
     def new_kv_cache(self, max_len: int) -> KVCache:
-        return KVCache(len(self.layers), max_len)
+        return KVCache(max_len)
 
     def reset_parameters(self, init_method: str = "normal", seed: int = 0) -> None:
         std = float(getattr(self.config, "initializer_range", 0.02))

@@ -7,14 +7,15 @@ from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInp
                                                SequenceParallel)
 
 
-def llama_tp_plan(model, sequence_parallel: bool = False) -> dict:
+def llama_tp_plan(model, sequence_parallel: bool = False, loss_parallel: bool = False) -> dict:
     """Megatron layout: q/k/v and gate/up split by output features, o/down by input features,
     so each layer needs one all-reduce after attention and one after the MLP; the embedding is
     split by vocabulary and the LM head gathers its vocabulary shards back.
 
     With `sequence_parallel`, the residual stream and the norms hold a slice of the sequence
     on each rank (the all-reduces become reduce-scatter + all-gather), cutting activation
-    memory by tp_size outside attention and MLP.
+    memory by tp_size outside attention and MLP. With `loss_parallel`, the LM head returns
+    logits as a DTensor sharded by vocabulary, for `torch.distributed.tensor.parallel.loss_parallel`.
     """
     between = Shard(1) if sequence_parallel else Replicate()
     plan = {}
@@ -22,7 +23,9 @@ def llama_tp_plan(model, sequence_parallel: bool = False) -> dict:
     if model.embed_tokens is not None:
         plan["embed_tokens"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=between)
     if model.lm_head is not None:
-        plan["lm_head"] = ColwiseParallel(input_layouts=between, output_layouts=Replicate())
+        plan["lm_head"] = ColwiseParallel(input_layouts=between,
+                                          output_layouts=Shard(-1) if loss_parallel else Replicate(),
+                                          use_local_output=not loss_parallel)
         if sequence_parallel:
             plan["norm"] = SequenceParallel()
     for name in model.layers:
