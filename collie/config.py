@@ -106,6 +106,8 @@ class CollieConfig:
     # (never gathering batch × seq × vocab logits on one rank).
     loss_parallel: bool = False
     pp_schedule: str = "1f1b"
+    # Pipeline stages per rank (interleaved1f1b needs >= 2: rank r runs stages r, r+pp, ...).
+    pp_virtual_stages: int = 1
     mixed_precision: str = "no"
     # Storage dtype of the parameters ("auto" = float32). bfloat16 without fp32 master copies
     # is LOMO's memory mode.
@@ -201,7 +203,9 @@ class CollieConfig:
         _choice("nan_policy", self.nan_policy, ("stop", "skip"))
         for sink in self.logging:
             _choice("logging", sink, SINKS)
-        for name in ("tp_size", "pp_size", "train_micro_batch_size", "gradient_accumulation_steps",
+        if self.pp_schedule == "interleaved1f1b" and self.pp_size > 1 and self.pp_virtual_stages < 2:
+            raise ConfigError("pp_virtual_stages: interleaved1f1b needs at least 2 stages per rank")
+        for name in ("tp_size", "pp_size", "pp_virtual_stages", "train_micro_batch_size", "gradient_accumulation_steps",
                      "eval_batch_size", "train_epochs", "log_every_n_steps"):
             _at_least(name, getattr(self, name), 1)
         for name in ("max_steps", "eval_per_n_steps", "eval_per_n_epochs", "checkpoint_every_n_steps",

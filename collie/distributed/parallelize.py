@@ -24,10 +24,10 @@ def parallelize(model: torch.nn.Module, config, runtime, replicate_wrapper: bool
     # split and sharded first, then each rank loads only its own shards.
     source = getattr(model, "hf_source", None)
     if config.pp_size > 1:
-        from collie.distributed.pipeline import split_for_stage, stage_layer_ranges
+        from collie.distributed.pipeline import local_stages, split_for_stage, stage_layer_ranges
 
-        ranges = stage_layer_ranges(model, config.pp_size, config.pp_partition_method)
-        split_for_stage(model, runtime.pp_rank, ranges)
+        ranges = stage_layer_ranges(model, config.pp_size * config.pp_virtual_stages, config.pp_partition_method)
+        split_for_stage(model, local_stages(runtime.pp_rank, config.pp_size, len(ranges)), ranges)
     if source is None:
         model.to(runtime.device)
     if config.tp_size > 1:
@@ -37,7 +37,7 @@ def parallelize(model: torch.nn.Module, config, runtime, replicate_wrapper: bool
         apply_compute_dtype(model, compute)
     if config.checkpointing:
         apply_activation_checkpointing(model)
-    fsdp = runtime.dp_size > 1 and (config.zero_stage > 0 or config.tp_size > 1)
+    fsdp = runtime.dp_size > 1 and (config.zero_stage > 0 or needs_fsdp_for_replication(config))
     if source is not None and not fsdp:
         _load_shards(model, source, runtime, config)  # DDP broadcasts real weights when it wraps
     if runtime.dp_size > 1 and (fsdp or replicate_wrapper):
@@ -73,8 +73,10 @@ def check_layout(model: torch.nn.Module, config) -> None:
     if heads % config.tp_size or kv_heads % config.tp_size:
         raise ConfigError(f"tp_size: {config.tp_size} must divide the attention heads ({heads}) and "
                           f"key/value heads ({kv_heads})")
-    if config.pp_size > hf.num_hidden_layers:
-        raise ConfigError(f"pp_size: {config.pp_size} stages but the model has only {hf.num_hidden_layers} layers")
+    stages = config.pp_size * config.pp_virtual_stages
+    if stages > hf.num_hidden_layers:
+        raise ConfigError(f"pp_size: {stages} pipeline stages ({config.pp_size} × {config.pp_virtual_stages} virtual) "
+                          f"but the model has only {hf.num_hidden_layers} layers")
     if config.loss_parallel and config.pp_size > 1:
         raise ConfigError("loss_parallel: not available with pipeline parallel yet (use pp_size=1)")
     if (config.tp_size > 1 or config.pp_size > 1) and getattr(hf, "tie_word_embeddings", False):
@@ -95,14 +97,19 @@ def apply_activation_checkpointing(model: torch.nn.Module) -> None:
         model.layers[name] = checkpoint_wrapper(layer, preserve_rng_state=False)
 
 
+def needs_fsdp_for_replication(config) -> bool:
+    return config.tp_size > 1 or config.pp_virtual_stages > 1
+
+
 def apply_data_parallel(model: torch.nn.Module, dp_mesh, config) -> None:
     """ZeRO through FSDP2: stage 3 reshards parameters after forward, stages 2 and 1 keep them
     gathered until backward (FSDP2 always shards optimizer state and gradients, so stage 1
     behaves as stage 2). Stage 0 is plain replicated data parallel (PyTorch's DDP); DDP does
-    not take tensor-parallel DTensor parameters, so with tp_size > 1 stage 0 runs as stage 2."""
-    if config.zero_stage == 0 and config.tp_size > 1:
-        log.info("zero_stage 0 with tp_size %d runs as zero_stage 2 (DDP cannot hold DTensor parameters)",
-                 config.tp_size)
+    not take tensor-parallel DTensor parameters nor hook virtual pipeline stages, so there
+    stage 0 runs as stage 2."""
+    if config.zero_stage == 0 and needs_fsdp_for_replication(config):
+        log.info("zero_stage 0 runs as zero_stage 2 here: DDP cannot hold tensor-parallel DTensor parameters "
+                 "nor see virtual pipeline stages")
     elif config.zero_stage == 0:
         from torch.distributed._composable.replicate import replicate
 
@@ -118,4 +125,11 @@ def apply_data_parallel(model: torch.nn.Module, dp_mesh, config) -> None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for layer in model.layers.values():
         fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
+    if config.pp_size > 1:
+        # Pipeline stages run submodules directly, never the model's own forward: the embedding
+        # and the head get their own FSDP units instead of a root one.
+        for module in (model.embed_tokens, model.norm, model.lm_head):
+            if module is not None:
+                fully_shard(module, **kwargs)
+    else:
+        fully_shard(model, **kwargs)

@@ -9,24 +9,28 @@ stage-to-stage forward (`PipelinedModel`) so evaluators and `generate` work unch
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
 from collie.config import ConfigError
 from collie.models.base import CausalLMOutput, CollieModel
 from collie.models.loss import causal_lm_loss
 
-SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}  # one stage per rank
 
 
 def stage_layer_ranges(model: nn.Module, pp_size: int, method: str) -> list[range]:
     """Contiguous layer ranges, one per stage: equal layer counts (`uniform`) or balanced
     parameter counts (`parameters`, the embedding counted on the first stage and the head on
-    the last)."""
+    the last). Computed from the architecture (a meta copy), so a rank that has already
+    dropped other stages' layers gets the same answer."""
+    with torch.device("meta"):
+        model = type(model)(model.config)
     num_layers = len(model.layers)
     if method == "uniform":
         bounds = [round(i * num_layers / pp_size) for i in range(pp_size + 1)]
@@ -51,18 +55,46 @@ def stage_layer_ranges(model: nn.Module, pp_size: int, method: str) -> list[rang
     return ranges
 
 
-def split_for_stage(model: nn.Module, stage: int, ranges: list[range]) -> nn.Module:
-    """Keep only this stage's layers (names unchanged, so checkpoints stay layout-free)."""
-    keep = {str(i) for i in ranges[stage]}
+def local_stages(pp_rank: int, pp_size: int, num_stages: int) -> list[int]:
+    """The stages a rank runs: r, r + pp, r + 2·pp, … (the looped order interleaving expects)."""
+    return list(range(pp_rank, num_stages, pp_size))
+
+
+def split_for_stage(model: nn.Module, stages: list[int], ranges: list[range]) -> nn.Module:
+    """Keep only the layers of this rank's stages (names unchanged, so checkpoints stay
+    layout-free); the embedding stays with stage 0, the final norm and head with the last."""
+    keep = {str(i) for stage in stages for i in ranges[stage]}
     for name in list(model.layers):
         if name not in keep:
             del model.layers[name]
-    if stage > 0:
+    if 0 not in stages:
         model.embed_tokens = None
-    if stage < len(ranges) - 1:
+    if len(ranges) - 1 not in stages:
         model.norm = None
         model.lm_head = None
     return model
+
+
+def stage_view(model: nn.Module, layers: range, first: bool, last: bool) -> nn.Module:
+    """One stage of a rank that holds several (virtual stages): a shallow copy of the rank's
+    model sharing its (already parallelized) submodules, with only that stage's layers."""
+    if len(model.layers) == len(layers) and (model.embed_tokens is not None) == first and \
+            (model.lm_head is not None) == last:
+        return model
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    view.layers = nn.ModuleDict({str(i): model.layers[str(i)] for i in layers})
+    view.embed_tokens = model.embed_tokens if first else None
+    view.norm = model.norm if last else None
+    view.lm_head = model.lm_head if last else None
+    return view
+
+
+def stage_views(model: nn.Module, runtime, config) -> list[tuple[int, nn.Module]]:
+    num_stages = runtime.pp_size * config.pp_virtual_stages
+    ranges = stage_layer_ranges(model, num_stages, config.pp_partition_method)
+    return [(s, stage_view(model, ranges[s], s == 0, s == num_stages - 1))
+            for s in local_stages(runtime.pp_rank, runtime.pp_size, num_stages)]
 
 
 class _StageForward(nn.Module):
@@ -80,20 +112,31 @@ class PipelineRunner:
     """Runs one training step's micro-batches through the schedule."""
 
     def __init__(self, model: nn.Module, runtime, config) -> None:
-        if config.pp_schedule not in SCHEDULES:
-            raise ConfigError(f"pp_schedule: {config.pp_schedule!r} is not available yet (use gpipe or 1f1b)")
-        if config.pp_schedule == "1f1b" and config.gradient_accumulation_steps < runtime.pp_size:
+        interleaved = config.pp_schedule == "interleaved1f1b"
+        micro = config.gradient_accumulation_steps
+        if config.pp_schedule == "1f1b" and micro < runtime.pp_size:
             raise ConfigError(f"gradient_accumulation_steps: 1f1b needs at least as many micro-batches as pipeline "
-                              f"stages ({runtime.pp_size}), got {config.gradient_accumulation_steps}")
+                              f"stages ({runtime.pp_size}), got {micro}")
+        if interleaved and micro % runtime.pp_size:
+            raise ConfigError(f"gradient_accumulation_steps: interleaved1f1b needs a multiple of pp_size "
+                              f"({runtime.pp_size}) micro-batches, got {micro}")
+        if not interleaved and config.pp_virtual_stages > 1:
+            raise ConfigError(f"pp_virtual_stages: {config.pp_schedule} runs one stage per rank; use "
+                              "pp_schedule=interleaved1f1b")
         self.runtime = runtime
-        self.stage_index = runtime.pp_rank
-        self.is_first = self.stage_index == 0
-        self.is_last = self.stage_index == runtime.pp_size - 1
-        self.stage = PipelineStage(_StageForward(model), self.stage_index, runtime.pp_size, runtime.device,
-                                   group=runtime.pp_group)
+        views = stage_views(model, runtime, config)
+        num_stages = runtime.pp_size * config.pp_virtual_stages
+        self.is_first = views[0][0] == 0
+        self.is_last = views[-1][0] == num_stages - 1
+        self.stages = [PipelineStage(_StageForward(view), index, num_stages, runtime.device, group=runtime.pp_group)
+                       for index, view in views]
         self.loss_weight = 1.0
-        self.schedule = SCHEDULES[config.pp_schedule](self.stage, n_microbatches=config.gradient_accumulation_steps,
-                                                      loss_fn=self._loss, scale_grads=False)
+        if interleaved:
+            self.schedule = ScheduleInterleaved1F1B(self.stages, n_microbatches=micro, loss_fn=self._loss,
+                                                    scale_grads=False)
+        else:
+            self.schedule = SCHEDULES[config.pp_schedule](self.stages[0], n_microbatches=micro, loss_fn=self._loss,
+                                                          scale_grads=False)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Summed per micro-batch and weighted by the global token count: the step's loss is the
@@ -101,8 +144,8 @@ class PipelineRunner:
         return causal_lm_loss(logits, labels, reduction="sum") * self.loss_weight
 
     def step(self, input_ids: torch.Tensor, labels: torch.Tensor, loss_weight: float) -> float:
-        """Forward and backward of every micro-batch; returns Σ loss contributions on the last
-        stage (0 elsewhere)."""
+        """Forward and backward of every micro-batch; returns Σ loss contributions on the rank
+        holding the last stage (0 elsewhere)."""
         self.loss_weight = loss_weight
         losses: list[torch.Tensor] = []
         if self.is_first:
@@ -115,32 +158,52 @@ class PipelineRunner:
 
 
 class PipelinedModel(nn.Module):
-    """The whole model seen from any stage: a plain stage-to-stage forward, logits broadcast
-    to every stage, for evaluation and KV-cache generation."""
+    """The whole model seen from any rank: a plain stage-to-stage forward (activations sent
+    to the rank of the next stage, virtual stages included), logits broadcast to every rank,
+    for evaluation and KV-cache generation."""
 
-    def __init__(self, stage_model: nn.Module, runtime) -> None:
+    def __init__(self, stage_model: nn.Module, runtime, config) -> None:
         super().__init__()
         self.stage_model = stage_model
         self.config = stage_model.config
         self.runtime = runtime
+        self.views = dict(stage_views(stage_model, runtime, config))
+        self.num_stages = runtime.pp_size * config.pp_virtual_stages
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 kv_cache=None) -> CausalLMOutput:
         rt, group = self.runtime, self.runtime.pp_group
         batch, seq = input_ids.shape
-        x = input_ids
-        if rt.pp_rank > 0:
-            x = torch.empty(batch, seq, self.config.hidden_size, dtype=self._dtype(), device=rt.device)
-            dist.recv(x, src=dist.get_global_rank(group, rt.pp_rank - 1), group=group)
-        out = self.stage_model(x, attention_mask=attention_mask, position_ids=position_ids, kv_cache=kv_cache).logits
-        last = rt.pp_size - 1
-        if rt.pp_rank < last:
-            dist.send(out.contiguous(), dst=dist.get_global_rank(group, rt.pp_rank + 1), group=group)
-            out = torch.empty(batch, seq, self.config.vocab_size, dtype=self._dtype(), device=rt.device)
-        dist.broadcast(out, src=dist.get_global_rank(group, last), group=group)
-        loss = causal_lm_loss(out, labels) if labels is not None else None
-        return CausalLMOutput(logits=out, loss=loss, kv_cache=kv_cache)
+        hidden_shape = (batch, seq, self.config.hidden_size)
+        x = None
+        # Each stage's forward advances the cache; with several stages on this rank they must
+        # all start from the same position.
+        start = kv_cache.length if kv_cache is not None else 0
+        for stage in range(self.num_stages):
+            owner, prev_owner = stage % rt.pp_size, (stage - 1) % rt.pp_size
+            if owner != rt.pp_rank:
+                continue
+            if stage == 0:
+                x = input_ids
+            elif prev_owner != rt.pp_rank:
+                x = torch.empty(hidden_shape, dtype=self._dtype(), device=rt.device)
+                dist.recv(x, src=dist.get_global_rank(group, prev_owner), group=group)
+            if kv_cache is not None:
+                kv_cache.length = start
+            x = self.views[stage](x, attention_mask=attention_mask, position_ids=position_ids,
+                                  kv_cache=kv_cache).logits
+            next_owner = (stage + 1) % rt.pp_size
+            if stage < self.num_stages - 1 and next_owner != rt.pp_rank:
+                dist.send(x.contiguous(), dst=dist.get_global_rank(group, next_owner), group=group)
+        if kv_cache is not None:
+            kv_cache.length = start + seq
+        last_owner = (self.num_stages - 1) % rt.pp_size
+        if rt.pp_rank != last_owner:
+            x = torch.empty(batch, seq, self.config.vocab_size, dtype=self._dtype(), device=rt.device)
+        dist.broadcast(x, src=dist.get_global_rank(group, last_owner), group=group)
+        loss = causal_lm_loss(x, labels) if labels is not None else None
+        return CausalLMOutput(logits=x, loss=loss, kv_cache=kv_cache)
 
     def _dtype(self) -> torch.dtype:
         return next(self.stage_model.parameters()).dtype

@@ -87,7 +87,7 @@ class Trainer:
         if eval_dataset is not None:
             self.evaluators.append(EvaluatorForPerplexity(self.model, config, eval_dataset,
                                                           {"ppl": PPLMetric()}, eval_fn=eval_fn))
-        eval_model = PipelinedModel(self.model, self.runtime) if self.pipeline else self.model
+        eval_model = PipelinedModel(self.model, self.runtime, config) if self.pipeline else self.model
         for evaluator in self.evaluators:
             evaluator.model, evaluator.runtime = eval_model, self.runtime
             evaluator.collate_fn.multiple_of = self._sequence_multiple()

@@ -26,12 +26,16 @@ LAYOUTS = {
     "tp2_sp_loss_parallel": ["dp_size=1", "tp_size=2", "sequence_parallel=true", "loss_parallel=true"],
     "pp2_gpipe": ["dp_size=1", "pp_size=2", "pp_schedule=gpipe"],
     "pp2_1f1b": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b"],
+    "pp2_interleaved": ["dp_size=1", "pp_size=2", "pp_schedule=interleaved1f1b", "pp_virtual_stages=2",
+                        "pp_partition_method=parameters"],
 }
 # Four processes (a second launch).
 LAYOUTS_4 = {
     "dp2_tp2": ["dp_size=2", "tp_size=2", "train_micro_batch_size=1"],
     "pp2_tp2": ["dp_size=1", "pp_size=2", "tp_size=2"],
     "pp2_dp2_zero3": ["dp_size=2", "pp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
+    "pp2_dp2_interleaved": ["dp_size=2", "pp_size=2", "pp_schedule=interleaved1f1b", "pp_virtual_stages=2",
+                            "train_micro_batch_size=1"],
 }
 
 

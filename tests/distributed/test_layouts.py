@@ -19,7 +19,7 @@ RECORDS = [{"tokens": [(7 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for
 def seed(tmp_path_factory):
     sys.path.insert(0, HERE)
     root = tmp_path_factory.mktemp("layouts")
-    model_dir = save_tiny_hf_model(str(root / "seed"))
+    model_dir = save_tiny_hf_model(str(root / "seed"), num_hidden_layers=4)  # 4 stages for interleaving
     records = root / "records.json"
     records.write_text(json.dumps(RECORDS))
     from layout_worker import EVALS, IN_BACKWARD, run
