@@ -53,7 +53,7 @@ class Trainer:
                        else config.optimizer.name in UPDATES_IN_BACKWARD)
         self.model = parallelize(model, config, self.runtime, replicate_wrapper=not in_backward)
         if optimizer is not None and not in_backward:
-            rebind_parameters(optimizer, names, dict(self.model.named_parameters()))
+            rebind_parameters(optimizer, names, self.model.state_dict(keep_vars=True))
         self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
         self.train_dataset = train_dataset
         self.tokenizer = tokenizer or getattr(train_dataset, "tokenizer", None)
@@ -330,9 +330,10 @@ class Trainer:
 
 
 def rebind_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str],
-                      new_params: dict[str, torch.nn.Parameter]) -> None:
-    """Point an optimizer built before parallelization (CoLLiE's API order) at the sharded
-    parameters that FSDP/tensor parallel put in the model's place."""
+                      new_params: dict[str, torch.Tensor]) -> None:
+    """Point an optimizer built before parallelization (CoLLiE's API order) at the parameters
+    FSDP/tensor parallel put in the model's place (by name: wrappers do not change state-dict
+    names); parameters another pipeline stage owns leave it."""
     stale = [p for group in optimizer.param_groups for p in group["params"]
              if id(p) in names and new_params.get(names[id(p)]) is not p]
     if not stale:
@@ -341,4 +342,5 @@ def rebind_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str],
         raise ConfigError("optimizer: it already has state for parameters that parallelization replaced; "
                           "create it before training starts or let the Trainer build it from config.optimizer")
     for group in optimizer.param_groups:
-        group["params"] = [new_params[names[id(p)]] if id(p) in names else p for p in group["params"]]
+        group["params"] = [new_params[names[id(p)]] if id(p) in names else p for p in group["params"]
+                           if id(p) not in names or names[id(p)] in new_params]
