@@ -118,7 +118,9 @@ def apply_data_parallel(model: torch.nn.Module, dp_mesh, config) -> None:
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     kwargs = {"mesh": dp_mesh, "reshard_after_forward": config.zero_stage == 3}
-    if config.cpu_offload:
+    if config.cpu_offload and dp_mesh.device_type == "cpu":
+        log.info("cpu_offload has no effect here: training already runs on the CPU")
+    elif config.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
     if config.mixed_precision != "no" and dp_mesh.device_type == "cuda":
         dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16

@@ -65,7 +65,7 @@ PROMPT = [[5, 17, 42, 9]]
 
 
 def run(model_dir: str, records: str, overrides: list[str], export: str = "") -> list[float]:
-    config = CollieConfig.load(None, ["train_micro_batch_size=2", "gradient_accumulation_steps=2", "max_steps=6",
+    config = CollieConfig.load(None, ["train_micro_batch_size=2", "gradient_accumulation_steps=2", "max_steps=10",
                                       "logging=[]", "optimizer.lr=0.001", "optimizer.clip_grad_norm=1.0",
                                       "data.max_length=16", *overrides])
     model = CollieModel.from_pretrained(model_dir, config=config)
