@@ -75,8 +75,8 @@ def check_layout(model: torch.nn.Module, config) -> None:
                           f"key/value heads ({kv_heads})")
     stages = config.pp_size * config.pp_virtual_stages
     if stages > hf.num_hidden_layers:
-        raise ConfigError(f"pp_size: {stages} pipeline stages ({config.pp_size} × {config.pp_virtual_stages} virtual) "
-                          f"but the model has only {hf.num_hidden_layers} layers")
+        virtual = f" ({config.pp_size} × {config.pp_virtual_stages} virtual)" if config.pp_virtual_stages > 1 else ""
+        raise ConfigError(f"pp_size: {stages} stages{virtual} but the model has only {hf.num_hidden_layers} layers")
     if config.loss_parallel and config.pp_size > 1:
         raise ConfigError("loss_parallel: not available with pipeline parallel yet (use pp_size=1)")
     if (config.tp_size > 1 or config.pp_size > 1) and getattr(hf, "tie_word_embeddings", False):
