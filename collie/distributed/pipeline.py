@@ -24,7 +24,7 @@ from collie.models.loss import causal_lm_loss
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}  # one stage per rank
 
 
-def stage_layer_ranges(model: nn.Module, pp_size: int, method: str) -> list[range]:
+def stage_layer_ranges(model: nn.Module, num_stages: int, method: str) -> list[range]:
     """Contiguous layer ranges, one per stage: equal layer counts (`uniform`) or balanced
     parameter counts (`parameters`, the embedding counted on the first stage and the head on
     the last). Computed from the architecture (a meta copy), so a rank that has already
@@ -33,20 +33,20 @@ def stage_layer_ranges(model: nn.Module, pp_size: int, method: str) -> list[rang
         model = type(model)(model.config)
     num_layers = len(model.layers)
     if method == "uniform":
-        bounds = [round(i * num_layers / pp_size) for i in range(pp_size + 1)]
-        return [range(bounds[i], bounds[i + 1]) for i in range(pp_size)]
+        bounds = [round(i * num_layers / num_stages) for i in range(num_stages + 1)]
+        return [range(bounds[i], bounds[i + 1]) for i in range(num_stages)]
     layer_sizes = [sum(p.numel() for p in layer.parameters()) for layer in model.layers.values()]
     head = sum(p.numel() for m in (model.norm, model.lm_head) for p in m.parameters())
     weights = layer_sizes[:]
     weights[0] += sum(p.numel() for p in model.embed_tokens.parameters())
     weights[-1] += head
     total, ranges, start, acc = sum(weights), [], 0, 0
-    for stage in range(pp_size - 1):
-        target = total * (stage + 1) / pp_size
+    for stage in range(num_stages - 1):
+        target = total * (stage + 1) / num_stages
         end = start + 1
         acc += weights[start]
         # Leave at least one layer for each remaining stage.
-        while end < num_layers - (pp_size - stage - 1) and acc + weights[end] / 2 <= target:
+        while end < num_layers - (num_stages - stage - 1) and acc + weights[end] / 2 <= target:
             acc += weights[end]
             end += 1
         ranges.append(range(start, end))

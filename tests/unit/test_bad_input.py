@@ -35,3 +35,14 @@ def test_missing_or_unknown_model_and_tokenizer(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(dict(config, model_type="llama")))
     with pytest.raises(FileNotFoundError, match="no model weights"):
         CollieModel.from_pretrained(str(tmp_path / "m"))
+
+
+def test_pipeline_stage_partitions():
+    from collie.distributed.pipeline import local_stages, stage_layer_ranges
+
+    model = LlamaForCausalLM(tiny_llama_config(num_hidden_layers=6, vocab_size=4096))
+    assert stage_layer_ranges(model, 3, "uniform") == [range(0, 2), range(2, 4), range(4, 6)]
+    # The 4096 x 64 embedding and head weigh several layers: their stages get fewer layers.
+    balanced = stage_layer_ranges(model, 3, "parameters")
+    assert [len(r) for r in balanced] == [1, 4, 1] and balanced[0].start == 0 and balanced[-1].stop == 6
+    assert local_stages(1, 2, 6) == [1, 3, 5]
