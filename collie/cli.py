@@ -132,7 +132,8 @@ def seed_checkpoint(config: CollieConfig, env) -> str:
 def ensure_writable(path: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
+        # One probe file per process: ranks check the same directory at the same time.
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
         with open(probe, "w"):
             pass
         os.remove(probe)
