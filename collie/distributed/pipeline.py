@@ -9,8 +9,9 @@ stage-to-stage forward (`PipelinedModel`) so evaluators and `generate` work unch
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 import torch.distributed as dist
@@ -111,7 +112,10 @@ class _StageForward(nn.Module):
 class PipelineRunner:
     """Runs one training step's micro-batches through the schedule."""
 
-    def __init__(self, model: nn.Module, runtime, config) -> None:
+    def __init__(self, model: nn.Module, runtime, config,
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+        """`autocast` gives the context the schedule runs in (bf16 autocast on GPUs)."""
+        self.autocast = autocast
         interleaved = config.pp_schedule == "interleaved1f1b"
         micro = config.gradient_accumulation_steps
         if config.pp_schedule == "1f1b" and micro < runtime.pp_size:
@@ -148,12 +152,13 @@ class PipelineRunner:
         holding the last stage (0 elsewhere)."""
         self.loss_weight = loss_weight
         losses: list[torch.Tensor] = []
-        if self.is_first:
-            self.schedule.step(input_ids, target=labels if self.is_last else None, losses=losses)
-        elif self.is_last:
-            self.schedule.step(target=labels, losses=losses)
-        else:
-            self.schedule.step()
+        with self.autocast():
+            if self.is_first:
+                self.schedule.step(input_ids, target=labels if self.is_last else None, losses=losses)
+            elif self.is_last:
+                self.schedule.step(target=labels, losses=losses)
+            else:
+                self.schedule.step()
         return float(sum(loss.detach() for loss in losses)) if losses else 0.0
 
 

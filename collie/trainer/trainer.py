@@ -62,7 +62,7 @@ class Trainer:
         if self.runtime.pp_size > 1:
             if train_fn is not None:
                 raise ConfigError("pp_size: a custom train_fn cannot run inside a pipeline schedule")
-            self.pipeline = PipelineRunner(self.model, self.runtime, config)
+            self.pipeline = PipelineRunner(self.model, self.runtime, config, autocast=self._autocast)
         # Pipeline stages exchange fixed-shape activations: pad every batch to max_length there.
         self.padder = ColliePadder(pad_id(self.tokenizer), config.data.padding_side,
                                    pad_to=config.data.max_length if self.pipeline else None,
