@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from typing import Callable
 
 import torch
@@ -40,7 +41,9 @@ def dcp_to_hf(checkpoint_dir: str, out_dir: str) -> None:
         for key in keys:
             meta = metadata[key]
             tensor = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-            dcp.load({key: tensor}, checkpoint_id=checkpoint_dir, no_dist=True)
+            with warnings.catch_warnings():  # DCP warns that no process group exists: none is needed
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                dcp.load({key: tensor}, checkpoint_id=checkpoint_dir, no_dist=True)
             yield adapter.to_hf(key[len("model."):]), tensor
 
     save_hf_tensors(out_dir, tensors())
