@@ -17,6 +17,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from collie.dtypes import DTYPES
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
@@ -28,7 +30,7 @@ ZERO_STAGES = (0, 1, 2, 3)
 PP_PARTITION_METHODS = ("uniform", "parameters")
 PP_SCHEDULES = ("gpipe", "1f1b", "interleaved1f1b")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_CHOICES = ("auto", *DTYPES)
 SINKS = ("console", "csv", "tensorboard")
 PADDING_SIDES = ("left", "right")
 INIT_METHODS = ("normal", "xavier_normal", "kaiming_normal", "none")
@@ -196,8 +198,8 @@ class CollieConfig:
         _choice("pp_partition_method", self.pp_partition_method, PP_PARTITION_METHODS)
         _choice("pp_schedule", self.pp_schedule, PP_SCHEDULES)
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
-        _choice("param_dtype", self.param_dtype, DTYPES)
-        _choice("compute_dtype", self.compute_dtype, DTYPES)
+        _choice("param_dtype", self.param_dtype, DTYPE_CHOICES)
+        _choice("compute_dtype", self.compute_dtype, DTYPE_CHOICES)
         _choice("data.padding_side", self.data.padding_side, PADDING_SIDES)
         _choice("init_method", self.init_method, INIT_METHODS)
         _choice("nan_policy", self.nan_policy, ("stop", "skip"))
@@ -214,6 +216,9 @@ class CollieConfig:
         if self.dp_size is not None:
             _at_least("dp_size", self.dp_size, 1)
         _at_least("data.max_length", self.data.max_length, 2)
+        if self.sequence_parallel and self.data.max_length % self.tp_size:
+            raise ConfigError(f"data.max_length: sequence parallel splits sequences evenly over tp_size "
+                              f"({self.tp_size}) ranks, so it must be a multiple of it, got {self.data.max_length}")
         _at_least("scheduler.warmup_steps", self.scheduler.warmup_steps, 0)
         if not 0.0 <= self.scheduler.warmup_ratio < 1.0:
             raise ConfigError(f"scheduler.warmup_ratio: must be in [0, 1), got {self.scheduler.warmup_ratio}")

@@ -40,7 +40,10 @@ class ColliePadder:
             "attention_mask": self._stack([[1] * len(item["input_ids"]) for item in items], longest, 0),
         }
         if "labels" in items[0]:
-            batch["labels"] = self._stack([item["labels"] for item in items], longest, IGNORE_INDEX)
+            # A sequence's first label is never a target (nothing precedes it), but after left
+            # padding a pad would precede it and predict it: ignore it, so both sides agree.
+            labels = [[IGNORE_INDEX, *item["labels"][1:]] if item["labels"] else [] for item in items]
+            batch["labels"] = self._stack(labels, longest, IGNORE_INDEX)
         for key in items[0]:
             if key not in batch:
                 batch[key] = [item[key] for item in items]

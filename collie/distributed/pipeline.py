@@ -99,14 +99,16 @@ def stage_views(model: nn.Module, runtime, config) -> list[tuple[int, nn.Module]
 
 
 class _StageForward(nn.Module):
-    """What a PipelineStage runs: tensor in, tensor out (logits or hidden states)."""
+    """What a PipelineStage runs: tensor in, tensor out (logits or hidden states). The
+    attention mask is a keyword argument: schedules hand keyword arguments to every stage
+    (split into micro-batches like the input), while positional ones reach only the first."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).logits
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.model(x, attention_mask=attention_mask).logits
 
 
 class PipelineRunner:
@@ -147,18 +149,20 @@ class PipelineRunner:
         # mean over all trainable tokens of the global batch, as without pipelining.
         return causal_lm_loss(logits, labels, reduction="sum") * self.loss_weight
 
-    def step(self, input_ids: torch.Tensor, labels: torch.Tensor, loss_weight: float) -> float:
+    def step(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
+             loss_weight: float) -> float:
         """Forward and backward of every micro-batch; returns Σ loss contributions on the rank
         holding the last stage (0 elsewhere)."""
         self.loss_weight = loss_weight
         losses: list[torch.Tensor] = []
         with self.autocast():
             if self.is_first:
-                self.schedule.step(input_ids, target=labels if self.is_last else None, losses=losses)
+                self.schedule.step(input_ids, target=labels if self.is_last else None, losses=losses,
+                                   attention_mask=attention_mask)
             elif self.is_last:
-                self.schedule.step(target=labels, losses=losses)
+                self.schedule.step(target=labels, losses=losses, attention_mask=attention_mask)
             else:
-                self.schedule.step()
+                self.schedule.step(attention_mask=attention_mask)
         return float(sum(loss.detach() for loss in losses)) if losses else 0.0
 
 

@@ -17,8 +17,9 @@ from collie.models.loss import causal_lm_loss, count_loss_tokens
 
 
 class Evaluator:
-    # Batches are padded on this side (generation overrides it: prompts must end together).
-    padding_side = "right"
+    # The side batches are padded on; None follows `config.data.padding_side` (generation
+    # fixes it to the left: prompts must end together).
+    padding_side: Optional[str] = None
 
     def __init__(self, model: torch.nn.Module, config, dataset, metrics: dict[str, BaseMetric],
                  eval_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None,
@@ -30,7 +31,10 @@ class Evaluator:
         self.eval_fn = eval_fn
         self.name = name or type(self).__name__
         tokenizer = getattr(dataset, "tokenizer", None)
-        self.collate_fn = collate_fn or ColliePadder(pad_id(tokenizer), padding_side=self.padding_side)
+        data = getattr(config, "data", None)
+        side = self.padding_side or (data.padding_side if data is not None else "right")
+        self.collate_fn = collate_fn or ColliePadder(pad_id(tokenizer), padding_side=side,
+                                                     max_length=data.max_length if data is not None else None)
         self.runtime: Any = None  # set by the Trainer: device, dp rank/size, process groups
 
     def evaluate(self) -> dict:
@@ -68,7 +72,8 @@ class Evaluator:
 class EvaluatorForPerplexity(Evaluator):
     def eval_batch(self, batch: dict) -> dict:
         labels = batch["labels"].to(self.device)
-        logits = whole(self.model(batch["input_ids"].to(self.device)).logits)
+        logits = whole(self.model(batch["input_ids"].to(self.device),
+                                  attention_mask=batch["attention_mask"].to(self.device)).logits)
         nll = causal_lm_loss(logits, labels, reduction="sum")
         return {"nll_sum": nll, "tokens": count_loss_tokens(labels)}
 

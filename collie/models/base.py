@@ -13,6 +13,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from collie.distributed.shards import copy_whole_into
+from collie.dtypes import DTYPES
 from collie.models.hf_io import DEFAULT_MAX_SHARD_BYTES, iter_hf_tensors, save_hf_tensors
 
 
@@ -220,13 +221,10 @@ def _materialize(model_cls: type, hf_config, dtype: torch.dtype) -> "CollieModel
     return model
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def param_dtype(config) -> torch.dtype:
     """The storage dtype a CollieConfig asks for; "auto" is fp32 (full-precision master weights)."""
     name = getattr(config, "param_dtype", "auto") if config is not None else "auto"
-    return _DTYPES.get(name, torch.float32)
+    return DTYPES.get(name, torch.float32)
 
 
 def full_tensor(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:

@@ -6,13 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from collie.dtypes import at_least_fp32
+
 IGNORE_INDEX = -100
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                    reduction: str = "mean") -> torch.Tensor:
     """Cross entropy of token t+1 given tokens ≤ t; labels are aligned with input_ids."""
-    shift_logits = logits[..., :-1, :].reshape(-1, logits.shape[-1]).float()
+    shift_logits = logits[..., :-1, :].reshape(-1, logits.shape[-1])
+    shift_logits = shift_logits.to(at_least_fp32(shift_logits.dtype))
     shift_labels = labels[..., 1:].reshape(-1).to(shift_logits.device)
     return F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index, reduction=reduction)
 

@@ -19,6 +19,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
+from collie.dtypes import at_least_fp32
 from collie.optim._loss_scaler import DynamicLossScaler
 
 logger = logging.getLogger(__name__)
@@ -37,15 +38,16 @@ def full_or_local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def param_fp32(p: torch.Tensor) -> torch.Tensor:
-    """fp32 working copy of ``p`` (``p`` itself when already fp32, so updates are in place)."""
-    return p.detach().to(torch.float32)
+def working_copy(p: torch.Tensor) -> torch.Tensor:
+    """At-least-fp32 working copy of ``p`` (``p`` itself when already fp32 or fp64, so
+    updates are in place)."""
+    return p.detach().to(at_least_fp32(p.dtype))
 
 
-def store_fp32(p: torch.Tensor, p32: torch.Tensor) -> None:
-    """Write a working copy made by :func:`param_fp32` back into a low-precision ``p``."""
-    if p.dtype != torch.float32:
-        p.copy_(p32)
+def store_working_copy(p: torch.Tensor, work: torch.Tensor) -> None:
+    """Write a copy made by :func:`working_copy` back into a half-precision ``p``."""
+    if p.dtype != work.dtype:
+        p.copy_(work)
 
 
 class FusedBackwardOptimizer(Optimizer):
@@ -201,7 +203,7 @@ class FusedBackwardOptimizer(Optimizer):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; state tensors keep their dtype (fp32)."""
+        """Restore :meth:`state_dict` output; state tensors keep their dtype."""
         params = dict(self._named_params)
         unknown = set(state_dict["state"]) - set(params)
         if unknown:
@@ -234,7 +236,7 @@ class FusedBackwardOptimizer(Optimizer):
         return {}
 
     def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
-        """Apply the update rule to ``p`` given its clipped fp32 gradient."""
+        """Apply the update rule to ``p`` given its clipped, at-least-fp32 gradient."""
         raise NotImplementedError
 
     def _wants_loss_scaler(self) -> bool:
@@ -284,7 +286,7 @@ class FusedBackwardOptimizer(Optimizer):
             return
         with torch.no_grad():
             p.grad = self._reduce_grad(p, p.grad)
-            grad = self._unscaled_fp32(p.grad)
+            grad = self._unscaled_grad(p.grad)
             p.grad = None
             if self._mode is _Mode.NORM:
                 self._grad_norms.append(self._grad_norm_of(grad))
@@ -298,12 +300,12 @@ class FusedBackwardOptimizer(Optimizer):
             for p in params:
                 p.grad = self._reduce_grad(p, p.grad)
             if self._needs_prepass():
-                self._grad_norms = [self._grad_norm_of(self._unscaled_fp32(p.grad)) for p in params]
+                self._grad_norms = [self._grad_norm_of(self._unscaled_grad(p.grad)) for p in params]
                 self._finish_norm_pass()
             if not self._skip_step:
                 self._step_count += 1
                 for p in params:
-                    grad = self._unscaled_fp32(p.grad)
+                    grad = self._unscaled_grad(p.grad)
                     p.grad = None
                     self._update_param(p, self._clip(grad), lr)
         self._finish_step()
@@ -326,9 +328,9 @@ class FusedBackwardOptimizer(Optimizer):
         finally:
             self._mode = _Mode.ACCUMULATE
 
-    def _unscaled_fp32(self, grad: torch.Tensor) -> torch.Tensor:
-        """fp32 gradient with the loss scale removed; aliases ``grad`` when nothing changes."""
-        grad = grad.to(torch.float32)
+    def _unscaled_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        """At-least-fp32 gradient with the loss scale removed; aliases ``grad`` when nothing changes."""
+        grad = grad.to(at_least_fp32(grad.dtype))
         if self.loss_scaler is not None:
             grad = grad / self.loss_scaler.loss_scale
         return grad

@@ -16,14 +16,15 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from collie.distributed.shards import local_region, whole
-from collie.optim._fused import FusedBackwardOptimizer, full_or_local, param_fp32, store_fp32
+from collie.dtypes import at_least_fp32
+from collie.optim._fused import FusedBackwardOptimizer, full_or_local, working_copy, store_working_copy
 from collie.optim._loss_scaler import DynamicLossScaler
 
 
 class AdaLomo(FusedBackwardOptimizer):
     """Adafactor-like adaptive update fused into backward.
 
-    Per parameter at step ``t`` with fp32 gradient ``g`` (after optional clipping):
+    Per parameter at step ``t`` with at-least-fp32 gradient ``g`` (after optional clipping):
 
     1. ``beta2 = 1 - t ** decay_rate`` (so step 1 uses only the current gradient);
        ``s = g**2 + eps[0]``.
@@ -85,8 +86,8 @@ class AdaLomo(FusedBackwardOptimizer):
         return whole(torch.linalg.vector_norm(tensor)) / math.sqrt(tensor.numel())
 
     def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Zero second-moment statistics, fp32 on the parameter's device."""
-        zeros = dict(dtype=torch.float32, device=p.device)
+        """Zero second-moment statistics, at least fp32, on the parameter's device."""
+        zeros = dict(dtype=at_least_fp32(p.dtype), device=p.device)
         if p.dim() >= 2:
             return {
                 "exp_avg_sq_row": torch.zeros(p.shape[:-1], **zeros),
@@ -120,11 +121,11 @@ class AdaLomo(FusedBackwardOptimizer):
         whole_update = update if not isinstance(grad, DTensor) else DTensor.from_local(
             update, grad.device_mesh, grad.placements, shape=grad.shape, stride=grad.stride())
         update.div_((self._rms(whole_update) / self.clip_threshold).clamp_(min=1.0))
-        p32 = param_fp32(p)
-        step_size = lr * self._rms(p32).clamp(min=self.eps[1])
+        work = working_copy(p)
+        step_size = lr * self._rms(work).clamp(min=self.eps[1])
         weight_decay = self.param_groups[0]["weight_decay"]
-        local_p32 = full_or_local(p32)
+        local_work = full_or_local(work)
         if weight_decay > 0.0:
-            local_p32.mul_(1.0 - step_size * weight_decay)
-        local_p32.sub_(update.mul_(step_size))
-        store_fp32(p, p32)
+            local_work.mul_(1.0 - step_size * weight_decay)
+        local_work.sub_(update.mul_(step_size))
+        store_working_copy(p, work)

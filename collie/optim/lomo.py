@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from collie.optim._fused import FusedBackwardOptimizer, param_fp32, store_fp32
+from collie.optim._fused import FusedBackwardOptimizer, working_copy, store_working_copy
 from collie.optim._loss_scaler import DynamicLossScaler
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,8 @@ class Lomo(FusedBackwardOptimizer):
 
     def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         weight_decay = self.param_groups[0]["weight_decay"]
-        p32 = param_fp32(p)
+        work = working_copy(p)
         if weight_decay > 0.0:
-            p32.mul_(1.0 - lr * weight_decay)
-        p32.add_(grad, alpha=-lr)
-        store_fp32(p, p32)
+            work.mul_(1.0 - lr * weight_decay)
+        work.add_(grad, alpha=-lr)
+        store_working_copy(p, work)

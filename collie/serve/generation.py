@@ -7,6 +7,7 @@ from typing import Optional, Union
 import torch
 
 from collie.distributed.shards import whole
+from collie.dtypes import at_least_fp32
 
 
 @torch.no_grad()
@@ -35,7 +36,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
         tokens = [input_ids]
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):
-            next_token = _choose(logits.float(), do_sample, temperature, top_k, top_p, generator)
+            logits = logits.to(at_least_fp32(logits.dtype))
+            next_token = _choose(logits, do_sample, temperature, top_k, top_p, generator)
             next_token = torch.where(finished, torch.full_like(next_token, pad), next_token)
             tokens.append(next_token[:, None])
             if len(eos):

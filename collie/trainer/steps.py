@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from collie.distributed.shards import whole
+from collie.dtypes import at_least_fp32
 from collie.models.loss import IGNORE_INDEX, count_loss_tokens
 
 
@@ -44,7 +45,7 @@ def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of
         if count == 0:
             # Still run forward and backward: sharded data parallel needs every rank to take
             # part in the same collectives. The zero factor keeps the gradient exactly zero.
-            contribution = model(mb["input_ids"]).logits.sum() * 0.0
+            contribution = model(mb["input_ids"], attention_mask=mb["attention_mask"]).logits.sum() * 0.0
         else:
             loss = loss_of(mb)
             # dp_size undoes the gradient averaging that data parallel applies.
@@ -65,18 +66,19 @@ def run_pipeline_step(runner, micro_batches: list[dict], dp_sum: Callable[[list[
     total_loss_tokens, total_real = dp_sum([float(sum(counts)), float(real)])
     if total_loss_tokens == 0:
         return StepResult(float("nan"), int(total_real), skipped=True)
-    input_ids = torch.cat([mb["input_ids"] for mb in micro_batches])
-    labels = torch.cat([mb["labels"] for mb in micro_batches])
-    contribution = runner.step(input_ids, labels, loss_weight=dp_size / total_loss_tokens)
+    input_ids, labels, attention_mask = (torch.cat([mb[key] for mb in micro_batches])
+                                         for key in ("input_ids", "labels", "attention_mask"))
+    contribution = runner.step(input_ids, labels, attention_mask, loss_weight=dp_size / total_loss_tokens)
     (loss,) = dp_sum([contribution / dp_size])
     return StepResult(pp_sum(loss), int(total_real))
 
 
 def refresh_hessian(model: torch.nn.Module, optimizer, micro_batch: dict) -> None:
     """SophiaG's Gauss-Newton-Bartlett estimate: backward on labels sampled from the model."""
-    logits = model(micro_batch["input_ids"]).logits
+    logits = model(micro_batch["input_ids"], attention_mask=micro_batch["attention_mask"]).logits
     mask = micro_batch["attention_mask"][:, 1:].reshape(-1).bool()
-    flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1])
+    flat = flat.to(at_least_fp32(flat.dtype))
     with torch.no_grad():
         sampled = torch.multinomial(flat.softmax(-1), 1).squeeze(-1)
     loss = F.cross_entropy(flat[mask], sampled[mask], reduction="sum") / micro_batch["input_ids"].shape[0]
@@ -88,5 +90,5 @@ def refresh_hessian(model: torch.nn.Module, optimizer, micro_batch: dict) -> Non
 def default_loss(model: torch.nn.Module, loss_fn: Callable, batch: dict,
                  autocast: Callable[[], ContextManager]) -> torch.Tensor:
     with autocast():
-        logits = model(batch["input_ids"]).logits
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return loss_fn(logits, batch["labels"])

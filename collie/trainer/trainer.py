@@ -65,7 +65,7 @@ class Trainer:
             self.pipeline = PipelineRunner(self.model, self.runtime, config, autocast=self._autocast)
         # Pipeline stages exchange fixed-shape activations: pad every batch to max_length there.
         self.padder = ColliePadder(pad_id(self.tokenizer), config.data.padding_side,
-                                   pad_to=config.data.max_length if self.pipeline else None,
+                                   max_length=config.data.max_length, pad_to=config.data.max_length if self.pipeline else None,
                                    multiple_of=self._sequence_multiple())
         self.sampler = None
         if train_dataset is not None:

@@ -13,9 +13,12 @@ from collie.evaluate import EvaluatorForPerplexity, PPLMetric
 from collie.models.base import CollieModel
 from collie.trainer import Callback, Trainer
 
-# Each layout keeps the global batch at 4 samples (micro × grad_accum × dp).
+# Each layout keeps the global batch at 4 samples (micro × grad_accum × dp). Everything runs in
+# float64 (parameters and compute), so layouts must agree to 1e-9 whatever the machine; the
+# single-process reference pads on the right, layouts named `_left` pad on the left.
+LEFT = "data.padding_side=left"
 LAYOUTS = {
-    "dp2": ["dp_size=2", "zero_stage=0", "train_micro_batch_size=1"],
+    "dp2_left": ["dp_size=2", "zero_stage=0", "train_micro_batch_size=1", LEFT],
     "zero3_dp2": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
     "zero2_dp2": ["dp_size=2", "zero_stage=2", "train_micro_batch_size=1"],
     "tp2": ["dp_size=1", "tp_size=2"],
@@ -23,8 +26,8 @@ LAYOUTS = {
     "zero3_dp2_user_optimizer": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
     "tp2_user_optimizer": ["dp_size=1", "tp_size=2", "checkpointing=true"],
     "tp2_sequence_parallel": ["dp_size=1", "tp_size=2", "sequence_parallel=true"],
-    "tp2_sp_loss_parallel": ["dp_size=1", "tp_size=2", "sequence_parallel=true", "loss_parallel=true"],
-    "pp2_gpipe": ["dp_size=1", "pp_size=2", "pp_schedule=gpipe"],
+    "tp2_sp_loss_parallel_left": ["dp_size=1", "tp_size=2", "sequence_parallel=true", "loss_parallel=true", LEFT],
+    "pp2_gpipe_left": ["dp_size=1", "pp_size=2", "pp_schedule=gpipe", LEFT],
     "pp2_1f1b": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b"],
     "pp2_1f1b_user_optimizer": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b", "checkpointing=true"],
     "pp2_interleaved": ["dp_size=1", "pp_size=2", "pp_schedule=interleaved1f1b", "pp_virtual_stages=2",
@@ -34,7 +37,7 @@ LAYOUTS = {
 LAYOUTS_4 = {
     "dp2_tp2": ["dp_size=2", "tp_size=2", "train_micro_batch_size=1"],
     "pp2_tp2": ["dp_size=1", "pp_size=2", "tp_size=2"],
-    "pp2_dp2_zero3": ["dp_size=2", "pp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
+    "pp2_dp2_zero3_left": ["dp_size=2", "pp_size=2", "zero_stage=3", "train_micro_batch_size=1", LEFT],
     "pp2_dp2_interleaved": ["dp_size=2", "pp_size=2", "pp_schedule=interleaved1f1b", "pp_virtual_stages=2",
                             "train_micro_batch_size=1"],
 }
@@ -47,7 +50,11 @@ IN_BACKWARD = {
     "adalomo": ["optimizer.name=adalomo", "optimizer.clip_grad_norm=null"],
     "adalomo_clip": ["optimizer.name=adalomo", "optimizer.clip_grad_norm=1.0"],
 }
-IN_BACKWARD_LAYOUTS = ("dp2", "zero3_dp2", "tp2")
+IN_BACKWARD_LAYOUTS = ("dp2_left", "zero3_dp2", "tp2")
+# The float32 path of the core layouts, compared with a float32 single process by loss only
+# (fp32 reduction order differs between layouts; see the test).
+FP32 = "param_dtype=float32"
+FP32_LAYOUTS = ("dp2_left", "tp2", "pp2_1f1b")
 
 
 class Losses(Callback):
@@ -67,7 +74,7 @@ PROMPT = [[5, 17, 42, 9]]
 def run(model_dir: str, records: str, overrides: list[str], export: str = "") -> list[float]:
     config = CollieConfig.load(None, ["train_micro_batch_size=2", "gradient_accumulation_steps=2", "max_steps=10",
                                       "logging=[]", "optimizer.lr=0.001", "optimizer.clip_grad_norm=1.0",
-                                      "data.max_length=16", *overrides])
+                                      "data.max_length=16", "param_dtype=float64", *overrides])
     model = CollieModel.from_pretrained(model_dir, config=config)
     with open(records) as f:
         dataset = CollieDatasetForTraining(json.load(f))
@@ -99,6 +106,9 @@ def main() -> None:
     for optimizer, settings in IN_BACKWARD.items():
         for layout in (IN_BACKWARD_LAYOUTS if layouts is LAYOUTS else ("pp2_tp2",) if layouts is LAYOUTS_4 else ()):
             results[f"{optimizer}/{layout}"] = run(model_dir, records, layouts[layout] + settings)
+    if layouts is LAYOUTS:
+        for layout in FP32_LAYOUTS:
+            results[f"fp32/{layout}"] = run(model_dir, records, layouts[layout] + [FP32])
     results.update({f"eval/{name}": EVALS[f"{out}.{name}"] for name in layouts})
     if dist.get_rank() == 0:
         with open(out, "w") as f:

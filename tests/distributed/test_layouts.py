@@ -1,4 +1,4 @@
-"""Loss parity across parallel layouts (gloo; one launch of 2 processes and one of 4)."""
+"""Parity across parallel layouts in float64 (gloo; one launch of 2 processes and one of 4)."""
 
 import json
 import os
@@ -16,6 +16,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RECORDS = [{"tokens": [(7 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for i in range(24)]
 
 
+TOLERANCE = 1e-9  # float64: reduction-order rounding is ~1e-15, a real difference is far larger
+
+
 @pytest.fixture(scope="module")
 def seed(tmp_path_factory):
     sys.path.insert(0, HERE)
@@ -23,17 +26,23 @@ def seed(tmp_path_factory):
     model_dir = save_tiny_hf_model(str(root / "seed"), num_hidden_layers=4)  # 4 stages for interleaving
     records = root / "records.json"
     records.write_text(json.dumps(RECORDS))
-    from layout_worker import EVALS, IN_BACKWARD, run
+    from layout_worker import EVALS, FP32, IN_BACKWARD, run
 
     # Single-process references, and the model a single process exports.
     references = {"adamw": run(model_dir, str(records), ["dp_size=1"], export=str(root / "single"))}
     references["eval"] = EVALS[str(root / "single")]
     for optimizer, settings in IN_BACKWARD.items():
         references[optimizer] = run(model_dir, str(records), ["dp_size=1", *settings])
+    references["fp32"] = run(model_dir, str(records), ["dp_size=1", FP32])
     return root, model_dir, str(records), references
 
 
-def _check(seed, nproc, layouts, in_backward_layouts):
+def _max_diff(values: list[float], reference: list[float]) -> float:
+    assert len(values) == len(reference) == 10, (len(values), len(reference))
+    return max(abs(a - b) for a, b in zip(values, reference))
+
+
+def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=()):
     from layout_worker import IN_BACKWARD
 
     root, model_dir, records, references = seed
@@ -49,19 +58,25 @@ def _check(seed, nproc, layouts, in_backward_layouts):
     for optimizer in IN_BACKWARD:
         for layout in in_backward_layouts:
             values = losses.pop(f"{optimizer}/{layout}")
-            assert max(abs(a - b) for a, b in zip(values, references[optimizer])) <= 1e-5, (optimizer, layout)
+            assert _max_diff(values, references[optimizer]) <= TOLERANCE, (optimizer, layout)
+    # The float32 path: losses only. fp32 reduction order differs between layouts and AdamW
+    # amplifies it in near-zero gradients, so parameters are compared in float64 above.
+    for layout in fp32_layouts:
+        assert _max_diff(losses.pop(f"fp32/{layout}"), references["fp32"]) <= 1e-4, layout
     # Evaluation and generation from every layout (across stages under pipeline parallel).
     for name in layouts:
         evaluation = losses.pop(f"eval/{name}")
-        assert abs(evaluation["ppl"] - references["eval"]["ppl"]) <= 1e-4 * references["eval"]["ppl"], name
-        assert evaluation.get("tokens", references["eval"]["tokens"]) == references["eval"]["tokens"], name
+        assert abs(evaluation["ppl"] - references["eval"]["ppl"]) <= TOLERANCE * references["eval"]["ppl"], name
+        # Token-by-token decoding cannot split the sequence: sequence-parallel layouts skip it.
+        assert ("tokens" in evaluation) != ("sequence_parallel=true" in layouts[name]), name
+        if "tokens" in evaluation:
+            assert evaluation["tokens"] == references["eval"]["tokens"], name
     assert set(losses) == set(layouts)
     for name, values in losses.items():
-        assert len(values) == len(references["adamw"]) == 10
-        assert max(abs(a - b) for a, b in zip(values, references["adamw"])) <= 1e-5, (name, values)
+        assert _max_diff(values, references["adamw"]) <= TOLERANCE, (name, values)
 
     # Every layout exports one HF model: final parameters equal the single process's within
-    # 1e-5, and transformers loads it with the same logits.
+    # 1e-9, and transformers loads it with the same logits.
     expected_weights = load_file(root / "single" / "model.safetensors")
     expected = AutoModelForCausalLM.from_pretrained(root / "single").eval()
     ids = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -70,15 +85,16 @@ def _check(seed, nproc, layouts, in_backward_layouts):
             weights = load_file(f"{out}.{name}/model.safetensors")
             assert weights.keys() == expected_weights.keys(), name
             for key, tensor in weights.items():
-                assert (tensor - expected_weights[key]).abs().max() <= 1e-5, (name, key)
+                assert tensor.dtype == torch.float64, (name, key)
+                assert (tensor - expected_weights[key]).abs().max() <= TOLERANCE, (name, key)
             exported = AutoModelForCausalLM.from_pretrained(f"{out}.{name}").eval()
-            assert (exported(ids).logits - expected(ids).logits).abs().max() <= 1e-4, name
+            assert (exported(ids).logits - expected(ids).logits).abs().max() <= TOLERANCE, name
 
 
 def test_two_process_layouts_match_single_process(seed):
-    from layout_worker import IN_BACKWARD_LAYOUTS, LAYOUTS
+    from layout_worker import FP32_LAYOUTS, IN_BACKWARD_LAYOUTS, LAYOUTS
 
-    _check(seed, 2, LAYOUTS, IN_BACKWARD_LAYOUTS)
+    _check(seed, 2, LAYOUTS, IN_BACKWARD_LAYOUTS, FP32_LAYOUTS)
 
 
 def test_four_process_layouts_match_single_process(seed):
@@ -101,9 +117,9 @@ def test_two_nodes_with_c10d_rendezvous(seed):
     launchers = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={i}",
                                    "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
                                    "--rdzv-id=collie-two-nodes", os.path.join(HERE, "layout_worker.py"), model_dir,
-                                   records, str(out), "dp2,zero3_dp2"], env=env)
+                                   records, str(out), "dp2_left,zero3_dp2"], env=env)
                  for i in range(2)]
     assert [p.wait(timeout=300) for p in launchers] == [0, 0]
     losses = json.loads(out.read_text())
-    for name in ("dp2", "zero3_dp2"):
-        assert max(abs(a - b) for a, b in zip(losses[name], references["adamw"])) <= 1e-5, name
+    for name in ("dp2_left", "zero3_dp2"):
+        assert _max_diff(losses[name], references["adamw"]) <= TOLERANCE, name

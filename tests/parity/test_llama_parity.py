@@ -1,21 +1,27 @@
 """Our LLaMA against transformers' on random tiny configs: logits, both load directions, greedy
 generation."""
 
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from collie import LlamaForCausalLM
 from collie.models.base import CollieModel
+from collie.models.llama.rope import inverse_frequencies, rope_settings
 from helpers import tiny_llama_config
 
+# head_dim 64 with theta 5e5 gives wavelengths from 6 to ~2e6 positions: with an original context
+# of 1024 some fall in each of llama3's three bands (kept, smoothed, divided by the factor);
+# test_llama3_rope_hits_every_band checks that, so no band's formula goes untested.
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 32}
+               "original_max_position_embeddings": 1024}
 VARIANTS = {
     "mha": tiny_llama_config(num_key_value_heads=4),
     "gqa": tiny_llama_config(),
     "tied": tiny_llama_config(tie_word_embeddings=True),
-    "llama3_rope": tiny_llama_config(rope_scaling=LLAMA3_ROPE, rope_theta=500000.0),
+    "llama3_rope": tiny_llama_config(rope_scaling=LLAMA3_ROPE, rope_theta=500000.0, head_dim=64),
     "bias": tiny_llama_config(attention_bias=True, mlp_bias=True),
     "qwen2": Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          intermediate_size=128, vocab_size=256, max_position_embeddings=256),
@@ -87,3 +93,23 @@ def test_checkpoint_of_another_shape_names_the_tensor(tmp_path):
     model = LlamaForCausalLM(tiny_llama_config(intermediate_size=96))
     with pytest.raises(ValueError, match=r"mlp\.\w+_proj\.weight has shape"):
         model.load_hf_weights(str(tmp_path / "hf"))
+
+
+def test_llama3_rope_hits_every_band():
+    config = VARIANTS["llama3_rope"]
+    head_dim = config.head_dim
+    theta, scaling = rope_settings(config)
+    assert theta == 500000.0
+    plain = inverse_frequencies(head_dim, theta, {})
+    wavelengths = 2 * math.pi / plain
+    context = LLAMA3_ROPE["original_max_position_embeddings"]
+    high = wavelengths < context / LLAMA3_ROPE["high_freq_factor"]
+    low = wavelengths > context / LLAMA3_ROPE["low_freq_factor"]
+    medium = ~high & ~low
+    assert high.sum() >= 2 and medium.sum() >= 2 and low.sum() >= 2, (high.sum(), medium.sum(), low.sum())
+    scaled = inverse_frequencies(head_dim, theta, scaling)
+    assert torch.equal(scaled[high], plain[high])
+    assert torch.equal(scaled[low], plain[low] / LLAMA3_ROPE["factor"])
+    # Smoothed: strictly between the two, and large enough to move positions within the test's 58.
+    assert ((scaled[medium] < plain[medium]) & (scaled[medium] > plain[medium] / LLAMA3_ROPE["factor"])).all()
+    assert (58 * (plain[medium] - scaled[medium])).max() > 1e-2

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from collie import CollieConfig, LlamaForCausalLM
 from collie.data import CollieDatasetForTraining
+from collie.models.base import CollieModel
 from collie.evaluate import EvaluatorForPerplexity, PPLMetric
 from collie.trainer import Callback, Trainer
 from collie.trainer.checkpoint import CheckpointError
@@ -29,6 +30,17 @@ class Losses(Callback):
 
     def on_train_batch_end(self, trainer, loss):
         self.values.append(loss)
+
+
+class Snapshots(Callback):
+    """step -> (ppl, a copy of the weights) at each evaluation."""
+
+    def __init__(self):
+        self.by_step = {}
+
+    def on_evaluate_end(self, trainer, results):
+        self.by_step[trainer.global_step] = (results["ppl"], {k: v.clone() for k, v in
+                                                              trainer.model.state_dict().items()})
 
 
 def make_trainer(out, callbacks=(), evaluate=False, train_fn=None, **fields):
@@ -51,28 +63,30 @@ def test_checkpoint_callback_epochs_and_max_to_keep(tmp_path):
 
 
 def test_top_k_keeps_the_best_models(tmp_path):
-    top = TopKCheckpointCallback("ppl", mode="min", top_k=2)
-    trainer = make_trainer(tmp_path, [top], evaluate=True, train_epochs=4, eval_per_n_steps=2)
+    top, snapshots = TopKCheckpointCallback("ppl", mode="min", top_k=2), Snapshots()
+    trainer = make_trainer(tmp_path, [snapshots, top], evaluate=True, train_epochs=4, eval_per_n_steps=2)
     trainer.train()
     kept = sorted(p.name for p in (tmp_path / "best").iterdir())
     assert len(kept) == 2 and [item[2] for item in top.kept] == [str(tmp_path / "best" / n) for n in
                                                                  sorted(kept, key=lambda n: -int(n[5:]))]
     values = [item[0] for item in top.kept]
     assert values == sorted(values)
-    assert AutoModelForCausalLM.from_pretrained(top.kept[0][2]) is not None
+    # The best directory holds the weights the model had at that evaluation, in HF format.
+    value, step, path = top.kept[0]
+    assert value == min(ppl for ppl, _ in snapshots.by_step.values()) == snapshots.by_step[step][0]
+    assert AutoModelForCausalLM.from_pretrained(path).num_parameters() > 0
+    saved = CollieModel.from_pretrained(path).state_dict()
+    assert saved.keys() == snapshots.by_step[step][1].keys()
+    for name, tensor in saved.items():
+        assert torch.equal(tensor, snapshots.by_step[step][1][name]), name
 
 
 def test_load_best_model_restores_the_best_weights(tmp_path):
-    snapshots = {}
-
-    class Snapshot(Callback):
-        def on_evaluate_end(self, trainer, results):
-            snapshots[trainer.global_step] = (results["ppl"], {k: v.clone() for k, v in
-                                                               trainer.model.state_dict().items()})
-
+    recorder = Snapshots()
+    snapshots = recorder.by_step
     # A learning rate that diverges after a few steps, so the best evaluation is not the last.
     best = LoadBestModelCallback("ppl")
-    trainer = make_trainer(tmp_path, [Snapshot(), best], evaluate=True, train_epochs=5, eval_per_n_steps=2)
+    trainer = make_trainer(tmp_path, [recorder, best], evaluate=True, train_epochs=5, eval_per_n_steps=2)
     trainer.optimizer.param_groups[0]["lr"] = 0.3
     trainer.lr_scheduler.base_lrs = [0.3]
     trainer.train()

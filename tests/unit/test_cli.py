@@ -4,7 +4,7 @@ import csv
 import os
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from collie.cli import main
 from collie.models.base import CollieModel
@@ -53,9 +53,16 @@ def test_train_resume_export_generate(tmp_path, capsys):
     assert main(["convert", final, "--to-dcp", str(tmp_path / "warm")]) == 0
     assert (tmp_path / "warm" / "trainer_state.json").is_file()
 
+    # `collie generate` prints transformers' greedy continuation of the prompt.
+    prompt = "Question: What is collie?\nAnswer: "
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    prompt_ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    expected_ids = hf.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=5,
+                               do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    expected = tokenizer.decode(expected_ids[0, prompt_ids.shape[1]:], skip_special_tokens=True)
     capsys.readouterr()
-    assert main(["generate", final, "Question: What is collie?\nAnswer: ", "--max-new-tokens", "5"]) == 0
-    assert capsys.readouterr().out.strip()
+    assert main(["generate", final, prompt, "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
 
 
 def test_init_model_then_train_it(tmp_path):

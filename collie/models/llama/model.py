@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from collie.dtypes import at_least_fp32
 from collie.models.base import CausalLMOutput, CollieModel
 from collie.models.init import init_tensor
 from collie.models.kv_cache import KVCache
@@ -28,9 +29,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 whatever the storage dtype, as the reference implementation does.
+        # Normalise in at least fp32 whatever the storage dtype, as the reference implementation does.
         dtype = x.dtype
-        x = x.float()
+        x = x.to(at_least_fp32(dtype))
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
 
@@ -65,7 +66,7 @@ class Attention(nn.Module):
             v = v.repeat_interleave(repeats, dim=1)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None and kv_cache is None)
+            is_causal=mask is None)  # None only without cached keys: plain causal is exact
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -172,9 +173,10 @@ def default_position_ids(batch: int, seq: int, past: int, attention_mask: Option
 
 def attention_bias_mask(attention_mask: Optional[torch.Tensor], q_len: int, past: int,
                         device: torch.device) -> Optional[torch.Tensor]:
-    """A boolean [batch, 1, q, k] mask, or None when plain causal attention is exact
-    (no padding, no cache) so SDPA can take its flash path."""
-    if attention_mask is None and past == 0:
+    """A boolean [batch, 1, q, k] mask, or None when plain causal attention is exact for every
+    real token (no cache, and padding, if any, only on the right) so SDPA can take its flash
+    path. Left padding needs the mask: real tokens must not attend to the pads before them."""
+    if past == 0 and (attention_mask is None or only_right_padding(attention_mask)):
         return None
     total = past + q_len
     q_pos = torch.arange(past, total, device=device)[:, None]
@@ -185,3 +187,8 @@ def attention_bias_mask(attention_mask: Optional[torch.Tensor], q_len: int, past
         # The diagonal stays open so that rows of padding tokens never softmax over nothing.
         allowed = (allowed & valid) | (k_pos == q_pos)[None, None]
     return allowed
+
+
+def only_right_padding(attention_mask: torch.Tensor) -> bool:
+    """True when every row is real tokens followed by padding (one host sync on GPUs)."""
+    return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())

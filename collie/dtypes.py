@@ -1,0 +1,16 @@
+"""Dtype names as configs spell them, and the precision arithmetic is carried out in."""
+
+from __future__ import annotations
+
+import torch
+
+# Config spelling -> torch dtype. float64 is for verification: the parallel-layout parity tests
+# run in it, where reduction-order rounding is far below any tolerance worth asserting.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                  "float16": torch.float16, "float64": torch.float64}
+
+
+def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
+    """The dtype for numerically sensitive arithmetic (norms, softmax, optimizer updates):
+    half precision is widened to float32, float32 and float64 stay as they are."""
+    return torch.promote_types(dtype, torch.float32)
