@@ -67,9 +67,13 @@ def parent(args: argparse.Namespace) -> None:
     print(f"{base_label:<34}{base_gib:>8.2f} GiB{1.0:>8.3f}x{base_step:>9}   {note}")
     if "cuda_peak_gib" in ours:
         print(f"GPU peak allocated ({RUN}): {ours['cuda_peak_gib']:.2f} GiB")
-    rss_bytes = ours["peak_rss_gib"] * 2**30
+    print(goal_line(ours["peak_rss_gib"]), flush=True)
+
+
+def goal_line(peak_rss_gib: float) -> str:
+    rss_bytes = peak_rss_gib * 2**30
     verdict = "met" if rss_bytes < GOAL_BYTES else "not met"
-    print(f"goal: peak RSS < 20 GB: {verdict} ({rss_bytes / 1e9:.2f} GB)", flush=True)
+    return f"goal: peak RSS < 20 GB: {verdict} ({rss_bytes / 1e9:.2f} GB)"
 
 
 def main() -> None:

@@ -228,6 +228,12 @@ class CollieConfig:
             raise ConfigError(f"optimizer.lr: must be > 0, got {self.optimizer.lr}")
         if len(self.optimizer.betas) not in (2, 3):
             raise ConfigError(f"optimizer.betas: expected 2 values (3 for adan), got {list(self.optimizer.betas)}")
+        # Accepted for CoLLiE's API, refused until they are built: a setting either works or says so.
+        if self.peft_config is not None:
+            raise ConfigError("peft_config: PEFT (LoRA, prompt tuning) is not supported yet; remove it to train "
+                              "all parameters")
+        if self.quantization_config is not None:
+            raise ConfigError("quantization_config: quantized training is not supported yet; remove it")
         if self.model is not None and self.init_shape is not None:
             raise ConfigError("model and init_shape: give one of them, not both")
         if world_size is not None:

@@ -32,7 +32,7 @@ tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
 train_dataset = CollieDatasetForTraining(
     [{"input": "Collie is a python package for ", "output": "finetuning large language models."}] * 600,
     tokenizer)
-optimizer = Lomo(model, lr=1.0, clip_grad_norm=5.0)
+optimizer = Lomo(model, lr=0.3, clip_grad_norm=5.0)
 trainer = Trainer(model=model, config=config, loss_fn=GPTLMLoss(-100), optimizer=optimizer,
                   train_dataset=train_dataset,
                   monitors=[StepTimeMonitor(config), TGSMonitor(config), MemoryMonitor(config),

@@ -12,6 +12,7 @@ from torch.distributed.tensor.parallel import parallelize_module
 
 from collie.config import ConfigError
 from collie.distributed.precision import apply_compute_dtype
+from collie.forward_context import autocast_dtype
 
 log = logging.getLogger("collie")
 
@@ -122,8 +123,8 @@ def apply_data_parallel(model: torch.nn.Module, dp_mesh, config) -> None:
         log.info("cpu_offload has no effect here: training already runs on the CPU")
     elif config.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
-    if config.mixed_precision != "no" and dp_mesh.device_type == "cuda":
-        dtype = torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16
+    dtype = autocast_dtype(config, torch.device(dp_mesh.device_type))
+    if dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for layer in model.layers.values():
         fully_shard(layer, **kwargs)

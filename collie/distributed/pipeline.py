@@ -115,9 +115,10 @@ class PipelineRunner:
     """Runs one training step's micro-batches through the schedule."""
 
     def __init__(self, model: nn.Module, runtime, config,
-                 autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
-        """`autocast` gives the context the schedule runs in (bf16 autocast on GPUs)."""
-        self.autocast = autocast
+                 forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
+        """`forward_context` gives the context the schedule runs in (bf16 autocast on GPUs,
+        attention kernels)."""
+        self.forward_context = forward_context
         interleaved = config.pp_schedule == "interleaved1f1b"
         micro = config.gradient_accumulation_steps
         if config.pp_schedule == "1f1b" and micro < runtime.pp_size:
@@ -155,7 +156,7 @@ class PipelineRunner:
         holding the last stage (0 elsewhere)."""
         self.loss_weight = loss_weight
         losses: list[torch.Tensor] = []
-        with self.autocast():
+        with self.forward_context():
             if self.is_first:
                 self.schedule.step(input_ids, target=labels if self.is_last else None, losses=losses,
                                    attention_mask=attention_mask)

@@ -6,7 +6,8 @@ reduced across ranks, so the numbers do not depend on the layout.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+import contextlib
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 
@@ -36,6 +37,8 @@ class Evaluator:
         self.collate_fn = collate_fn or ColliePadder(pad_id(tokenizer), padding_side=side,
                                                      max_length=data.max_length if data is not None else None)
         self.runtime: Any = None  # set by the Trainer: device, dp rank/size, process groups
+        # Set by the Trainer too: the context forwards run in (autocast, attention kernels).
+        self.forward_context: Callable[[], ContextManager] = contextlib.nullcontext
 
     def evaluate(self) -> dict:
         """Run over this rank's share of the dataset; return `{metric: value}` merged over metrics."""
@@ -47,7 +50,7 @@ class Evaluator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.forward_context():
                 for start in range(0, len(indices), batch_size):
                     batch = self.collate_fn([self.dataset[i] for i in indices[start:start + batch_size]])
                     result = self.eval_fn(self, batch) if self.eval_fn else self.eval_batch(batch)

@@ -88,14 +88,20 @@ class CollieModel(nn.Module):
 
     # -- construction -------------------------------------------------------
     @classmethod
-    def from_config(cls, config, seed: Optional[int] = None, dtype: torch.dtype = torch.float32,
-                    init_method: str = "normal") -> "CollieModel":
-        """A randomly initialised model; the same seed gives the same weights everywhere."""
+    def from_config(cls, config, seed: Optional[int] = None, dtype: Optional[torch.dtype] = None,
+                    init_method: Optional[str] = None) -> "CollieModel":
+        """A randomly initialised model; the same seed gives the same weights everywhere.
+
+        `config` is an HF config, or a CollieConfig holding one (`model_config`), whose `seed`,
+        `param_dtype` and `init_method` then apply unless given here."""
         hf_config = getattr(config, "model_config", None) or config
-        apply_collie_settings(hf_config, config if hf_config is not config else None)
+        collie_config = config if hf_config is not config else None
+        apply_collie_settings(hf_config, collie_config)
         model_cls = family_of(hf_config)[0] if cls is CollieModel else cls
-        model = _materialize(model_cls, hf_config, dtype)
-        model.reset_parameters(init_method, seed or 0)
+        model = _materialize(model_cls, hf_config, dtype or param_dtype(collie_config))
+        if seed is None:
+            seed = collie_config.seed if collie_config is not None else 0
+        model.reset_parameters(init_method or getattr(collie_config, "init_method", "normal"), seed)
         return model
 
     @classmethod

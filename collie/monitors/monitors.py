@@ -12,9 +12,10 @@ from typing import Optional
 
 import torch
 
-# Dense bf16 peak TFLOP/s per device, for MFU. CPUs have no meaningful entry: MFU is then omitted.
-_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0,
-                "RTX 4090": 165.0, "RTX 3090": 71.0, "V100": 125.0}
+# Dense peak TFLOP/s per device, for MFU: (half precision on tensor cores, plain fp32). CPUs
+# have no meaningful entry: MFU is then omitted.
+_PEAK_TFLOPS = {"H200": (989.0, 67.0), "H100": (989.0, 67.0), "A100": (312.0, 19.5), "L40S": (362.0, 91.6),
+                "A10": (125.0, 31.2), "RTX 4090": (165.0, 82.6), "RTX 3090": (71.0, 35.6), "V100": (125.0, 15.7)}
 
 
 @dataclass
@@ -31,6 +32,9 @@ class StepStats:
 
 
 class Monitor:
+    """Takes the run's CollieConfig (CoLLiE's signature); monitors that depend on a setting
+    read it from there, the others need nothing from it."""
+
     def __init__(self, config=None) -> None:
         self.config = config
 
@@ -54,14 +58,26 @@ class TGSMonitor(Monitor):
 
 
 class MFUMonitor(Monitor):
-    """Model FLOPs utilisation: 6·N (+ attention) FLOPs per token against the device's bf16 peak."""
+    """Model FLOPs utilisation: 6·N (+ attention) FLOPs per token against the device's peak for
+    the precision the matmuls run in, which the config decides (bf16/fp16 autocast or storage:
+    the tensor-core peak; fp32: the TF32 peak when PyTorch allows TF32, else plain fp32).
+    Without a config the half-precision peak is assumed."""
 
     def step_columns(self, stats: StepStats) -> dict:
-        peak = peak_flops(stats.device)
+        peak = peak_flops(stats.device, self._matmul_dtype(stats.device))
         if peak is None or stats.flops_per_token is None:
             return {}
         achieved = stats.flops_per_token * stats.tokens / max(stats.step_time_s, 1e-9) / stats.num_devices
         return {"mfu": achieved / peak}
+
+    def _matmul_dtype(self, device: torch.device) -> torch.dtype:
+        if self.config is None:
+            return torch.bfloat16
+        from collie.distributed.parallelize import compute_dtype
+        from collie.forward_context import autocast_dtype
+        from collie.models.base import param_dtype
+
+        return autocast_dtype(self.config, device) or compute_dtype(self.config, device, param_dtype(self.config))
 
 
 class MemoryMonitor(Monitor):
@@ -99,13 +115,23 @@ def peak_rss_gib() -> float:
     return peak / 1024**3 if sys.platform == "darwin" else peak / 1024**2
 
 
-def peak_flops(device: torch.device) -> Optional[float]:
+def peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> Optional[float]:
+    """Dense peak FLOP/s of a GPU for matmuls in `dtype` (None for CPUs and unknown GPUs)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, tflops in _PEAK_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12
+    return peak_flops_of(torch.cuda.get_device_name(device), dtype, torch.backends.cuda.matmul.allow_tf32)
+
+
+def peak_flops_of(device_name: str, dtype: torch.dtype, allow_tf32: bool) -> Optional[float]:
+    for key, (half, fp32) in _PEAK_TFLOPS.items():
+        if key not in device_name:
+            continue
+        if dtype in (torch.bfloat16, torch.float16):
+            return half * 1e12
+        if dtype == torch.float32:
+            # TF32 runs at half the bf16 rate on the GPUs that have it (Ampere and later).
+            return (half / 2 if allow_tf32 and key != "V100" else fp32) * 1e12
+        return None  # float64: no peak worth quoting
     return None
 
 

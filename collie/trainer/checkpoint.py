@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from typing import Optional
 
@@ -27,6 +28,20 @@ TRAINER_STATE = "trainer_state.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupted or of another model."""
+
+
+def is_corruption(error: BaseException) -> bool:
+    """Whether `error` is what reading a truncated, overwritten or half-written checkpoint
+    raises. Running out of memory, a permission error or a storage timeout is not: those
+    propagate as they are, since calling them "corrupted" would send the user the wrong way."""
+    if isinstance(error, CheckpointException):  # DCP wraps each rank's failure
+        return all(is_corruption(failure) for failure, _ in error.failures.values())
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return False
+    if isinstance(error, OSError):
+        return isinstance(error, FileNotFoundError)  # a file the checkpoint should hold is missing
+    return isinstance(error, (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError,
+                              AttributeError, RuntimeError))
 
 
 def checkpoints_dir(output_dir: str) -> str:
@@ -138,8 +153,10 @@ def load(trainer, path: str) -> None:
     if os.path.isfile(own):
         try:
             per_rank = torch.load(own, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise CheckpointError(f"{own}: unreadable ({type(e).__name__}); the checkpoint is corrupted") from None
+        except Exception as e:
+            if not is_corruption(e):
+                raise
+            raise CheckpointError(f"{own}: unreadable ({type(e).__name__}); the checkpoint is corrupted") from e
         set_rng_state(per_rank["rng"])
 
 
@@ -157,8 +174,8 @@ def read_trainer_state(path: str) -> dict:
     try:
         with open(state_file) as f:
             return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{state_file}: unreadable ({e}); the checkpoint is corrupted") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are
+        raise CheckpointError(f"{state_file}: unreadable ({e}); the checkpoint is corrupted") from e
 
 
 def _check_compatible(path: str, state: dict) -> None:
@@ -166,9 +183,11 @@ def _check_compatible(path: str, state: dict) -> None:
     DCP's deep error, when resuming with a different model."""
     try:
         metadata = FileSystemReader(path).read_metadata().state_dict_metadata
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
+        if not is_corruption(e):
+            raise
         raise CheckpointError(f"{path}: cannot read the checkpoint metadata ({type(e).__name__}); "
-                              "the checkpoint is incomplete or corrupted") from None
+                              "the checkpoint is incomplete or corrupted") from e
     for name, tensor in state["model"].items():
         saved = metadata.get(f"model.{name}")
         if saved is None:
@@ -182,10 +201,14 @@ def _dcp_load(path: str, state: dict, partial: bool = False) -> None:
     planner = DefaultLoadPlanner(allow_partial_load=partial)
     try:
         dcp.load(state, checkpoint_id=path, planner=planner, no_dist=_no_dist())
-    except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP's own error is a BaseException
-        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise CheckpointError(f"{path}: cannot load the checkpoint ({type(e).__name__}: {first_line}); "
-                              "the checkpoint is incomplete or corrupted") from None
+    except (Exception, CheckpointException) as e:  # DCP's own error is a BaseException
+        # DCP wraps what failed on each rank: show the first cause itself.
+        cause = next(iter(e.failures.values()))[0] if isinstance(e, CheckpointException) else e
+        if not is_corruption(e):
+            raise cause from e
+        first_line = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else ""
+        raise CheckpointError(f"{path}: cannot load the checkpoint ({type(cause).__name__}: {first_line}); "
+                              "the checkpoint is incomplete or corrupted") from e
 
 
 def trainer_state(trainer, model_only: bool = False) -> dict:

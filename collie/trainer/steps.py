@@ -88,7 +88,7 @@ def refresh_hessian(model: torch.nn.Module, optimizer, micro_batch: dict) -> Non
 
 
 def default_loss(model: torch.nn.Module, loss_fn: Callable, batch: dict,
-                 autocast: Callable[[], ContextManager]) -> torch.Tensor:
-    with autocast():
+                 forward_context: Callable[[], ContextManager]) -> torch.Tensor:
+    with forward_context():
         logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return loss_fn(logits, batch["labels"])

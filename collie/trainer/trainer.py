@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, ContextManager, Optional
 
 import torch
 from torch.distributed.tensor.parallel import loss_parallel
@@ -32,6 +32,7 @@ from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
 from collie.trainer import checkpoint
 from collie.trainer.callbacks import Callback, CallbackList
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
+from collie.forward_context import forward_context
 from collie.trainer.optim_factory import UPDATES_IN_BACKWARD, build_optimizer, build_scheduler
 from collie.trainer.steps import StepResult, default_loss, refresh_hessian, run_micro_batches, run_pipeline_step
 
@@ -62,7 +63,7 @@ class Trainer:
         if self.runtime.pp_size > 1:
             if train_fn is not None:
                 raise ConfigError("pp_size: a custom train_fn cannot run inside a pipeline schedule")
-            self.pipeline = PipelineRunner(self.model, self.runtime, config, autocast=self._autocast)
+            self.pipeline = PipelineRunner(self.model, self.runtime, config, forward_context=self._forward_context)
         # Pipeline stages exchange fixed-shape activations: pad every batch to max_length there.
         self.padder = ColliePadder(pad_id(self.tokenizer), config.data.padding_side,
                                    max_length=config.data.max_length, pad_to=config.data.max_length if self.pipeline else None,
@@ -90,6 +91,7 @@ class Trainer:
         eval_model = PipelinedModel(self.model, self.runtime, config) if self.pipeline else self.model
         for evaluator in self.evaluators:
             evaluator.model, evaluator.runtime = eval_model, self.runtime
+            evaluator.forward_context = self._forward_context
             evaluator.collate_fn.multiple_of = self._sequence_multiple()
             if config.sequence_parallel and config.tp_size > 1 and isinstance(evaluator, EvaluatorForGeneration):
                 raise ConfigError("sequence_parallel: token-by-token generation cannot split the sequence over "
@@ -202,7 +204,7 @@ class Trainer:
         if self.train_fn is not None:
             loss_of = lambda batch: self.train_fn(self, batch)  # noqa: E731
         else:
-            loss_of = lambda batch: default_loss(self.model, self.loss_fn, batch, self._autocast)  # noqa: E731
+            loss_of = lambda batch: default_loss(self.model, self.loss_fn, batch, self._forward_context)  # noqa: E731
         ignore_index = getattr(self.loss_fn, "ignore_index", IGNORE_INDEX)
         rt = self.runtime
         if self.pipeline is not None:
@@ -257,12 +259,8 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _autocast(self):
-        if self.config.mixed_precision != "no" and self.runtime.device.type == "cuda":
-            dtype = torch.bfloat16 if self.config.mixed_precision == "bf16" else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        # On CPU bf16 matmuls are far slower than fp32: compute in fp32 there.
-        return contextlib.nullcontext()
+    def _forward_context(self) -> ContextManager:
+        return forward_context(self.config, self.runtime.device)
 
     def _non_finite(self, result: StepResult) -> StepResult:
         """A NaN/inf loss: stop (default) or, with nan_policy=skip, drop this step's update.

@@ -7,6 +7,8 @@ import textwrap
 
 import pytest
 import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from transformers import AutoModelForCausalLM
 
 from collie import CollieConfig, LlamaForCausalLM
@@ -14,7 +16,7 @@ from collie.data import CollieDatasetForTraining
 from collie.models.base import CollieModel
 from collie.evaluate import EvaluatorForPerplexity, PPLMetric
 from collie.trainer import Callback, Trainer
-from collie.trainer.checkpoint import CheckpointError
+from collie.trainer.checkpoint import CheckpointError, is_corruption
 from collie.trainer.checkpoint_callbacks import (CheckpointCallback, EarlyStoppingCallback, LoadBestModelCallback,
                                                  TopKCheckpointCallback)
 from collie.trainer.convert import dcp_to_hf, hf_to_dcp
@@ -143,6 +145,9 @@ def test_resume_from_another_model_shape_and_corrupted_files(tmp_path):
     data_file.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot load the checkpoint .* incomplete or corrupted"):
         make_trainer(tmp_path / "again", max_steps=4).train(resume_from=str(ckpt))
+    with pytest.raises(CheckpointError) as error:
+        make_trainer(tmp_path / "again", max_steps=4).train(resume_from=str(ckpt))
+    assert error.value.__cause__ is not None  # the original error stays reachable
     (ckpt / "trainer_state.json").write_text("{")
     with pytest.raises(CheckpointError, match="trainer_state.json: unreadable"):
         make_trainer(tmp_path / "again2", max_steps=4).train(resume_from=str(ckpt))
@@ -198,3 +203,25 @@ def test_convert_round_trip(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(CheckpointError, match="not a collie checkpoint"):
         dcp_to_hf(str(tmp_path / "hf"), str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), MemoryError(), TimeoutError("storage")])
+def test_errors_that_are_not_corruption_keep_their_own_name(tmp_path, monkeypatch, error):
+    make_trainer(tmp_path, max_steps=2, checkpoint_every_n_steps=2).train()
+    ckpt = str(tmp_path / "checkpoints" / "step-2")
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(FileSystemReader, "read_metadata", fail)
+    with pytest.raises(type(error)):
+        make_trainer(tmp_path / "again", max_steps=4).train(resume_from=ckpt)
+
+
+def test_what_counts_as_corruption():
+    assert is_corruption(EOFError()) and is_corruption(FileNotFoundError(2, "missing"))
+    assert is_corruption(RuntimeError("PytorchStreamReader failed reading zip archive"))
+    assert not is_corruption(PermissionError(13, "denied")) and not is_corruption(TimeoutError())
+    assert not is_corruption(torch.OutOfMemoryError("CUDA out of memory")) and not is_corruption(MemoryError())
+    assert is_corruption(CheckpointException("load", {0: (EOFError(), None), 1: (ValueError(), None)}))
+    assert not is_corruption(CheckpointException("load", {0: (EOFError(), None), 1: (PermissionError(), None)}))

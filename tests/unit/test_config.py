@@ -36,6 +36,10 @@ def test_bad_overrides_name_the_key(overrides, message):
     (["logging=[console,wandb]"], "logging: 'wandb'"),
     (["optimizer.lr=0"], "optimizer.lr: must be > 0"),
     (["model=x", "init_shape=tiny"], "give one of them"),
+    (["peft_config={peft_type: LORA, r: 8}"], "peft_config: PEFT .* not supported yet"),
+    (["quantization_config={load_in_4bit: true}"], "quantization_config: quantized training is not supported yet"),
+    (["tp_size=2", "sequence_parallel=true", "data.max_length=7"], "data.max_length: .* multiple of it, got 7"),
+    (["param_dtype=float8"], "param_dtype: 'float8' is not one of auto, float32, bfloat16, float16, float64"),
 ])
 def test_validate_names_the_field(overrides, message):
     with pytest.raises(ConfigError, match=message):

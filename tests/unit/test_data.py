@@ -58,11 +58,14 @@ def test_padder_sides():
     items = [{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4], "labels": [4]}]
     right = ColliePadder(0)(items)
     assert right["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
-    assert right["labels"].tolist() == [[1, 2, 3], [4, -100, -100]]
+    # A sequence's first label has nothing before it to predict it from: never a target.
+    assert right["labels"].tolist() == [[-100, 2, 3], [-100, -100, -100]]
     assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     left = ColliePadder(9, padding_side="left")(items)
     assert left["input_ids"].tolist() == [[1, 2, 3], [9, 9, 4]]
+    assert left["labels"].tolist() == [[-100, 2, 3], [-100, -100, -100]]
     assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ColliePadder(0, max_length=2)(items)["input_ids"].tolist() == [[1, 2], [4, 0]]
 
 
 def test_global_batches_do_not_depend_on_layout():

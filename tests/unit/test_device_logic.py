@@ -1,12 +1,12 @@
 """The device-dependent choices, checked on CPU: what GPU users get is decided by these."""
 
-import contextlib
-
+import pytest
 import torch
 
 from collie import CollieConfig
 from collie.distributed.parallelize import compute_dtype
-from collie.monitors.monitors import MFUMonitor, MemoryMonitor, StepStats, peak_flops
+from collie.forward_context import autocast_dtype
+from collie.monitors.monitors import MFUMonitor, MemoryMonitor, StepStats, peak_flops, peak_flops_of
 
 
 def test_compute_dtype_per_device():
@@ -19,13 +19,33 @@ def test_compute_dtype_per_device():
 
 
 def test_bf16_autocast_only_on_gpus():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert autocast_dtype(CollieConfig(mixed_precision="bf16"), cuda) == torch.bfloat16
+    assert autocast_dtype(CollieConfig(mixed_precision="fp16"), cuda) == torch.float16
+    assert autocast_dtype(CollieConfig(mixed_precision="bf16"), cpu) is None
+    assert autocast_dtype(CollieConfig(), cuda) is None
+
+
+@pytest.mark.parametrize("use_flash", [True, False])
+def test_use_flash_decides_the_attention_kernels_of_training_and_evaluation(use_flash):
+    """`use_flash: false` keeps SDPA off its flash kernel in every forward the Trainer runs."""
     from collie import LlamaForCausalLM
+    from collie.data import CollieDatasetForTraining
+    from collie.evaluate import EvaluatorForPerplexity, PPLMetric
     from collie.trainer import Trainer
     from helpers import tiny_llama_config
 
-    config = CollieConfig(model_config=tiny_llama_config(), mixed_precision="bf16", logging=[])
-    trainer = Trainer(LlamaForCausalLM.from_config(config, seed=0), config)
-    assert isinstance(trainer._autocast(), contextlib.nullcontext)
+    config = CollieConfig(model_config=tiny_llama_config(), logging=[], max_steps=1, use_flash=use_flash)
+    model = LlamaForCausalLM.from_config(config, seed=0)
+    seen = []
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.flash_sdp_enabled()))
+    dataset = CollieDatasetForTraining([{"tokens": [1, 2, 3, 4]}] * 2)
+    trainer = Trainer(model, config, train_dataset=dataset,
+                      evaluators=[EvaluatorForPerplexity(model, config, dataset, {"ppl": PPLMetric()})])
+    trainer.train()
+    trainer.evaluate()
+    assert len(seen) == 3 and set(seen) == {use_flash}
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored afterwards
 
 
 def test_mfu_and_memory_monitors_on_cpu():
@@ -34,3 +54,17 @@ def test_mfu_and_memory_monitors_on_cpu():
     assert peak_flops(torch.device("cpu")) is None
     assert MFUMonitor().step_columns(stats) == {}  # no meaningful peak for a CPU
     assert MemoryMonitor().step_columns(stats)["mem_gib"] > 0.05  # process RSS
+
+
+def test_mfu_peak_follows_the_precision_the_config_computes_in():
+    h100 = "NVIDIA H100 80GB HBM3"
+    assert peak_flops_of(h100, torch.bfloat16, allow_tf32=False) == 989e12
+    assert peak_flops_of(h100, torch.float32, allow_tf32=True) == 494.5e12
+    assert peak_flops_of(h100, torch.float32, allow_tf32=False) == 67e12
+    assert peak_flops_of("Tesla V100-SXM2-32GB", torch.float32, allow_tf32=True) == 15.7e12
+    assert peak_flops_of("Some New GPU", torch.bfloat16, allow_tf32=False) is None
+    cuda = torch.device("cuda", 0)
+    assert MFUMonitor(CollieConfig(mixed_precision="bf16"))._matmul_dtype(cuda) == torch.bfloat16
+    assert MFUMonitor(CollieConfig(param_dtype="bfloat16"))._matmul_dtype(cuda) == torch.bfloat16
+    assert MFUMonitor(CollieConfig())._matmul_dtype(cuda) == torch.float32
+    assert MFUMonitor()._matmul_dtype(cuda) == torch.bfloat16

@@ -1,15 +1,26 @@
-"""The memory benchmarks' dry runs: every configuration runs in its own process and reports,
-and the tables carry the ratio and goal columns that BENCHMARKS.md quotes."""
+"""The memory benchmarks: their dry runs report every configuration (each in its own process)
+with ratios that are the quotient of the printed figures, and the goal verdicts are right on
+both sides of each limit."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RATIO = r"\d+\.\d+x"
+ROW = re.compile(r"^(\S+).*?(\d+\.\d+) GiB +(\d+\.\d+)x")
+
+
+@pytest.fixture(scope="module")
+def benchmarks():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    yield importlib.import_module("memory"), importlib.import_module("seven_b")
+    sys.path.remove(os.path.join(ROOT, "benchmarks"))
 
 
 def _dry_run(script: str) -> list[str]:
@@ -20,25 +31,45 @@ def _dry_run(script: str) -> list[str]:
     return result.stdout.splitlines()
 
 
-def _rows(lines: list[str], name: str) -> list[str]:
-    return [line for line in lines if line.split() and line.split()[0] == name]
+def _table(lines: list[str]) -> dict[str, tuple[float, float]]:
+    """run name -> (peak GiB, printed ratio)"""
+    rows = {}
+    for line in lines:
+        match = ROW.match(line)
+        if match:
+            assert match.group(1) not in rows, line
+            rows[match.group(1)] = (float(match.group(2)), float(match.group(3)))
+    return rows
 
 
-def test_memory_dry_run_reports_every_run_and_the_goals() -> None:
+def test_memory_dry_run_ratios_are_quotients_of_the_figures() -> None:
     lines = _dry_run("memory.py")
-    for name in ("transformers_adamw", "collie_adamw", "collie_lomo", "collie_adalomo", "collie_lomo_bf16",
-                 "collie_adalomo_bf16"):
-        rows = _rows(lines, name)
-        assert len(rows) == 1, (name, lines)
-        assert re.search(rf"\d+\.\d+ GiB +{RATIO}", rows[0]), rows[0]
-    assert re.fullmatch(r"goals: LOMO <= 0\.30x: (met|not met) \(collie_lomo_bf16 .*\); "
-                        r"AdaLomo <= 0\.35x: (met|not met) \(collie_adalomo_bf16 .*\)", lines[-1]), lines[-1]
+    table = _table(lines)
+    assert set(table) == {"transformers_adamw", "collie_adamw", "collie_lomo", "collie_adalomo",
+                          "collie_lomo_bf16", "collie_adalomo_bf16"}, lines
+    base = table["transformers_adamw"][0]
+    for name, (gib, ratio) in table.items():
+        assert gib > 0.1, (name, gib)
+        # Both figures are printed rounded to 2 decimals.
+        assert abs(ratio - gib / base) <= 0.006 + 0.005 * ratio / base, (name, gib, ratio, base)
+    assert lines[-1].startswith("goals: LOMO <= 0.30x: ")
 
 
-def test_seven_b_dry_run_reports_run_baseline_and_goal() -> None:
+def test_memory_goal_verdicts(benchmarks) -> None:
+    memory, _ = benchmarks
+    line = memory.goal_line({"collie_lomo": 0.25, "collie_lomo_bf16": 0.31, "collie_adalomo": 0.35})
+    # The bf16 run is judged when there is one; a ratio equal to the limit meets it.
+    assert line == ("goals: LOMO <= 0.30x: not met (collie_lomo_bf16 0.31x); "
+                    "AdaLomo <= 0.35x: met (collie_adalomo 0.35x)")
+    assert memory.goal_line({}) == "goals: LOMO <= 0.30x: not measured; AdaLomo <= 0.35x: not measured"
+
+
+def test_seven_b_dry_run_and_goal_verdicts(benchmarks) -> None:
     lines = _dry_run("seven_b.py")
-    for name in ("collie_lomo_bf16", "transformers_adamw"):
-        rows = _rows(lines, name)
-        assert len(rows) == 1, (name, lines)
-        assert re.search(rf"\d+\.\d+ GiB +{RATIO}", rows[0]), rows[0]
-    assert re.fullmatch(r"goal: peak RSS < 20 GB: met \(\d+\.\d+ GB\)", lines[-1]), lines[-1]
+    table = _table(lines)
+    assert set(table) == {"collie_lomo_bf16", "transformers_adamw"}, lines
+    (ours, ratio), (base, base_ratio) = table["collie_lomo_bf16"], table["transformers_adamw"]
+    assert base_ratio == 1.0 and abs(ratio - ours / base) <= 0.001 + 0.005 * ratio / base
+    _, seven_b = benchmarks
+    assert seven_b.goal_line(18.0) == "goal: peak RSS < 20 GB: met (19.33 GB)"
+    assert seven_b.goal_line(18.7) == "goal: peak RSS < 20 GB: not met (20.08 GB)"

@@ -4,9 +4,12 @@ stored parameters, unchanged names, and composition with activation checkpointin
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from collie.distributed.parallelize import apply_activation_checkpointing
 from collie.distributed.precision import apply_compute_dtype
@@ -86,22 +89,42 @@ def test_checkpointing_matches_fp32_gradients(checkpointing_first: bool) -> None
         torch.testing.assert_close(p.grad.float(), want, atol=1e-3, rtol=1e-2, msg=name)
 
 
+class _Casts(TorchDispatchMode):
+    """Records weak references to every bf16 -> fp32 copy of a layer matrix, and the dtypes
+    every matrix multiply runs in."""
+
+    def __init__(self, shapes: set) -> None:
+        super().__init__()
+        self.shapes, self.copies, self.matmul_dtypes = shapes, [], set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default and args[0].dtype == torch.bfloat16 and \
+                out.dtype == torch.float32 and tuple(out.shape) in self.shapes:
+            self.copies.append(weakref.ref(out))
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default):
+            self.matmul_dtypes.update(a.dtype for a in args if isinstance(a, torch.Tensor))
+        return out
+
+
 def test_checkpointing_keeps_no_upcast_weights_for_backward() -> None:
-    """The point of upcasting inside the checkpointed region: backward recomputes the fp32
-    copies, so forward leaves none of the layers' copies saved."""
+    """The point of upcasting inside the checkpointed region: forward keeps none of the layers'
+    fp32 copies alive for backward, and backward's recomputation casts them again, so every
+    matrix multiply, recomputed ones included, runs in fp32."""
     model, _ = _pair()
     apply_activation_checkpointing(model)
-    # Matrices only: the final norm (outside any layer) legitimately saves its fp32 weight.
     layer_shapes = {tuple(p.shape) for p in model.layers.parameters() if p.ndim == 2}
-    saved = []
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        saved.append((tuple(t.shape), t.dtype))
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _loss(model)
-    assert saved and not [s for s in saved if s[1] == torch.float32 and s[0] in layer_shapes]
+    forward = _Casts(layer_shapes)
+    with forward:
+        loss = _loss(model)
+    gc.collect()
+    assert forward.copies, "no fp32 copies were made"
+    assert not [ref for ref in forward.copies if ref() is not None], "fp32 weight copies kept for backward"
+    backward = _Casts(layer_shapes)
+    with backward:
+        loss.backward()
+    assert backward.copies, "backward did not recompute the fp32 copies"
+    assert forward.matmul_dtypes == backward.matmul_dtypes == {torch.float32}
 
 
 def test_lomo_updates_bf16_model_in_place() -> None:

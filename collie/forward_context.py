@@ -1,0 +1,31 @@
+"""The context every forward of a run executes in (training steps, pipeline schedules,
+evaluation and generation): bf16/fp16 autocast on GPUs, and the attention kernels allowed."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager, Optional
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# `use_flash: false`: SDPA chooses among the other kernels (memory-efficient on GPUs, math).
+NON_FLASH_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def autocast_dtype(config, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of `mixed_precision`, or None. GPUs only: on CPU bf16 matmuls are far
+    slower than fp32, so there compute stays in fp32."""
+    if config.mixed_precision == "no" or device.type != "cuda":
+        return None
+    return torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16
+
+
+def forward_context(config, device: torch.device) -> ContextManager:
+    stack = contextlib.ExitStack()
+    dtype = autocast_dtype(config, device)
+    if dtype is not None:
+        stack.enter_context(torch.autocast(device.type, dtype=dtype))
+    if not config.use_flash:
+        stack.enter_context(sdpa_kernel(NON_FLASH_BACKENDS))
+    return stack
