@@ -51,7 +51,7 @@ def shape_model_config(shape: str):
     """An HF LlamaConfig of a named collie shape (vocab at least the bundled tokenizer's)."""
     from transformers import AutoTokenizer
 
-    from collie.models.shapes import bundled_tokenizer_path, shape_config
+    from collie.init_model import bundled_tokenizer_path, shape_config
 
     return shape_config(shape, AutoTokenizer.from_pretrained(bundled_tokenizer_path()))
 

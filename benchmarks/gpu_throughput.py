@@ -30,8 +30,9 @@ def child(shape: str, optimizer: str, seq: int, steps: int, warmup: int) -> dict
 
     from collie import CollieConfig, LlamaForCausalLM
     from collie.data import CollieDatasetForTraining
-    from collie.models.shapes import bundled_tokenizer_path, shape_config
-    from collie.monitors.monitors import llama_flops_per_token, peak_flops
+    from collie.init_model import bundled_tokenizer_path, shape_config
+    from collie.models.registry import spec_for
+    from collie.monitors.monitors import peak_flops
     from collie.trainer import Callback, Trainer
 
     cuda = torch.cuda.is_available()
@@ -69,8 +70,9 @@ def child(shape: str, optimizer: str, seq: int, steps: int, warmup: int) -> dict
     trainer.train()
     step = statistics.median(timer.times[warmup:])
     tgs = seq / step
-    peak = peak_flops(trainer.runtime.device)
-    mfu = llama_flops_per_token(model_config, seq, params) * tgs / peak if peak else None
+    peak = peak_flops(trainer.runtime.device, torch.bfloat16)  # both runs compute in bf16
+    spec = spec_for(model_config)
+    mfu = spec.flops_per_token(spec.dims(model_config), seq, params) * tgs / peak if peak else None
     memory = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     return {"params_b": params / 1e9, "step_s": step, "tgs": tgs, "mfu": mfu, "peak_gib": memory}
 

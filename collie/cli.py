@@ -52,12 +52,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.command == "train":
             run_train(args.config, args.overrides)
         elif args.command == "init-model":
-            from collie.models.shapes import init_model
+            from collie.init_model import init_model
 
             init_model(args.shape, args.out_dir, args.tokenizer, args.seed, getattr(torch, args.dtype))
             print(f"wrote a random {args.shape} model to {args.out_dir}")
         elif args.command == "convert":
-            from collie.trainer.convert import dcp_to_hf, hf_to_dcp
+            from collie.convert import dcp_to_hf, hf_to_dcp
 
             if args.to_hf:
                 dcp_to_hf(args.source, args.to_hf)
@@ -91,7 +91,10 @@ def run_train(config_path: str, overrides: list[str]) -> None:
         raise ConfigError("data.train_file: `collie train` needs a training file (.json or .jsonl)")
     env = init_distributed()
     ensure_writable(config.output_dir)
-    model_dir = config.model or seed_checkpoint(config, env)
+    if not config.model:
+        # From here on the seed checkpoint is the model (and what config.yaml records).
+        config.model, config.init_shape = seed_checkpoint(config, env), None
+    model_dir = config.model
     tokenizer = load_tokenizer(config.tokenizer or model_dir, config.trust_remote_code)
     model = CollieModel.from_pretrained(model_dir, config=config)
     train_ds = CollieDatasetForTraining(config.data.train_file, tokenizer, max_length=config.data.max_length)
@@ -116,7 +119,7 @@ def seed_checkpoint(config: CollieConfig, env) -> str:
     bit-identical weights."""
     import torch.distributed as dist
 
-    from collie.models.shapes import bundled_tokenizer_path, init_model
+    from collie.init_model import bundled_tokenizer_path, init_model
 
     if config.init_shape is None:
         raise ConfigError("model: set `model` (an HF directory) or `init_shape` (tiny/20m/100m/1b/7b)")

@@ -9,6 +9,10 @@ import torch
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                   "float16": torch.float16, "float64": torch.float64}
 
+# The dtype codes of safetensors headers.
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                                              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32}
+
 
 def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
     """The dtype for numerically sensitive arithmetic (norms, softmax, optimizer updates):

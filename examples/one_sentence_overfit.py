@@ -17,7 +17,7 @@ from collie import CollieConfig, LlamaForCausalLM
 from collie.data import CollieDatasetForTraining
 from collie.evaluate import EvaluatorForPerplexity, PPLMetric
 from collie.models import GPTLMLoss
-from collie.models.shapes import init_model
+from collie.init_model import init_model
 from collie.monitors import EvalMonitor, LossMonitor, MemoryMonitor, StepTimeMonitor, TGSMonitor
 from collie.optim import Lomo
 from collie.trainer import Trainer

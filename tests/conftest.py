@@ -14,6 +14,6 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 def bundled_tokenizer():
     from transformers import AutoTokenizer
 
-    from collie.models.shapes import bundled_tokenizer_path
+    from collie.init_model import bundled_tokenizer_path
 
     return AutoTokenizer.from_pretrained(bundled_tokenizer_path())

@@ -1,57 +1,56 @@
 """Apply parallelism to a single-device model from outside, in one fixed order:
 pipeline split → tensor parallel (DTensor) → compute dtype → activation checkpointing →
-data parallel (FSDP2 or DDP)."""
+data parallel (FSDP2 or DDP). The model is read only through its family's spec."""
 
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.tensor.parallel import parallelize_module
 
 from collie.config import ConfigError
-from collie.distributed.precision import apply_compute_dtype
 from collie.forward_context import autocast_dtype
 
 log = logging.getLogger("collie")
 
 
-def parallelize(model: torch.nn.Module, config, runtime, replicate_wrapper: bool = True) -> torch.nn.Module:
-    """`replicate_wrapper=False` leaves replicated data parallel (zero_stage 0) to an optimizer
+def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Optional[str] = None,
+                replicate_wrapper: bool = True) -> torch.nn.Module:
+    """`weights_from`: an HF directory to load once the model is split and sharded (the model
+    is still empty, on the meta device); each rank then reads only its own shards.
+    `replicate_wrapper=False` leaves replicated data parallel (zero_stage 0) to an optimizer
     that averages gradients itself inside backward (LOMO/AdaLomo)."""
-    check_layout(model, config)
-    # A model from `from_pretrained` under a multi-process launch is still empty (meta): it is
-    # split and sharded first, then each rank loads only its own shards.
-    source = getattr(model, "hf_source", None)
+    check_layout(spec.dims(model.config), config)
     if config.pp_size > 1:
-        from collie.distributed.pipeline import local_stages, split_for_stage, stage_layer_ranges
+        from collie.distributed.pipeline import local_stages, split_for_stages, stage_layer_ranges
 
-        ranges = stage_layer_ranges(model, config.pp_size * config.pp_virtual_stages, config.pp_partition_method)
-        split_for_stage(model, local_stages(runtime.pp_rank, config.pp_size, len(ranges)), ranges)
-    if source is None:
+        ranges = stage_layer_ranges(model, spec, config.pp_size * config.pp_virtual_stages,
+                                    config.pp_partition_method)
+        split_for_stages(model, spec, local_stages(runtime.pp_rank, config.pp_size, len(ranges)), ranges)
+    if weights_from is None:
         model.to(runtime.device)
     if config.tp_size > 1:
-        apply_tensor_parallel(model, runtime.mesh["tp"], config.sequence_parallel, config.loss_parallel)
-    compute = compute_dtype(config, runtime.device, next(model.parameters()).dtype)
-    if compute != next(model.parameters()).dtype:
-        apply_compute_dtype(model, compute)
+        parallelize_module(model, runtime.mesh["tp"], spec.tp_plan(model, config.sequence_parallel,
+                                                                   config.loss_parallel))
+    model.compute_dtype = compute_dtype(config, runtime.device, next(model.parameters()).dtype)
     if config.checkpointing:
-        apply_activation_checkpointing(model)
+        apply_activation_checkpointing(spec.blocks(model))
     fsdp = runtime.dp_size > 1 and (config.zero_stage > 0 or needs_fsdp_for_replication(config))
-    if source is not None and not fsdp:
-        _load_shards(model, source, runtime, config)  # DDP broadcasts real weights when it wraps
+    if weights_from is not None and not fsdp:
+        _load_shards(model, weights_from, runtime, config)  # DDP broadcasts real weights when it wraps
     if runtime.dp_size > 1 and (fsdp or replicate_wrapper):
-        apply_data_parallel(model, runtime.mesh["dp"], config)
-    if source is not None and fsdp:
-        _load_shards(model, source, runtime, config)
+        apply_data_parallel(model, spec, runtime.mesh["dp"], config)
+    if weights_from is not None and fsdp:
+        _load_shards(model, weights_from, runtime, config)
     return model
 
 
-def _load_shards(model: torch.nn.Module, source: str, runtime, config) -> None:
+def _load_shards(model: torch.nn.Module, path: str, runtime, config) -> None:
     model.to_empty(device=runtime.device)
-    model.load_hf_weights(source, partial=config.pp_size > 1)
-    del model.hf_source
+    model.load_hf_weights(path, partial=config.pp_size > 1)
 
 
 def compute_dtype(config, device: torch.device, storage: torch.dtype) -> torch.dtype:
@@ -64,45 +63,33 @@ def compute_dtype(config, device: torch.device, storage: torch.dtype) -> torch.d
     return storage
 
 
-def check_layout(model: torch.nn.Module, config) -> None:
+def check_layout(dims, config) -> None:
     """Layouts the model's shape cannot support, each with the field to change."""
-    hf = getattr(model, "config", None)
-    if hf is None:
-        return
-    heads = hf.num_attention_heads
-    kv_heads = getattr(hf, "num_key_value_heads", None) or heads
-    if heads % config.tp_size or kv_heads % config.tp_size:
-        raise ConfigError(f"tp_size: {config.tp_size} must divide the attention heads ({heads}) and "
-                          f"key/value heads ({kv_heads})")
+    if dims.heads % config.tp_size or dims.kv_heads % config.tp_size:
+        raise ConfigError(f"tp_size: {config.tp_size} must divide the attention heads ({dims.heads}) and "
+                          f"key/value heads ({dims.kv_heads})")
     stages = config.pp_size * config.pp_virtual_stages
-    if stages > hf.num_hidden_layers:
+    if stages > dims.layers:
         virtual = f" ({config.pp_size} × {config.pp_virtual_stages} virtual)" if config.pp_virtual_stages > 1 else ""
-        raise ConfigError(f"pp_size: {stages} stages{virtual} but the model has only {hf.num_hidden_layers} layers")
+        raise ConfigError(f"pp_size: {stages} stages{virtual} but the model has only {dims.layers} layers")
     if config.loss_parallel and config.pp_size > 1:
         raise ConfigError("loss_parallel: not available with pipeline parallel yet (use pp_size=1)")
-    if (config.tp_size > 1 or config.pp_size > 1) and getattr(hf, "tie_word_embeddings", False):
+    if (config.tp_size > 1 or config.pp_size > 1) and dims.tied_embeddings:
         raise ConfigError("tie_word_embeddings: tied input/output embeddings cannot be split by tensor or "
                           "pipeline parallel yet (use tp_size=1 and pp_size=1 for this model)")
 
 
-def apply_tensor_parallel(model: torch.nn.Module, tp_mesh, sequence_parallel: bool = False,
-                          loss_parallel: bool = False) -> None:
-    from collie.models.llama.tp_plan import llama_tp_plan
-
-    parallelize_module(model, tp_mesh, llama_tp_plan(model, sequence_parallel, loss_parallel))
-
-
-def apply_activation_checkpointing(model: torch.nn.Module) -> None:
-    """Recompute each decoder layer in backward instead of storing its activations."""
-    for name, layer in list(model.layers.items()):
-        model.layers[name] = checkpoint_wrapper(layer, preserve_rng_state=False)
+def apply_activation_checkpointing(blocks: torch.nn.ModuleDict) -> None:
+    """Recompute each decoder block in backward instead of storing its activations."""
+    for name, block in list(blocks.items()):
+        blocks[name] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
 def needs_fsdp_for_replication(config) -> bool:
     return config.tp_size > 1 or config.pp_virtual_stages > 1
 
 
-def apply_data_parallel(model: torch.nn.Module, dp_mesh, config) -> None:
+def apply_data_parallel(model: torch.nn.Module, spec, dp_mesh, config) -> None:
     """ZeRO through FSDP2: stage 3 reshards parameters after forward, stages 2 and 1 keep them
     gathered until backward (FSDP2 always shards optimizer state and gradients, so stage 1
     behaves as stage 2). Stage 0 is plain replicated data parallel (PyTorch's DDP); DDP does
@@ -126,13 +113,12 @@ def apply_data_parallel(model: torch.nn.Module, dp_mesh, config) -> None:
     dtype = autocast_dtype(config, torch.device(dp_mesh.device_type))
     if dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    for layer in model.layers.values():
-        fully_shard(layer, **kwargs)
+    for block in spec.blocks(model).values():
+        fully_shard(block, **kwargs)
     if config.pp_size > 1:
         # Pipeline stages run submodules directly, never the model's own forward: the embedding
         # and the head get their own FSDP units instead of a root one.
-        for module in (model.embed_tokens, model.norm, model.lm_head):
-            if module is not None:
-                fully_shard(module, **kwargs)
+        for module in spec.present_edges(model):
+            fully_shard(module, **kwargs)
     else:
         fully_shard(model, **kwargs)

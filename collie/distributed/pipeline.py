@@ -10,7 +10,6 @@ stage-to-stage forward (`PipelinedModel`) so evaluators and `generate` work unch
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Callable, ContextManager, Optional
 
 import torch
@@ -19,40 +18,45 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
 from collie.config import ConfigError
-from collie.models.base import CausalLMOutput, CollieModel
+from collie.generation import GenerationMixin
+from collie.models.base import CausalLMOutput, full_tensor
+from collie.models.hf_writer import write_hf_model
 from collie.models.loss import causal_lm_loss
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}  # one stage per rank
 
 
-def stage_layer_ranges(model: nn.Module, num_stages: int, method: str) -> list[range]:
-    """Contiguous layer ranges, one per stage: equal layer counts (`uniform`) or balanced
-    parameter counts (`parameters`, the embedding counted on the first stage and the head on
-    the last). Computed from the architecture (a meta copy), so a rank that has already
-    dropped other stages' layers gets the same answer."""
+def stage_layer_ranges(model: nn.Module, spec, num_stages: int, method: str) -> list[range]:
+    """Contiguous block ranges, one per stage: equal block counts (`uniform`) or balanced
+    parameter counts (`parameters`, the embedding counted on the first stage and the final
+    norm and head on the last). Computed from the architecture (a meta copy), so a rank that
+    has already dropped other stages' blocks gets the same answer."""
     with torch.device("meta"):
         model = type(model)(model.config)
-    num_layers = len(model.layers)
+    blocks = spec.blocks(model)
+    num_blocks = len(blocks)
     if method == "uniform":
-        bounds = [round(i * num_layers / num_stages) for i in range(num_stages + 1)]
+        bounds = [round(i * num_blocks / num_stages) for i in range(num_stages + 1)]
         return [range(bounds[i], bounds[i + 1]) for i in range(num_stages)]
-    layer_sizes = [sum(p.numel() for p in layer.parameters()) for layer in model.layers.values()]
-    head = sum(p.numel() for m in (model.norm, model.lm_head) for p in m.parameters())
-    weights = layer_sizes[:]
-    weights[0] += sum(p.numel() for p in model.embed_tokens.parameters())
-    weights[-1] += head
+
+    def size(module: Optional[nn.Module]) -> int:
+        return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+    weights = [size(block) for block in blocks.values()]
+    weights[0] += size(spec.edge(model, "embedding"))
+    weights[-1] += size(spec.edge(model, "final_norm")) + size(spec.edge(model, "head"))
     total, ranges, start, acc = sum(weights), [], 0, 0
     for stage in range(num_stages - 1):
         target = total * (stage + 1) / num_stages
         end = start + 1
         acc += weights[start]
-        # Leave at least one layer for each remaining stage.
-        while end < num_layers - (num_stages - stage - 1) and acc + weights[end] / 2 <= target:
+        # Leave at least one block for each remaining stage.
+        while end < num_blocks - (num_stages - stage - 1) and acc + weights[end] / 2 <= target:
             acc += weights[end]
             end += 1
         ranges.append(range(start, end))
         start = end
-    ranges.append(range(start, num_layers))
+    ranges.append(range(start, num_blocks))
     return ranges
 
 
@@ -61,41 +65,48 @@ def local_stages(pp_rank: int, pp_size: int, num_stages: int) -> list[int]:
     return list(range(pp_rank, num_stages, pp_size))
 
 
-def split_for_stage(model: nn.Module, stages: list[int], ranges: list[range]) -> nn.Module:
-    """Keep only the layers of this rank's stages (names unchanged, so checkpoints stay
+def split_for_stages(model: nn.Module, spec, stages: list[int], ranges: list[range]) -> None:
+    """Keep only the blocks of this rank's stages (names unchanged, so checkpoints stay
     layout-free); the embedding stays with stage 0, the final norm and head with the last."""
     keep = {str(i) for stage in stages for i in ranges[stage]}
-    for name in list(model.layers):
-        if name not in keep:
-            del model.layers[name]
+    blocks = spec.blocks(model)
+    for name in [name for name in blocks if name not in keep]:
+        del blocks[name]
     if 0 not in stages:
-        model.embed_tokens = None
+        spec.set_edge(model, "embedding", None)
     if len(ranges) - 1 not in stages:
-        model.norm = None
-        model.lm_head = None
-    return model
+        spec.set_edge(model, "final_norm", None)
+        spec.set_edge(model, "head", None)
 
 
-def stage_view(model: nn.Module, layers: range, first: bool, last: bool) -> nn.Module:
-    """One stage of a rank that holds several (virtual stages): a shallow copy of the rank's
-    model sharing its (already parallelized) submodules, with only that stage's layers."""
-    if len(model.layers) == len(layers) and (model.embed_tokens is not None) == first and \
-            (model.lm_head is not None) == last:
+def stage_view(model: nn.Module, spec, blocks: range, first: bool, last: bool) -> nn.Module:
+    """One stage of a rank that holds several (virtual stages): a model of the same class
+    assembled from the rank's (already parallelized) submodules, with only that stage's
+    blocks; the rank's model itself when it holds just this stage."""
+    own = spec.blocks(model)
+    if len(own) == len(blocks) and (spec.edge(model, "embedding") is not None) == first and \
+            (spec.edge(model, "head") is not None) == last:
         return model
-    view = copy.copy(model)
-    view._modules = dict(model._modules)
-    view.layers = nn.ModuleDict({str(i): model.layers[str(i)] for i in layers})
-    view.embed_tokens = model.embed_tokens if first else None
-    view.norm = model.norm if last else None
-    view.lm_head = model.lm_head if last else None
+    with torch.device("meta"):
+        view = type(model)(model.config)
+    setattr(view, spec.blocks_attr, nn.ModuleDict({str(i): own[str(i)] for i in blocks}))
+    spec.set_edge(view, "embedding", spec.edge(model, "embedding") if first else None)
+    for which in ("final_norm", "head"):
+        spec.set_edge(view, which, spec.edge(model, which) if last else None)
+    view.compute_dtype = model.compute_dtype
     return view
 
 
-def stage_views(model: nn.Module, runtime, config) -> list[tuple[int, nn.Module]]:
+def stage_views(model: nn.Module, spec, runtime, config) -> list[tuple[int, nn.Module]]:
     num_stages = runtime.pp_size * config.pp_virtual_stages
-    ranges = stage_layer_ranges(model, num_stages, config.pp_partition_method)
-    return [(s, stage_view(model, ranges[s], s == 0, s == num_stages - 1))
+    ranges = stage_layer_ranges(model, spec, num_stages, config.pp_partition_method)
+    return [(s, stage_view(model, spec, ranges[s], s == 0, s == num_stages - 1))
             for s in local_stages(runtime.pp_rank, runtime.pp_size, num_stages)]
+
+
+def stage_output(output: CausalLMOutput) -> torch.Tensor:
+    """Logits from the last stage, hidden states from the others."""
+    return output.logits if output.logits is not None else output.hidden_states
 
 
 class _StageForward(nn.Module):
@@ -108,13 +119,13 @@ class _StageForward(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.model(x, attention_mask=attention_mask).logits
+        return stage_output(self.model(x, attention_mask=attention_mask))
 
 
 class PipelineRunner:
     """Runs one training step's micro-batches through the schedule."""
 
-    def __init__(self, model: nn.Module, runtime, config,
+    def __init__(self, model: nn.Module, spec, runtime, config,
                  forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
         """`forward_context` gives the context the schedule runs in (bf16 autocast on GPUs,
         attention kernels)."""
@@ -131,7 +142,7 @@ class PipelineRunner:
             raise ConfigError(f"pp_virtual_stages: {config.pp_schedule} runs one stage per rank; use "
                               "pp_schedule=interleaved1f1b")
         self.runtime = runtime
-        views = stage_views(model, runtime, config)
+        views = stage_views(model, spec, runtime, config)
         num_stages = runtime.pp_size * config.pp_virtual_stages
         self.is_first = views[0][0] == 0
         self.is_last = views[-1][0] == num_stages - 1
@@ -167,17 +178,18 @@ class PipelineRunner:
         return float(sum(loss.detach() for loss in losses)) if losses else 0.0
 
 
-class PipelinedModel(nn.Module):
+class PipelinedModel(GenerationMixin, nn.Module):
     """The whole model seen from any rank: a plain stage-to-stage forward (activations sent
     to the rank of the next stage, virtual stages included), logits broadcast to every rank,
     for evaluation and KV-cache generation."""
 
-    def __init__(self, stage_model: nn.Module, runtime, config) -> None:
+    def __init__(self, stage_model: nn.Module, spec, runtime, config) -> None:
         super().__init__()
         self.stage_model = stage_model
         self.config = stage_model.config
+        self.dims = spec.dims(self.config)
         self.runtime = runtime
-        self.views = dict(stage_views(stage_model, runtime, config))
+        self.views = dict(stage_views(stage_model, spec, runtime, config))
         self.num_stages = runtime.pp_size * config.pp_virtual_stages
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
@@ -185,7 +197,6 @@ class PipelinedModel(nn.Module):
                 kv_cache=None) -> CausalLMOutput:
         rt, group = self.runtime, self.runtime.pp_group
         batch, seq = input_ids.shape
-        hidden_shape = (batch, seq, self.config.hidden_size)
         x = None
         # Each stage's forward advances the cache; with several stages on this rank they must
         # all start from the same position.
@@ -197,12 +208,12 @@ class PipelinedModel(nn.Module):
             if stage == 0:
                 x = input_ids
             elif prev_owner != rt.pp_rank:
-                x = torch.empty(hidden_shape, dtype=self._dtype(), device=rt.device)
+                x = torch.empty((batch, seq, self.dims.hidden), dtype=self._dtype(), device=rt.device)
                 dist.recv(x, src=dist.get_global_rank(group, prev_owner), group=group)
             if kv_cache is not None:
                 kv_cache.length = start
-            x = self.views[stage](x, attention_mask=attention_mask, position_ids=position_ids,
-                                  kv_cache=kv_cache).logits
+            x = stage_output(self.views[stage](x, attention_mask=attention_mask, position_ids=position_ids,
+                                               kv_cache=kv_cache))
             next_owner = (stage + 1) % rt.pp_size
             if stage < self.num_stages - 1 and next_owner != rt.pp_rank:
                 dist.send(x.contiguous(), dst=dist.get_global_rank(group, next_owner), group=group)
@@ -210,32 +221,28 @@ class PipelinedModel(nn.Module):
             kv_cache.length = start + seq
         last_owner = (self.num_stages - 1) % rt.pp_size
         if rt.pp_rank != last_owner:
-            x = torch.empty(batch, seq, self.config.vocab_size, dtype=self._dtype(), device=rt.device)
+            x = torch.empty(batch, seq, self.dims.vocab, dtype=self._dtype(), device=rt.device)
         dist.broadcast(x, src=dist.get_global_rank(group, last_owner), group=group)
         loss = causal_lm_loss(x, labels) if labels is not None else None
         return CausalLMOutput(logits=x, loss=loss, kv_cache=kv_cache)
 
     def _dtype(self) -> torch.dtype:
-        return next(self.stage_model.parameters()).dtype
+        """What activations travel in: the compute dtype."""
+        return self.stage_model.compute_dtype or next(self.stage_model.parameters()).dtype
 
     def new_kv_cache(self, max_len: int):
         return self.stage_model.new_kv_cache(max_len)
 
-    generate = CollieModel.generate
 
-
-def save_pipelined(stage_model: nn.Module, path: str, runtime) -> None:
+def save_pipelined(stage_model: nn.Module, spec, path: str, runtime, tokenizer=None) -> None:
     """HF export when each stage holds part of the model: tensor by tensor, the owning stage
     gathers its shards, its first rank sends the tensor to global rank 0, which writes."""
-    from collie.models.base import family_of, full_tensor, save_hf_config
-    from collie.models.hf_io import save_hf_tensors
-
     hf_config = stage_model.config
-    adapter = family_of(hf_config)[1]
     with torch.device("meta"):
-        whole = type(stage_model)(hf_config)
-    shapes = {name: tuple(t.shape) for name, t in whole._hf_items()}
-    local = dict(stage_model._hf_items())
+        skeleton = type(stage_model)(hf_config)
+    shapes = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    state = stage_model.state_dict()
+    local = stage_model.hf_state_names()
     owners_by_stage: list = [None] * runtime.pp_size
     dist.all_gather_object(owners_by_stage, sorted(local), group=runtime.pp_group)
     owner = {name: stage for stage, names in enumerate(owners_by_stage) for name in names}
@@ -243,20 +250,15 @@ def save_pipelined(stage_model: nn.Module, path: str, runtime) -> None:
     first_of_stage = runtime.dp_rank == 0 and runtime.tp_rank == 0
     dtype = next(stage_model.parameters()).dtype
 
-    def tensors():
-        for name, shape in shapes.items():
-            tensor = full_tensor(local[name], None) if owner[name] == runtime.pp_rank else None
-            if owner[name] != 0 and first_of_stage:
-                if runtime.pp_rank == owner[name]:
-                    dist.send(tensor.contiguous(), dst=dist.get_global_rank(group, 0), group=group)
-                elif runtime.pp_rank == 0:
-                    tensor = torch.empty(shape, dtype=dtype)
-                    dist.recv(tensor, src=dist.get_global_rank(group, owner[name]), group=group)
-            yield adapter.to_hf(name), tensor
+    def fetch(name: str) -> Optional[torch.Tensor]:
+        tensor = full_tensor(state[name]) if owner[name] == runtime.pp_rank else None
+        if owner[name] != 0 and first_of_stage:
+            if runtime.pp_rank == owner[name]:
+                dist.send(tensor.contiguous(), dst=dist.get_global_rank(group, 0), group=group)
+            elif runtime.pp_rank == 0:
+                tensor = torch.empty(shapes[name], dtype=dtype)
+                dist.recv(tensor, src=dist.get_global_rank(group, owner[name]), group=group)
+        return tensor
 
-    if runtime.env.rank == 0:
-        save_hf_tensors(path, tensors())
-        save_hf_config(hf_config, path, adapter, dtype)
-    else:
-        for _ in tensors():  # take part in the gathers and sends, write nothing
-            pass
+    write_hf_model(path, stage_model.export_config or hf_config, spec, skeleton.hf_state_names(), fetch, dtype,
+                   is_writer=runtime.env.rank == 0, tokenizer=tokenizer)

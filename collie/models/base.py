@@ -1,57 +1,35 @@
-"""What every collie model shares: HF-format loading and saving, the family registry,
-random initialisation and generation."""
+"""What every collie model shares: HF-format loading and saving, random initialisation and
+generation."""
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 
-from collie.distributed.shards import copy_whole_into
+from collie.distributed.shards import copy_whole_into, whole
 from collie.dtypes import DTYPES
-from collie.models.hf_io import DEFAULT_MAX_SHARD_BYTES, iter_hf_tensors, save_hf_tensors
+from collie.generation import GenerationMixin
+from collie.models.hf_io import DEFAULT_MAX_SHARD_BYTES, iter_hf_tensors
+from collie.models.hf_writer import write_hf_model
 
 
 @dataclass
 class CausalLMOutput:
-    logits: torch.Tensor
+    logits: Optional[torch.Tensor]
     loss: Optional[torch.Tensor] = None
     kv_cache: Any = None
+    # What a pipeline stage without the head returns instead of logits.
+    hidden_states: Optional[torch.Tensor] = None
 
     def __getitem__(self, key: str) -> Any:
         # CoLLiE returned dicts; `output["logits"]` keeps old scripts working.
         return getattr(self, key)
-
-
-class HFAdapter:
-    """Maps our parameter names to a family's HF names and back (None = not a weight)."""
-
-    architecture: str = ""
-
-    def to_hf(self, name: str) -> str:
-        raise NotImplementedError
-
-    def from_hf(self, hf_name: str) -> Optional[str]:
-        raise NotImplementedError
-
-
-_REGISTRY: dict[str, tuple[type, HFAdapter]] = {}
-
-
-def register_family(model_type: str, model_cls: type, adapter: HFAdapter) -> None:
-    _REGISTRY[model_type] = (model_cls, adapter)
-
-
-def family_of(hf_config) -> tuple[type, HFAdapter]:
-    model_type = getattr(hf_config, "model_type", None)
-    if model_type not in _REGISTRY:
-        raise ValueError(f"model_type {model_type!r} is not supported (supported: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[model_type]
 
 
 def load_hf_config(path: str):
@@ -77,14 +55,23 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
 
 
-def apply_collie_settings(hf_config, collie_config) -> None:
-    """Settings of a CollieConfig that change the architecture's behaviour."""
-    if collie_config is not None and collie_config.dropout > 0:
-        hf_config.attention_dropout = collie_config.dropout
+def training_config(hf_config, collie_config):
+    """The HF config the model is built from: a copy with the CollieConfig's training-only
+    settings (dropout) applied, so they never reach the caller's config or an export."""
+    if collie_config is None or not collie_config.dropout > 0:
+        return hf_config
+    hf_config = copy.deepcopy(hf_config)
+    hf_config.attention_dropout = collie_config.dropout
+    return hf_config
 
 
-class CollieModel(nn.Module):
+class CollieModel(GenerationMixin, nn.Module):
     config: Any
+    # The HF config an export writes: the architecture as loaded, without training-only settings.
+    export_config: Any = None
+    # The dtype activations are computed in (None: the parameters' dtype); parameters are cast
+    # to it where they are used (`collie.models.layers`).
+    compute_dtype: Optional[torch.dtype] = None
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -96,9 +83,8 @@ class CollieModel(nn.Module):
         `param_dtype` and `init_method` then apply unless given here."""
         hf_config = getattr(config, "model_config", None) or config
         collie_config = config if hf_config is not config else None
-        apply_collie_settings(hf_config, collie_config)
-        model_cls = family_of(hf_config)[0] if cls is CollieModel else cls
-        model = _materialize(model_cls, hf_config, dtype or param_dtype(collie_config))
+        model = _materialize(_model_class(cls, hf_config), hf_config, collie_config,
+                             dtype or param_dtype(collie_config))
         if seed is None:
             seed = collie_config.seed if collie_config is not None else 0
         model.reset_parameters(init_method or getattr(collie_config, "init_method", "normal"), seed)
@@ -106,59 +92,55 @@ class CollieModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, config=None, dtype: Optional[torch.dtype] = None) -> "CollieModel":
-        """Load an HF directory. `config` is an optional CollieConfig (dropout, low_cpu_mem_usage).
+        """Load an HF directory. `config` is an optional CollieConfig (dropout, param_dtype,
+        low_cpu_mem_usage); it records the model (`model_config`, `model = path`).
 
         With `low_cpu_mem_usage` (the default) the model is built on the meta device and each
         checkpoint tensor is copied into place as it is read: peak memory ≈ one model. Under
-        a multi-process launch, with a CollieConfig, loading is deferred to the Trainer: it
-        splits and shards the still-empty model first, then each rank copies in only its own
-        shards, one checkpoint tensor at a time (no rank ever holds the whole model).
+        a multi-process launch, with a CollieConfig, the model is returned empty (on the meta
+        device): the Trainer splits and shards it first, then each rank copies in only its own
+        shards of `config.model`, one checkpoint tensor at a time (no rank ever holds the
+        whole model).
         """
         hf_config = load_hf_config(path)
-        apply_collie_settings(hf_config, config)
-        model_cls, adapter = family_of(hf_config)
-        if cls is not CollieModel and not issubclass(model_cls, cls):
-            raise ValueError(f"{path!r} holds a {hf_config.model_type!r} model, not a {cls.__name__}")
+        model_cls = _model_class(cls, hf_config, path)
         dtype = dtype or param_dtype(config)
         if config is not None:
-            config.model_config = hf_config
+            config.model_config, config.model = hf_config, path
         if config is not None and config.low_cpu_mem_usage and _launched_processes() > 1 and \
-                not getattr(hf_config, "tie_word_embeddings", False):
-            with torch.device("meta"):
-                model = model_cls(hf_config)
-            model.to(dtype)
-            model.hf_source = path  # collie.distributed.parallelize loads it, shard by shard
-            return model
+                not spec_for(hf_config).dims(hf_config).tied_embeddings:
+            return _on_meta(model_cls, hf_config, config, dtype)
         if config is None or config.low_cpu_mem_usage:
-            model = _materialize(model_cls, hf_config, dtype)
+            model = _materialize(model_cls, hf_config, config, dtype)
         else:
-            model = model_cls(hf_config).to(dtype)
-        model.load_hf_weights(path, adapter)
+            model = model_cls(training_config(hf_config, config)).to(dtype)
+            model.export_config = hf_config
+        model.load_hf_weights(path)
         return model
 
-    def load_hf_weights(self, path: str, adapter: Optional[HFAdapter] = None, partial: bool = False) -> None:
+    def load_hf_weights(self, path: str, partial: bool = False) -> None:
         """Copy an HF checkpoint's tensors into this model, whose parameters may be DTensor
-        shards (each rank copies its own slice). `partial`: the model is one pipeline stage,
-        so tensors of other stages are skipped."""
-        adapter = adapter or family_of(self.config)[1]
+        shards (each rank copies its own slice). A fused checkpoint tensor is split into our
+        parameters by the family's adapter. `partial`: the model is one pipeline stage, so
+        tensors of other stages are skipped."""
+        adapter = spec_for(self.config).adapter
         params = self.state_dict(keep_vars=True)
         missing = set(self.hf_state_names())
         unexpected = []
         with torch.no_grad():
             for hf_name, tensor in iter_hf_tensors(path):
-                name = adapter.from_hf(hf_name)
-                if name is None:
-                    continue
-                if name not in params:
-                    if not partial:
-                        unexpected.append(hf_name)
-                    continue
-                target = params[name]
-                if tuple(target.shape) != tuple(tensor.shape):
-                    raise ValueError(f"{path}: {hf_name} has shape {tuple(tensor.shape)}, the model expects "
-                                     f"{tuple(target.shape)} (does config.json match the weights?)")
-                copy_whole_into(target, tensor.to(target.dtype))
-                missing.discard(name)
+                for name, piece in adapter.split(hf_name, tensor, self.config):
+                    if name not in params:
+                        if not partial:
+                            unexpected.append(hf_name)
+                        continue
+                    target = params[name]
+                    if tuple(target.shape) != tuple(piece.shape):
+                        what = hf_name if piece is tensor else f"{hf_name} (its part {name})"
+                        raise ValueError(f"{path}: {what} has shape {tuple(piece.shape)}, the model expects "
+                                         f"{tuple(target.shape)} (does config.json match the weights?)")
+                    copy_whole_into(target, piece.to(target.dtype))
+                    missing.discard(name)
         if unexpected:
             raise ValueError(f"{path}: weights the model does not have: {', '.join(unexpected[:5])}")
         if missing:
@@ -167,47 +149,48 @@ class CollieModel(nn.Module):
     # -- saving -------------------------------------------------------------
     def hf_state_names(self) -> list[str]:
         """Our names of the tensors an HF checkpoint holds (a tied head is stored once)."""
-        return [name for name, _ in self._hf_items()]
-
-    def _hf_items(self) -> Iterator[tuple[str, torch.Tensor]]:
-        tied = getattr(self.config, "tie_word_embeddings", False)
-        for name, tensor in self.state_dict().items():
-            if tied and name == "lm_head.weight":
-                continue
-            yield name, tensor
+        spec = spec_for(self.config)
+        tied_head = f"{spec.edge_name('head')}.weight" if spec.dims(self.config).tied_embeddings else None
+        return [name for name in self.state_dict() if name != tied_head]
 
     def save_pretrained(self, path: str, dtype: Optional[torch.dtype] = None,
-                        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+                        max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, tokenizer=None) -> None:
         """Write config.json and safetensors weights that `transformers` loads as they are.
 
         Works from any parallel layout: each sharded tensor is gathered in turn (every rank
-        must call this), and only rank 0 writes, one shard at a time.
+        must call this), and only rank 0 writes, one checkpoint tensor at a time.
         """
-        adapter = family_of(self.config)[1]
-        is_main = not dist.is_initialized() or dist.get_rank() == 0
-        tensors = ((adapter.to_hf(name), full_tensor(t, dtype)) for name, t in self._hf_items())
-        if not is_main:
-            for _ in tensors:  # take part in the gathers, write nothing
-                pass
-            return
-        save_hf_tensors(path, tensors, max_shard_bytes)
-        save_hf_config(self.config, path, adapter, dtype or next(self.parameters()).dtype)
+        state = self.state_dict()
+        write_hf_model(path, self.export_config or self.config, spec_for(self.config), self.hf_state_names(),
+                       lambda name: full_tensor(state[name]), dtype or next(self.parameters()).dtype,
+                       is_writer=not dist.is_initialized() or dist.get_rank() == 0, tokenizer=tokenizer,
+                       max_shard_bytes=max_shard_bytes)
 
     def tie_weights(self) -> None:
-        if getattr(self.config, "tie_word_embeddings", False) and self.lm_head is not None:
-            self.lm_head.weight = self.embed_tokens.weight
+        spec = spec_for(self.config)
+        head, embedding = spec.edge(self, "head"), spec.edge(self, "embedding")
+        if spec.dims(self.config).tied_embeddings and head is not None:
+            head.weight = embedding.weight
 
     def reset_parameters(self, init_method: str = "normal", seed: int = 0) -> None:
         raise NotImplementedError
 
-    # -- generation ---------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                 **kwargs: Any) -> torch.Tensor:
-        """Prompt + continuation ids (see `collie.serve.generation.generate` for options)."""
-        from collie.serve.generation import generate
 
-        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
+def spec_for(hf_config):
+    """The family spec of `hf_config` (imported here: the registry imports every family, and
+    every family imports this module)."""
+    from collie.models.registry import spec_for as registered_spec
+
+    return registered_spec(hf_config)
+
+
+def _model_class(cls: type, hf_config, path: Optional[str] = None) -> type:
+    """The family's class for `hf_config`; called on a family class, it must be that family."""
+    model_cls = spec_for(hf_config).model_cls
+    if cls is not CollieModel and not issubclass(model_cls, cls):
+        source = repr(path) if path else "the config"
+        raise ValueError(f"{source} holds a {hf_config.model_type!r} model, not a {cls.__name__}")
+    return model_cls
 
 
 def _launched_processes() -> int:
@@ -216,12 +199,18 @@ def _launched_processes() -> int:
     return int(read_launch_env().get("WORLD_SIZE", "1"))
 
 
-def _materialize(model_cls: type, hf_config, dtype: torch.dtype) -> "CollieModel":
+def _on_meta(model_cls: type, hf_config, collie_config, dtype: torch.dtype) -> "CollieModel":
+    """The model with no storage yet, parameters already in `dtype`."""
+    with torch.device("meta"):
+        model = model_cls(training_config(hf_config, collie_config))
+    model.export_config = hf_config
+    return model.to(dtype)
+
+
+def _materialize(model_cls: type, hf_config, collie_config, dtype: torch.dtype) -> "CollieModel":
     """Uninitialised storage in `dtype` directly (cast while still on meta), so a bf16 7B
     model never passes through an fp32 copy."""
-    with torch.device("meta"):
-        model = model_cls(hf_config)
-    model.to(dtype)
+    model = _on_meta(model_cls, hf_config, collie_config, dtype)
     model.to_empty(device="cpu")
     model.tie_weights()
     return model
@@ -233,16 +222,11 @@ def param_dtype(config) -> torch.dtype:
     return DTYPES.get(name, torch.float32)
 
 
-def full_tensor(tensor: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """A whole (gathered) tensor on the CPU, from a plain tensor or any DTensor sharding."""
-    if isinstance(tensor, DTensor):
-        tensor = tensor.full_tensor()
-    tensor = tensor.detach()
-    return (tensor if dtype is None else tensor.to(dtype)).cpu()
+    return whole(tensor).detach().cpu()
 
 
-def save_hf_config(hf_config, path: str, adapter: HFAdapter, dtype: torch.dtype) -> None:
-    hf_config.architectures = [adapter.architecture]
-    # transformers 5 names it `dtype`; 4.x reads `torch_dtype`.
-    setattr(hf_config, "dtype" if "dtype" in hf_config.to_dict() else "torch_dtype", dtype)
-    hf_config.save_pretrained(path)
+def is_meta(model: nn.Module) -> bool:
+    """Whether the model has no storage yet (built on the meta device, weights still to load)."""
+    return any(p.is_meta for p in model.parameters())

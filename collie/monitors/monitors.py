@@ -133,9 +133,3 @@ def peak_flops_of(device_name: str, dtype: torch.dtype, allow_tf32: bool) -> Opt
             return (half / 2 if allow_tf32 and key != "V100" else fp32) * 1e12
         return None  # float64: no peak worth quoting
     return None
-
-
-def llama_flops_per_token(model_config, seq_len: int, trainable_params: int) -> float:
-    """Training FLOPs per token: 6 per parameter plus the attention score/value matmuls."""
-    layers, hidden = model_config.num_hidden_layers, model_config.hidden_size
-    return 6.0 * trainable_params + 12.0 * layers * hidden * seq_len

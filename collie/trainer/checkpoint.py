@@ -251,14 +251,12 @@ def _prune(root: str, max_to_keep: int) -> None:
         shutil.rmtree(os.path.join(root, name))
 
 
-def export_hf(model: torch.nn.Module, path: str, runtime, tokenizer=None) -> None:
+def export_hf(model: torch.nn.Module, spec, path: str, runtime, tokenizer=None) -> None:
     """HF-format model (+ tokenizer) from any layout; see `CollieModel.save_pretrained`."""
     if runtime.pp_size > 1:
         from collie.distributed.pipeline import save_pipelined
 
-        save_pipelined(model, path, runtime)
+        save_pipelined(model, spec, path, runtime, tokenizer)
     else:
-        model.save_pretrained(path)
-    if runtime.is_main and tokenizer is not None:
-        tokenizer.save_pretrained(path)
+        model.save_pretrained(path, tokenizer=tokenizer if runtime.is_main else None)
     runtime.barrier()

@@ -10,9 +10,23 @@ from torch.optim.lr_scheduler import LambdaLR
 from collie.config import OptimizerConfig, SchedulerConfig
 
 
-# Optimizers that update each parameter inside backward (the Trainer must know before it
-# parallelizes the model: they average gradients themselves instead of DDP).
-UPDATES_IN_BACKWARD = ("lomo", "adalomo")
+def updates_in_backward(optimizer) -> bool:
+    """Whether an optimizer (or optimizer class) updates parameters inside backward (LOMO,
+    AdaLomo): the Trainer must know before it parallelizes the model, since such optimizers
+    average data-parallel gradients themselves."""
+    return bool(getattr(optimizer, "updates_in_backward", False))
+
+
+def optimizer_class(name: str) -> type:
+    """The class `optimizer.name` builds."""
+    from collie import optim
+
+    classes = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD,
+               "lomo": optim.Lomo, "adalomo": optim.AdaLomo, "adan": optim.Adan, "lion": optim.Lion,
+               "sophiag": optim.SophiaG}
+    if name not in classes:
+        raise ValueError(f"optimizer.name: unknown optimizer {name!r}")
+    return classes[name]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:

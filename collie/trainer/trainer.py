@@ -27,13 +27,15 @@ from collie.distributed.runtime import build_runtime
 from collie.evaluate.evaluators import Evaluator, EvaluatorForGeneration, EvaluatorForPerplexity, pad_id
 from collie.evaluate.metrics import PPLMetric
 from collie.models.loss import IGNORE_INDEX, GPTLMLoss
-from collie.monitors.monitors import Monitor, StepStats, default_monitors, llama_flops_per_token
+from collie.models.base import is_meta
+from collie.models.registry import spec_of
+from collie.monitors.monitors import Monitor, StepStats, default_monitors
 from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
 from collie.trainer import checkpoint
 from collie.trainer.callbacks import Callback, CallbackList
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
 from collie.forward_context import forward_context
-from collie.trainer.optim_factory import UPDATES_IN_BACKWARD, build_optimizer, build_scheduler
+from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class, updates_in_backward
 from collie.trainer.steps import StepResult, default_loss, refresh_hessian, run_micro_batches, run_pipeline_step
 
 log = logging.getLogger("collie")
@@ -50,9 +52,11 @@ class Trainer:
         self.config = config
         self.runtime = build_runtime(config)
         names = {id(p): name for name, p in model.named_parameters()}
-        in_backward = (getattr(optimizer, "updates_in_backward", False) if optimizer is not None
-                       else config.optimizer.name in UPDATES_IN_BACKWARD)
-        self.model = parallelize(model, config, self.runtime, replicate_wrapper=not in_backward)
+        in_backward = updates_in_backward(optimizer if optimizer is not None
+                                          else optimizer_class(config.optimizer.name))
+        self.spec = spec_of(model)
+        self.model = parallelize(model, self.spec, config, self.runtime, weights_from=_weights_source(model, config),
+                                 replicate_wrapper=not in_backward)
         if optimizer is not None and not in_backward:
             rebind_parameters(optimizer, names, self.model.state_dict(keep_vars=True))
         self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
@@ -63,7 +67,7 @@ class Trainer:
         if self.runtime.pp_size > 1:
             if train_fn is not None:
                 raise ConfigError("pp_size: a custom train_fn cannot run inside a pipeline schedule")
-            self.pipeline = PipelineRunner(self.model, self.runtime, config, forward_context=self._forward_context)
+            self.pipeline = PipelineRunner(self.model, self.spec, self.runtime, config, forward_context=self._forward_context)
         # Pipeline stages exchange fixed-shape activations: pad every batch to max_length there.
         self.padder = ColliePadder(pad_id(self.tokenizer), config.data.padding_side,
                                    max_length=config.data.max_length, pad_to=config.data.max_length if self.pipeline else None,
@@ -88,7 +92,7 @@ class Trainer:
         if eval_dataset is not None:
             self.evaluators.append(EvaluatorForPerplexity(self.model, config, eval_dataset,
                                                           {"ppl": PPLMetric()}, eval_fn=eval_fn))
-        eval_model = PipelinedModel(self.model, self.runtime, config) if self.pipeline else self.model
+        eval_model = PipelinedModel(self.model, self.spec, self.runtime, config) if self.pipeline else self.model
         for evaluator in self.evaluators:
             evaluator.model, evaluator.runtime = eval_model, self.runtime
             evaluator.forward_context = self._forward_context
@@ -136,7 +140,7 @@ class Trainer:
 
     def save_model(self, path: str) -> None:
         """The model (and tokenizer) in Hugging Face format."""
-        checkpoint.export_hf(self.model, path, self.runtime, self.tokenizer)
+        checkpoint.export_hf(self.model, self.spec, path, self.runtime, self.tokenizer)
         self.callbacks.fire("on_save_model", self, path)
 
     def save_checkpoint(self, path: Optional[str] = None, max_to_keep: int = 0, model_only: bool = False) -> str:
@@ -151,7 +155,7 @@ class Trainer:
 
     @property
     def updates_in_backward(self) -> bool:
-        return bool(getattr(self.optimizer, "updates_in_backward", False))
+        return updates_in_backward(self.optimizer)
 
     # -- the loop -----------------------------------------------------------
     def _total_steps(self) -> int:
@@ -293,13 +297,12 @@ class Trainer:
             row.update(monitor.eval_columns(results))
         return row
 
-    def _model_flops(self) -> Optional[float]:
-        model_config = getattr(self.model, "config", None)
-        if self._flops_per_token is None and model_config is not None and hasattr(model_config, "num_hidden_layers"):
+    def _model_flops(self) -> float:
+        if self._flops_per_token is None:
             # DTensor.numel() is the global size, so sharded parameters are counted whole.
             params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-            seq = self.config.data.max_length
-            self._flops_per_token = llama_flops_per_token(model_config, seq, params)
+            self._flops_per_token = self.spec.flops_per_token(self.spec.dims(self.model.config),
+                                                              self.config.data.max_length, params)
         return self._flops_per_token
 
     def _open_sinks(self, resumed: bool) -> None:
@@ -342,3 +345,14 @@ def rebind_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str],
     for group in optimizer.param_groups:
         group["params"] = [new_params[names[id(p)]] if id(p) in names else p for p in group["params"]
                            if id(p) not in names or names[id(p)] in new_params]
+
+
+def _weights_source(model: torch.nn.Module, config: CollieConfig) -> Optional[str]:
+    """Where an empty (meta-device) model's weights are: `from_pretrained` under a multi-process
+    launch records them in `config.model` and leaves loading until the model is sharded."""
+    if not is_meta(model):
+        return None
+    if not config.model:
+        raise ConfigError("model: the model has no weights yet (meta device) and config.model names no "
+                          "directory to load them from; build it with from_pretrained(path, config=config)")
+    return config.model

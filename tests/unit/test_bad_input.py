@@ -7,15 +7,16 @@ import pytest
 from collie import CollieConfig, ConfigError, LlamaForCausalLM
 from collie.distributed.parallelize import check_layout
 from collie.models.base import CollieModel, load_tokenizer
+from collie.models.llama.spec import LLAMA
 from helpers import save_tiny_hf_model, tiny_llama_config
 
 
 def test_layouts_the_model_cannot_take():
-    model = LlamaForCausalLM(tiny_llama_config())  # 4 heads, 2 key/value heads, 2 layers
+    dims = LLAMA.dims(tiny_llama_config())  # 4 heads, 2 key/value heads, 2 layers
     with pytest.raises(ConfigError, match=r"tp_size: 4 must divide the attention heads \(4\) and key/value heads \(2\)"):
-        check_layout(model, CollieConfig(tp_size=4))
+        check_layout(dims, CollieConfig(tp_size=4))
     with pytest.raises(ConfigError, match="pp_size: 3 stages but the model has only 2 layers"):
-        check_layout(model, CollieConfig(pp_size=3))
+        check_layout(dims, CollieConfig(pp_size=3))
 
 
 def test_missing_or_unknown_model_and_tokenizer(tmp_path):
@@ -41,8 +42,8 @@ def test_pipeline_stage_partitions():
     from collie.distributed.pipeline import local_stages, stage_layer_ranges
 
     model = LlamaForCausalLM(tiny_llama_config(num_hidden_layers=6, vocab_size=4096))
-    assert stage_layer_ranges(model, 3, "uniform") == [range(0, 2), range(2, 4), range(4, 6)]
+    assert stage_layer_ranges(model, LLAMA, 3, "uniform") == [range(0, 2), range(2, 4), range(4, 6)]
     # The 4096 x 64 embedding and head weigh several layers: their stages get fewer layers.
-    balanced = stage_layer_ranges(model, 3, "parameters")
+    balanced = stage_layer_ranges(model, LLAMA, 3, "parameters")
     assert [len(r) for r in balanced] == [1, 4, 1] and balanced[0].start == 0 and balanced[-1].stop == 6
     assert local_stages(1, 2, 6) == [1, 3, 5]

@@ -19,7 +19,7 @@ from collie.trainer import Callback, Trainer
 from collie.trainer.checkpoint import CheckpointError, is_corruption
 from collie.trainer.checkpoint_callbacks import (CheckpointCallback, EarlyStoppingCallback, LoadBestModelCallback,
                                                  TopKCheckpointCallback)
-from collie.trainer.convert import dcp_to_hf, hf_to_dcp
+from collie.convert import dcp_to_hf, hf_to_dcp
 from helpers import tiny_llama_config
 
 RECORDS = [{"tokens": [(7 * i + 3 * j) % 200 + 1 for j in range(8 + i % 5)]} for i in range(16)]

@@ -1,5 +1,5 @@
-"""bf16 storage with fp32 compute (`apply_compute_dtype`): fp32 numbers, bf16 gradients on the
-stored parameters, unchanged names, and composition with activation checkpointing and LOMO."""
+"""bf16 storage with fp32 compute (`CollieModel.compute_dtype`): fp32 numbers, bf16 gradients on
+the stored parameters, and composition with activation checkpointing and LOMO."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from collie.distributed.parallelize import apply_activation_checkpointing
-from collie.distributed.precision import apply_compute_dtype
 from collie.models.llama import LlamaForCausalLM
 from collie.optim import Lomo
 from helpers import tiny_llama_config
@@ -37,7 +36,7 @@ def _pair() -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
     """A bf16 model computing in fp32, and an fp32 model holding the same (bf16-rounded) values."""
     model = _bf16_model()
     reference = copy.deepcopy(model).float()
-    apply_compute_dtype(model, torch.float32)
+    model.compute_dtype = torch.float32
     return model, reference
 
 
@@ -61,25 +60,11 @@ def test_gradients_reach_stored_parameters_in_bf16_and_hooks_fire() -> None:
         assert p.grad is not None and p.grad.dtype == torch.bfloat16, name
 
 
-def test_names_unchanged() -> None:
-    model = _bf16_model()
-    keys = list(model.state_dict())
-    names = [name for name, _ in model.named_parameters()]
-    apply_compute_dtype(model, torch.float32)
-    assert list(model.state_dict()) == keys
-    assert [name for name, _ in model.named_parameters()] == names
-    model.load_state_dict(_bf16_model().state_dict())
-
-
-@pytest.mark.parametrize("checkpointing_first", [False, True])
-def test_checkpointing_matches_fp32_gradients(checkpointing_first: bool) -> None:
+def test_checkpointing_matches_fp32_gradients() -> None:
     model = _bf16_model()
     reference = copy.deepcopy(model).float()
-    if checkpointing_first:
-        apply_activation_checkpointing(model)
-    apply_compute_dtype(model, torch.float32)
-    if not checkpointing_first:
-        apply_activation_checkpointing(model)
+    apply_activation_checkpointing(model.layers)
+    model.compute_dtype = torch.float32
     _loss(model).backward()
     _loss(reference).backward()
     grads = dict(reference.named_parameters())
@@ -112,7 +97,7 @@ def test_checkpointing_keeps_no_upcast_weights_for_backward() -> None:
     fp32 copies alive for backward, and backward's recomputation casts them again, so every
     matrix multiply, recomputed ones included, runs in fp32."""
     model, _ = _pair()
-    apply_activation_checkpointing(model)
+    apply_activation_checkpointing(model.layers)
     layer_shapes = {tuple(p.shape) for p in model.layers.parameters() if p.ndim == 2}
     forward = _Casts(layer_shapes)
     with forward:
@@ -129,7 +114,7 @@ def test_checkpointing_keeps_no_upcast_weights_for_backward() -> None:
 
 def test_lomo_updates_bf16_model_in_place() -> None:
     model, _ = _pair()
-    apply_activation_checkpointing(model)
+    apply_activation_checkpointing(model.layers)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     Lomo(model, lr=1e-2).backward(_loss(model))
     for name, p in model.named_parameters():
@@ -137,10 +122,3 @@ def test_lomo_updates_bf16_model_in_place() -> None:
         # Norm weights sit at 1.0, where an update this small rounds back in bf16.
         if p.ndim == 2:
             assert not torch.equal(p, before[name]), name
-
-
-def test_no_op_when_already_in_compute_dtype() -> None:
-    model = LlamaForCausalLM.from_config(tiny_llama_config(), seed=0)
-    classes = [type(m) for m in model.modules()]
-    apply_compute_dtype(model, torch.float32)
-    assert [type(m) for m in model.modules()] == classes

@@ -2,14 +2,14 @@
 
 Our module names are HF's without the `model.` prefix (so PEFT `target_modules` such as
 `q_proj` mean the same thing), and HF's q/k layout already matches our rotate-half RoPE,
-so no permutation is needed.
+so no permutation is needed and every tensor maps one to one.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from collie.models.base import HFAdapter
+from collie.models.hf_adapter import HFAdapter
 
 # Checkpoint entries that are derived state, not weights.
 _DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -18,10 +18,10 @@ _DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
 class LlamaHFAdapter(HFAdapter):
     architecture = "LlamaForCausalLM"
 
-    def to_hf(self, name: str) -> str:
+    def to_hf_name(self, name: str) -> str:
         return name if name.startswith("lm_head.") else "model." + name
 
-    def from_hf(self, hf_name: str) -> Optional[str]:
+    def from_hf_name(self, hf_name: str) -> Optional[str]:
         if hf_name.endswith(_DERIVED_SUFFIXES):
             return None
         if hf_name.startswith("model."):

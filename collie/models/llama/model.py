@@ -3,7 +3,7 @@
 Knows nothing about parallelism: tensor/pipeline/data parallel are applied from outside
 (`collie.distributed`). Layers live in a `ModuleDict` keyed by index so a pipeline stage
 can drop the layers it does not own and keep checkpoint names stable; a stage without
-`embed_tokens` takes hidden states, one without `lm_head` returns them.
+`embed_tokens` takes hidden states, one without `lm_head` returns them (`hidden_states`).
 """
 
 from __future__ import annotations
@@ -14,26 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collie.dtypes import at_least_fp32
 from collie.models.base import CausalLMOutput, CollieModel
 from collie.models.init import init_tensor
 from collie.models.kv_cache import KVCache
+from collie.models.layers import Linear, RMSNorm
 from collie.models.llama.rope import apply_rope, inverse_frequencies, rope_cos_sin, rope_settings
 from collie.models.loss import causal_lm_loss
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in at least fp32 whatever the storage dtype, as the reference implementation does.
-        dtype = x.dtype
-        x = x.to(at_least_fp32(dtype))
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
 
 
 class Attention(nn.Module):
@@ -45,10 +31,10 @@ class Attention(nn.Module):
         self.head_dim = head_dim_of(config)
         dim = config.hidden_size
         qkv_bias, o_bias = attention_biases(config)
-        self.q_proj = nn.Linear(dim, self.num_heads * self.head_dim, bias=qkv_bias)
-        self.k_proj = nn.Linear(dim, self.num_kv_heads * self.head_dim, bias=qkv_bias)
-        self.v_proj = nn.Linear(dim, self.num_kv_heads * self.head_dim, bias=qkv_bias)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, dim, bias=o_bias)
+        self.q_proj = Linear(dim, self.num_heads * self.head_dim, bias=qkv_bias)
+        self.k_proj = Linear(dim, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = Linear(dim, self.num_kv_heads * self.head_dim, bias=qkv_bias)
+        self.o_proj = Linear(self.num_heads * self.head_dim, dim, bias=o_bias)
         self.dropout = float(getattr(config, "attention_dropout", 0.0) or 0.0)
 
     def forward(self, x, cos, sin, mask: Optional[torch.Tensor], kv_cache: Optional[KVCache]):
@@ -74,9 +60,9 @@ class MLP(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         bias = bool(getattr(config, "mlp_bias", False))
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=bias)
+        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
         act = getattr(config, "hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"hidden_act: {act!r} is not supported by the LLaMA family (expected 'silu')")
@@ -109,7 +95,7 @@ class LlamaForCausalLM(CollieModel):
         self.layers = nn.ModuleDict(
             {str(i): DecoderLayer(config, i) for i in range(config.num_hidden_layers)})
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if getattr(config, "tie_word_embeddings", False):
             self.lm_head.weight = self.embed_tokens.weight
         theta, scaling = rope_settings(config)
@@ -122,7 +108,8 @@ class LlamaForCausalLM(CollieModel):
                 kv_cache: Optional[KVCache] = None) -> CausalLMOutput:
         # Sizes from the input, not from h: under sequence parallel h holds a slice of the sequence.
         batch, seq = input_ids.shape[:2]
-        h = self.embed_tokens(input_ids) if self.embed_tokens is not None else input_ids
+        h = self.embed_tokens(input_ids).to(self.compute_dtype or self.embed_tokens.weight.dtype) \
+            if self.embed_tokens is not None else input_ids
         past = kv_cache.length if kv_cache is not None else 0
         if position_ids is None:
             position_ids = default_position_ids(batch, seq, past, attention_mask, input_ids.device)
@@ -136,7 +123,9 @@ class LlamaForCausalLM(CollieModel):
             kv_cache.advance(seq)
         if self.norm is not None:
             h = self.norm(h)
-        logits = self.lm_head(h) if self.lm_head is not None else h
+        if self.lm_head is None:
+            return CausalLMOutput(logits=None, hidden_states=h, kv_cache=kv_cache)
+        logits = self.lm_head(h)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, kv_cache=kv_cache)
 

@@ -74,3 +74,14 @@ def _as_list(value: Union[int, list[int], None]) -> list[int]:
     if value is None:
         return []
     return [value] if isinstance(value, int) else list(value)
+
+
+class GenerationMixin:
+    """`generate` for anything that runs like a causal LM: `forward(input_ids, attention_mask=,
+    kv_cache=)` returning `.logits`, plus `new_kv_cache(max_len)`."""
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 **kwargs) -> torch.Tensor:
+        """Prompt + continuation ids (see `collie.generation.generate` for the options)."""
+        return generate(self, input_ids, attention_mask=attention_mask, **kwargs)

@@ -19,8 +19,10 @@ import torch.distributed.checkpoint as dcp
 from safetensors import safe_open
 from torch.distributed.checkpoint import DefaultSavePlanner, FileSystemReader
 
-from collie.models.base import family_of, load_hf_config, save_hf_config
-from collie.models.hf_io import save_hf_tensors, weight_files
+from collie.dtypes import SAFETENSORS_DTYPES
+from collie.models.base import load_hf_config, spec_for
+from collie.models.hf_io import weight_files
+from collie.models.hf_writer import write_hf_model
 from collie.trainer.checkpoint import TRAINER_STATE, CheckpointError, read_trainer_state
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -30,31 +32,29 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 def dcp_to_hf(checkpoint_dir: str, out_dir: str) -> None:
     read_trainer_state(checkpoint_dir)
     hf_config = load_hf_config(checkpoint_dir)
-    adapter = family_of(hf_config)[1]
+    spec = spec_for(hf_config)
     metadata = FileSystemReader(checkpoint_dir).read_metadata().state_dict_metadata
-    tied = getattr(hf_config, "tie_word_embeddings", False)
-    keys = [k for k in metadata if k.startswith("model.") and not (tied and k == "model.lm_head.weight")]
-    if not keys:
+    tied_head = f"{spec.edge_name('head')}.weight" if spec.dims(hf_config).tied_embeddings else None
+    names = [k[len("model."):] for k in metadata if k.startswith("model.") and k != f"model.{tied_head}"]
+    if not names:
         raise CheckpointError(f"{checkpoint_dir}: holds no model tensors")
 
-    def tensors():
-        for key in keys:
-            meta = metadata[key]
-            tensor = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
-            with warnings.catch_warnings():  # DCP warns that no process group exists: none is needed
-                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-                dcp.load({key: tensor}, checkpoint_id=checkpoint_dir, no_dist=True)
-            yield adapter.to_hf(key[len("model."):]), tensor
+    def fetch(name: str) -> torch.Tensor:
+        meta = metadata[f"model.{name}"]
+        tensor = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+        with warnings.catch_warnings():  # DCP warns that no process group exists: none is needed
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load({f"model.{name}": tensor}, checkpoint_id=checkpoint_dir, no_dist=True)
+        return tensor
 
-    save_hf_tensors(out_dir, tensors())
-    save_hf_config(hf_config, out_dir, adapter, metadata[keys[0]].properties.dtype)
+    write_hf_model(out_dir, hf_config, spec, names, fetch, metadata[f"model.{names[0]}"].properties.dtype)
     _copy_tokenizer(checkpoint_dir, out_dir)
 
 
 def hf_to_dcp(hf_dir: str, out_dir: str) -> None:
     """A model-only checkpoint: `resume_from` it for a sharded warm start on any layout."""
     hf_config = load_hf_config(hf_dir)
-    adapter = family_of(hf_config)[1]
+    adapter = spec_for(hf_config).adapter
     placeholders: dict[str, torch.Tensor] = {}
     loaders: dict[str, Callable[[], torch.Tensor]] = {}
     for file in weight_files(hf_dir):
@@ -62,12 +62,13 @@ def hf_to_dcp(hf_dir: str, out_dir: str) -> None:
             raise CheckpointError(f"{file}: only safetensors weights can be converted")
         with safe_open(file, framework="pt") as f:
             for hf_name in f.keys():
-                name = adapter.from_hf(hf_name)
-                if name is None:
-                    continue
                 view = f.get_slice(hf_name)
-                placeholders[name] = torch.empty(view.get_shape(), dtype=_DTYPES[view.get_dtype()], device="meta")
-                loaders[f"model.{name}"] = _reader(file, hf_name)
+                dtype = SAFETENSORS_DTYPES[view.get_dtype()]
+                # Split a meta tensor: our names and shapes without reading any data.
+                meta = torch.empty(view.get_shape(), dtype=dtype, device="meta")
+                for name, part in adapter.split(hf_name, meta, hf_config):
+                    placeholders[name] = part
+                    loaders[f"model.{name}"] = _reader(file, hf_name, name, adapter, hf_config)
     tmp = out_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     dcp.save({"model": placeholders}, checkpoint_id=tmp, planner=_LazySavePlanner(loaders), no_dist=True)
@@ -90,15 +91,12 @@ class _LazySavePlanner(DefaultSavePlanner):
         return self.loaders[write_item.index.fqn]()
 
 
-def _reader(file: str, name: str) -> Callable[[], torch.Tensor]:
+def _reader(file: str, hf_name: str, name: str, adapter, hf_config) -> Callable[[], torch.Tensor]:
     def read() -> torch.Tensor:
         with safe_open(file, framework="pt") as f:
-            return f.get_tensor(name)
+            parts = dict(adapter.split(hf_name, f.get_tensor(hf_name), hf_config))
+        return parts[name].contiguous()
     return read
-
-
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-           "I64": torch.int64, "I32": torch.int32}
 
 
 def _copy_tokenizer(src: str, dst: str) -> None:

@@ -1,0 +1,71 @@
+"""What the engine knows about a model family: one declarative `ModelSpec` each.
+
+`collie.distributed`, `collie.trainer` and `collie.monitors` read a model only through its
+spec: where its decoder blocks and edge modules (embedding, final norm, head) live, how to
+split it for tensor parallel, its sizes, its FLOPs per token, its HF adapter and the shapes
+`collie init-model` writes. Adding a family means writing a model, an adapter, a TP plan and
+one of these, then listing it in `collie.models.registry.FAMILIES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from collie.models.hf_adapter import HFAdapter
+
+EDGES = ("embedding", "final_norm", "head")
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The sizes of an architecture that parallelism and monitors need, read from its HF config."""
+
+    layers: int
+    heads: int
+    kv_heads: int
+    hidden: int
+    vocab: int
+    tied_embeddings: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    # HF `model_type` values this family loads.
+    model_types: tuple[str, ...]
+    model_cls: type
+    adapter: "HFAdapter"
+    # (model or pipeline stage, sequence_parallel, loss_parallel) -> {module name: DTensor style}
+    tp_plan: Callable[[nn.Module, bool, bool], dict]
+    dims: Callable[[Any], ModelDims]
+    # (dims, sequence length, trainable parameters) -> training FLOPs per token
+    flops_per_token: Callable[[ModelDims, int, int], float]
+    # `collie init-model` shapes: name -> HF config fields (vocab_size None: the tokenizer's size)
+    shapes: dict[str, dict] = field(default_factory=dict)
+    # (shape fields, tokenizer) -> an HF config of this family
+    shape_config: Optional[Callable[[dict, Any], Any]] = None
+    # Attribute names of the decoder blocks (an nn.ModuleDict keyed by index) and of the edges.
+    blocks_attr: str = "layers"
+    edge_attrs: dict[str, str] = field(default_factory=lambda: {"embedding": "embed_tokens",
+                                                                "final_norm": "norm", "head": "lm_head"})
+
+    # -- accessors the engine uses ---------------------------------------------
+    def blocks(self, model: nn.Module) -> nn.ModuleDict:
+        return getattr(model, self.blocks_attr)
+
+    def edge(self, model: nn.Module, which: str) -> Optional[nn.Module]:
+        """The embedding, final norm or head (None on a pipeline stage without it)."""
+        return getattr(model, self.edge_attrs[which])
+
+    def set_edge(self, model: nn.Module, which: str, module: Optional[nn.Module]) -> None:
+        setattr(model, self.edge_attrs[which], module)
+
+    def edge_name(self, which: str) -> str:
+        return self.edge_attrs[which]
+
+    def present_edges(self, model: nn.Module) -> list[nn.Module]:
+        return [m for m in (self.edge(model, which) for which in EDGES) if m is not None]
