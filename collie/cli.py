@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from collie.config import CollieConfig, ConfigError
+from collie.dtypes import DTYPES
 from collie.data.records import DataError
 from collie.trainer.checkpoint import CheckpointError
 
@@ -28,7 +29,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     init.add_argument("out_dir")
     init.add_argument("--tokenizer", help="tokenizer directory (default: collie's bundled 4k BPE)")
     init.add_argument("--seed", type=int, default=0)
-    init.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    init.add_argument("--dtype", default="float32", choices=list(DTYPES))
 
     gen = commands.add_parser("generate", help="continue a prompt with a saved model")
     gen.add_argument("model_dir")

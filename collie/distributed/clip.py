@@ -23,7 +23,6 @@ def grad_norm(parameters: Iterable[torch.nn.Parameter], pp_group: Optional[dist.
     for g in grads:
         key = (g.device_mesh, g.placements) if isinstance(g, DTensor) else None
         groups.setdefault(key, []).append(g)
-    inf = norm_type == float("inf")
     parts = []
     for members in groups.values():
         # A norm of norms keeps DTensor's partial-norm placement, so full_tensor() reduces
@@ -32,10 +31,19 @@ def grad_norm(parameters: Iterable[torch.nn.Parameter], pp_group: Optional[dist.
             torch.stack([torch.linalg.vector_norm(g, norm_type, dtype=torch.promote_types(g.dtype, torch.float32))
                          for g in members]), norm_type)
         parts.append(part.full_tensor() if isinstance(part, DTensor) else part)
-    if not parts:
-        return torch.zeros(())
-    parts_t = torch.stack([p.to(parts[0].device) for p in parts])
-    total = parts_t.max() if inf else (parts_t ** 2).sum()
+    return total_norm(parts, pp_group, norm_type)
+
+
+def total_norm(norms: list[torch.Tensor], pp_group: Optional[dist.ProcessGroup] = None,
+               norm_type: float = 2.0, device: Optional[torch.device] = None) -> torch.Tensor:
+    """The norm of a set of tensors from their norms (each already whole over data and tensor
+    parallel shards), combined over pipeline stages. Shared by clipping and LOMO/AdaLomo."""
+    inf = norm_type == float("inf")
+    if norms:
+        stacked = torch.stack([n.to(device or norms[0].device) for n in norms])
+        total = stacked.max() if inf else (stacked ** 2).sum()
+    else:
+        total = torch.zeros((), device=device)
     if pp_group is not None and dist.get_world_size(pp_group) > 1:
         dist.all_reduce(total, op=dist.ReduceOp.MAX if inf else dist.ReduceOp.SUM, group=pp_group)
     return total if inf else total.sqrt()

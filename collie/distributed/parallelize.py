@@ -12,13 +12,14 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.tensor.parallel import parallelize_module
 
 from collie.config import ConfigError
+from collie.distributed.parallel_model import ParallelModel
 from collie.forward_context import autocast_dtype
 
 log = logging.getLogger("collie")
 
 
 def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Optional[str] = None,
-                replicate_wrapper: bool = True) -> torch.nn.Module:
+                replicate_wrapper: bool = True) -> ParallelModel:
     """`weights_from`: an HF directory to load once the model is split and sharded (the model
     is still empty, on the meta device); each rank then reads only its own shards.
     `replicate_wrapper=False` leaves replicated data parallel (zero_stage 0) to an optimizer
@@ -45,7 +46,7 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
         apply_data_parallel(model, spec, runtime.mesh["dp"], config)
     if weights_from is not None and fsdp:
         _load_shards(model, weights_from, runtime, config)
-    return model
+    return ParallelModel(model, spec, config, runtime, uses_fsdp=fsdp)
 
 
 def _load_shards(model: torch.nn.Module, path: str, runtime, config) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Callable, ContextManager, Optional
 
 import torch
 
+from collie.config import ConfigError
 from collie.data.collate import ColliePadder
 from collie.distributed.shards import whole
 from collie.evaluate.metrics import BaseMetric
@@ -21,6 +22,8 @@ class Evaluator:
     # The side batches are padded on; None follows `config.data.padding_side` (generation
     # fixes it to the left: prompts must end together).
     padding_side: Optional[str] = None
+    # Whether it works with sequence parallel (generation does not: it decodes token by token).
+    supports_sequence_parallel = True
 
     def __init__(self, model: torch.nn.Module, config, dataset, metrics: dict[str, BaseMetric],
                  eval_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None,
@@ -39,6 +42,17 @@ class Evaluator:
         self.runtime: Any = None  # set by the Trainer: device, dp rank/size, process groups
         # Set by the Trainer too: the context forwards run in (autocast, attention kernels).
         self.forward_context: Callable[[], ContextManager] = contextlib.nullcontext
+
+    def bind(self, parallel) -> None:
+        """Run on a Trainer's parallelized model (`collie.distributed.parallel_model.ParallelModel`):
+        its evaluation forward, process groups, forward context and sequence padding."""
+        if parallel.config.sequence_parallel and parallel.runtime.tp_size > 1 and not self.supports_sequence_parallel:
+            raise ConfigError(f"sequence_parallel: {self.name} decodes token by token, which cannot split the "
+                              "sequence over ranks; evaluate it without sequence_parallel")
+        self.model, self.runtime = parallel.eval_model, parallel.runtime
+        self.forward_context = parallel.forward_context
+        if isinstance(self.collate_fn, ColliePadder):
+            self.collate_fn.multiple_of = parallel.sequence_multiple
 
     def evaluate(self) -> dict:
         """Run over this rank's share of the dataset; return `{metric: value}` merged over metrics."""
@@ -85,6 +99,7 @@ class EvaluatorForGeneration(Evaluator):
     """Greedy (or sampled) continuation of each prompt, decoded to text."""
 
     padding_side = "left"
+    supports_sequence_parallel = False
 
     def __init__(self, model, config, dataset, metrics, tokenizer=None, max_new_tokens: int = 32,
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,

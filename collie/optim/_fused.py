@@ -19,6 +19,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
+from collie.distributed.clip import total_norm
 from collie.dtypes import at_least_fp32
 from collie.optim._loss_scaler import DynamicLossScaler
 
@@ -99,13 +100,13 @@ class FusedBackwardOptimizer(Optimizer):
             p.register_post_accumulate_grad_hook(self._on_grad_ready)
 
     def configure_parallel(self, model: nn.Module, dp_group: dist.ProcessGroup | None = None,
-                           sharded: bool = False, pp_group: dist.ProcessGroup | None = None) -> None:
+                           update_after_backward: bool = False, pp_group: dist.ProcessGroup | None = None) -> None:
         """Adapt to how the Trainer parallelized `model` (called by the Trainer).
 
         Parallelization may have replaced the parameters (tensor parallel and FSDP put
         DTensors in their place), so they are collected again and hooked. With replicated
         data parallel (`dp_group`), each gradient is averaged over the replicas inside its
-        hook, before the update. With FSDP (`sharded`), gradients reach the sharded
+        hook, before the update. With FSDP (`update_after_backward`), gradients reach the sharded
         parameters by reduce-scatter after backward, where no hook sees them; the update
         then runs right after backward from those local shards, so this mode keeps one
         1/dp-sized set of gradients until the end of backward. Under pipeline parallel
@@ -122,7 +123,7 @@ class FusedBackwardOptimizer(Optimizer):
         self.model = model
         self._dp_group = dp_group if dp_group is not None and dist.get_world_size(dp_group) > 1 else None
         self._pp_group = pp_group
-        self._update_after_backward = sharded
+        self._update_after_backward = update_after_backward
 
     # ------------------------------------------------------------------ public API
 
@@ -271,14 +272,7 @@ class FusedBackwardOptimizer(Optimizer):
 
     def _global_grad_norm(self, norms: list[torch.Tensor]) -> torch.Tensor:
         """L2 norm of all gradients from the per-parameter norms (a global reduction)."""
-        device = full_or_local(self._named_params[0][1]).device
-        total = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms])) if norms else \
-            torch.zeros((), device=device)
-        if self._pp_group is not None:
-            squared = total.square()
-            dist.all_reduce(squared, group=self._pp_group)
-            total = squared.sqrt()
-        return total
+        return total_norm(norms, self._pp_group, device=full_or_local(self._named_params[0][1]).device)
 
     def _on_grad_ready(self, p: torch.Tensor) -> None:
         """Post-accumulate-grad hook: ``p.grad`` is complete for this backward pass."""

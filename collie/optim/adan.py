@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from collie.optim._checks import check_lr_and_betas, evaluate_closure
+
 
 class Adan(Optimizer):
     """Adan optimizer.
@@ -52,20 +54,14 @@ class Adan(Optimizer):
         weight_decay: float = 0.0,
         no_prox: bool = False,
     ) -> None:
-        if lr <= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Invalid betas: {betas}")
+        check_lr_and_betas(lr, betas)
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "no_prox": no_prox}
         super().__init__(params, defaults)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """Update every parameter that has a gradient; returns the closure's loss, if any."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
             beta1, beta2, beta3 = group["betas"]

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from collie.optim._checks import check_lr_and_betas, evaluate_closure
+
 
 class Lion(Optimizer):
     """Lion optimizer.
@@ -38,19 +40,13 @@ class Lion(Optimizer):
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
     ) -> None:
-        if lr <= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Invalid betas: {betas}")
+        check_lr_and_betas(lr, betas)
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         """Update every parameter that has a gradient; returns the closure's loss, if any."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             beta1, beta2 = group["betas"]

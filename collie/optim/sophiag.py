@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from collie.optim._checks import check_lr_and_betas, evaluate_closure
+
 
 class SophiaG(Optimizer):
     """SophiaG optimizer.
@@ -52,10 +54,7 @@ class SophiaG(Optimizer):
         eps: float = 1e-15,
         hessian_update_interval: int = 10,
     ) -> None:
-        if lr <= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Invalid betas: {betas}")
+        check_lr_and_betas(lr, betas)
         if rho < 0.0:
             raise ValueError(f"Invalid rho: {rho}")
         if hessian_update_interval < 1:
@@ -92,10 +91,7 @@ class SophiaG(Optimizer):
         Returns:
             The closure's loss, if any.
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = evaluate_closure(closure)
         for group in self.param_groups:
             lr, rho, eps, wd = group["lr"], group["rho"], group["eps"], group["weight_decay"]
             beta1 = group["betas"][0]

@@ -249,14 +249,3 @@ def _prune(root: str, max_to_keep: int) -> None:
                    if n.startswith("step-") and not n.endswith(".tmp"))
     for _, name in steps[:-max_to_keep]:
         shutil.rmtree(os.path.join(root, name))
-
-
-def export_hf(model: torch.nn.Module, spec, path: str, runtime, tokenizer=None) -> None:
-    """HF-format model (+ tokenizer) from any layout; see `CollieModel.save_pretrained`."""
-    if runtime.pp_size > 1:
-        from collie.distributed.pipeline import save_pipelined
-
-        save_pipelined(model, spec, path, runtime, tokenizer)
-    else:
-        model.save_pretrained(path, tokenizer=tokenizer if runtime.is_main else None)
-    runtime.barrier()

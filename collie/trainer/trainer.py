@@ -7,24 +7,20 @@ other `torch.optim.Optimizer` gets the usual backward → clip → step → zero
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import time
-from typing import Callable, ContextManager, Optional
+from typing import Callable, Optional
 
 import torch
-from torch.distributed.tensor.parallel import loss_parallel
 
 from collie.config import CollieConfig, ConfigError
-from collie.data.collate import ColliePadder
 from collie.data.sampler import GlobalBatchSampler
 from collie.distributed.clip import clip_grad_norm, clip_grad_value
 from collie.distributed.parallelize import parallelize
-from collie.distributed.pipeline import PipelinedModel, PipelineRunner
 from collie.distributed.runtime import build_runtime
-from collie.evaluate.evaluators import Evaluator, EvaluatorForGeneration, EvaluatorForPerplexity, pad_id
+from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity, pad_id
 from collie.evaluate.metrics import PPLMetric
 from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.models.base import is_meta
@@ -34,9 +30,8 @@ from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
 from collie.trainer import checkpoint
 from collie.trainer.callbacks import Callback, CallbackList
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
-from collie.forward_context import forward_context
 from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class, updates_in_backward
-from collie.trainer.steps import StepResult, default_loss, refresh_hessian, run_micro_batches, run_pipeline_step
+from collie.distributed.steps import StepResult, default_loss, refresh_hessian
 
 log = logging.getLogger("collie")
 
@@ -51,27 +46,22 @@ class Trainer:
         config.validate()
         self.config = config
         self.runtime = build_runtime(config)
+        if config.pp_size > 1 and train_fn is not None:
+            raise ConfigError("pp_size: a custom train_fn cannot run inside a pipeline schedule")
         names = {id(p): name for name, p in model.named_parameters()}
         in_backward = updates_in_backward(optimizer if optimizer is not None
                                           else optimizer_class(config.optimizer.name))
         self.spec = spec_of(model)
-        self.model = parallelize(model, self.spec, config, self.runtime, weights_from=_weights_source(model, config),
-                                 replicate_wrapper=not in_backward)
+        self.parallel = parallelize(model, self.spec, config, self.runtime,
+                                    weights_from=_weights_source(model, config), replicate_wrapper=not in_backward)
+        self.model = self.parallel.module
         if optimizer is not None and not in_backward:
             rebind_parameters(optimizer, names, self.model.state_dict(keep_vars=True))
         self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
         self.train_dataset = train_dataset
         self.tokenizer = tokenizer or getattr(train_dataset, "tokenizer", None)
         self.train_fn = train_fn
-        self.pipeline: Optional[PipelineRunner] = None
-        if self.runtime.pp_size > 1:
-            if train_fn is not None:
-                raise ConfigError("pp_size: a custom train_fn cannot run inside a pipeline schedule")
-            self.pipeline = PipelineRunner(self.model, self.spec, self.runtime, config, forward_context=self._forward_context)
-        # Pipeline stages exchange fixed-shape activations: pad every batch to max_length there.
-        self.padder = ColliePadder(pad_id(self.tokenizer), config.data.padding_side,
-                                   max_length=config.data.max_length, pad_to=config.data.max_length if self.pipeline else None,
-                                   multiple_of=self._sequence_multiple())
+        self.padder = self.parallel.padder(pad_id(self.tokenizer), config.data.padding_side, config.data.max_length)
         self.sampler = None
         if train_dataset is not None:
             self.sampler = GlobalBatchSampler(len(train_dataset), config.train_micro_batch_size,
@@ -80,11 +70,10 @@ class Trainer:
         self.total_steps = self._total_steps()
         self.optimizer = optimizer or build_optimizer(self.model, config.optimizer)
         if self.updates_in_backward:
-            sharded = self.runtime.dp_size > 1 and config.zero_stage > 0
-            self.optimizer.configure_parallel(self.model, dp_group=None if sharded else self.runtime.dp_group,
-                                              sharded=sharded or self.pipeline is not None,
+            self.optimizer.configure_parallel(self.model, dp_group=self.parallel.replica_group,
+                                              update_after_backward=self.parallel.update_after_backward,
                                               pp_group=self.runtime.pp_group)
-        if self.pipeline is not None and getattr(self.optimizer, "hessian_update_interval", 0):
+        if config.pp_size > 1 and getattr(self.optimizer, "hessian_update_interval", 0):
             raise ConfigError("optimizer.name: SophiaG's Hessian refresh needs the whole model; use pp_size=1")
         self.lr_scheduler = lr_scheduler or build_scheduler(self.optimizer, config.scheduler, max(1, self.total_steps))
         self.monitors = default_monitors(config) if monitors is None else list(monitors)
@@ -92,14 +81,8 @@ class Trainer:
         if eval_dataset is not None:
             self.evaluators.append(EvaluatorForPerplexity(self.model, config, eval_dataset,
                                                           {"ppl": PPLMetric()}, eval_fn=eval_fn))
-        eval_model = PipelinedModel(self.model, self.spec, self.runtime, config) if self.pipeline else self.model
         for evaluator in self.evaluators:
-            evaluator.model, evaluator.runtime = eval_model, self.runtime
-            evaluator.forward_context = self._forward_context
-            evaluator.collate_fn.multiple_of = self._sequence_multiple()
-            if config.sequence_parallel and config.tp_size > 1 and isinstance(evaluator, EvaluatorForGeneration):
-                raise ConfigError("sequence_parallel: token-by-token generation cannot split the sequence over "
-                                  "ranks; evaluate generation without sequence_parallel")
+            evaluator.bind(self.parallel)
         callbacks = list(callbacks or [])
         if config.checkpoint_every_n_steps:
             callbacks.append(CheckpointCallback(every_n_steps=config.checkpoint_every_n_steps,
@@ -140,7 +123,7 @@ class Trainer:
 
     def save_model(self, path: str) -> None:
         """The model (and tokenizer) in Hugging Face format."""
-        checkpoint.export_hf(self.model, self.spec, path, self.runtime, self.tokenizer)
+        self.parallel.export(path, self.tokenizer if self.runtime.is_main else None)
         self.callbacks.fire("on_save_model", self, path)
 
     def save_checkpoint(self, path: Optional[str] = None, max_to_keep: int = 0, model_only: bool = False) -> str:
@@ -208,17 +191,10 @@ class Trainer:
         if self.train_fn is not None:
             loss_of = lambda batch: self.train_fn(self, batch)  # noqa: E731
         else:
-            loss_of = lambda batch: default_loss(self.model, self.loss_fn, batch, self._forward_context)  # noqa: E731
+            context = self.parallel.forward_context
+            loss_of = lambda batch: default_loss(self.model, self.loss_fn, batch, context)  # noqa: E731
         ignore_index = getattr(self.loss_fn, "ignore_index", IGNORE_INDEX)
-        rt = self.runtime
-        if self.pipeline is not None:
-            result = run_pipeline_step(self.pipeline, micro, rt.dp_sum, rt.pp_sum, rt.dp_size, ignore_index)
-        else:
-            # loss_parallel: the loss and its backward run on vocabulary-sharded logits.
-            context = loss_parallel() if self.config.loss_parallel and rt.tp_size > 1 else contextlib.nullcontext()
-            with context:
-                result = run_micro_batches(self.model, micro, loss_of, self._backward, rt.dp_sum, rt.dp_size,
-                                           ignore_index)
+        result = self.parallel.train_step(micro, loss_of, self._backward, ignore_index)
         if result.skipped:
             log.warning("step %d: no trainable tokens in the global batch (all labels are -100); step skipped",
                         self.global_step + 1)
@@ -227,7 +203,7 @@ class Trainer:
         if not math.isfinite(result.loss):
             return self._non_finite(result)
         if self.updates_in_backward:
-            if self.pipeline is not None:
+            if self.parallel.pipeline is not None:
                 self.optimizer.step_from_grads()  # the schedule ran backward itself
             # Parameters are updated; this no-op step keeps LR schedulers' step-order bookkeeping right.
             self.optimizer.step()
@@ -238,9 +214,6 @@ class Trainer:
                 refresh_hessian(self.model, self.optimizer, micro[0])
         self.lr_scheduler.step()
         return result
-
-    def _sequence_multiple(self) -> int:
-        return self.config.tp_size if self.config.sequence_parallel else 1
 
     def _drop_grads(self) -> None:
         # Not optimizer.zero_grad(): in-backward optimizers make it a no-op.
@@ -263,14 +236,11 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _forward_context(self) -> ContextManager:
-        return forward_context(self.config, self.runtime.device)
-
     def _non_finite(self, result: StepResult) -> StepResult:
         """A NaN/inf loss: stop (default) or, with nan_policy=skip, drop this step's update.
         The optimizer and the last checkpoint are untouched either way."""
         step = self.global_step + 1
-        already_applied = self.updates_in_backward and self.pipeline is None
+        already_applied = self.updates_in_backward and self.parallel.pipeline is None
         if self.config.nan_policy == "skip" and not already_applied:
             log.warning("step %d: the loss is %s; the update is skipped (nan_policy=skip)", step, result.loss)
             self._drop_grads()

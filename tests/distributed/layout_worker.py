@@ -51,6 +51,9 @@ IN_BACKWARD = {
     "adalomo_clip": ["optimizer.name=adalomo", "optimizer.clip_grad_norm=1.0"],
 }
 IN_BACKWARD_LAYOUTS = ("dp2_left", "zero3_dp2", "tp2")
+# dp2×tp2 with zero_stage 0 replicates through FSDP (DDP cannot hold DTensors): the update then
+# waits for FSDP's reduce-scatter instead of running in per-parameter hooks.
+IN_BACKWARD_LAYOUTS_4 = ("pp2_tp2", "dp2_tp2")
 # The float32 path of the core layouts, compared with a float32 single process by loss only
 # (fp32 reduction order differs between layouts; see the test).
 FP32 = "param_dtype=float32"
@@ -104,7 +107,8 @@ def main() -> None:
     results = {name: run(model_dir, records, overrides, export=f"{out}.{name}")
                for name, overrides in layouts.items()}
     for optimizer, settings in IN_BACKWARD.items():
-        for layout in (IN_BACKWARD_LAYOUTS if layouts is LAYOUTS else ("pp2_tp2",) if layouts is LAYOUTS_4 else ()):
+        for layout in (IN_BACKWARD_LAYOUTS if layouts is LAYOUTS else IN_BACKWARD_LAYOUTS_4 if layouts is LAYOUTS_4
+                       else ()):
             results[f"{optimizer}/{layout}"] = run(model_dir, records, layouts[layout] + settings)
     if layouts is LAYOUTS:
         for layout in FP32_LAYOUTS:

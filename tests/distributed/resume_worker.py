@@ -38,8 +38,10 @@ class KillOnce(Callback):
 
 
 def trainer_for(model_dir, records, out, overrides, callbacks):
+    # float64: runs on different layouts are compared to 1e-9 (fp32 rounding would depend on the machine).
     config = CollieConfig.load(None, ["gradient_accumulation_steps=2", "max_steps=6", "logging=[csv]",
-                                      "optimizer.lr=0.01", "optimizer.clip_grad_norm=1.0", f"output_dir={out}",
+                                      "param_dtype=float64", "optimizer.lr=0.01", "optimizer.clip_grad_norm=1.0",
+                                      f"output_dir={out}",
                                       *overrides])
     model = CollieModel.from_pretrained(model_dir, config=config)
     with open(records) as f:

@@ -98,9 +98,9 @@ def test_two_process_layouts_match_single_process(seed):
 
 
 def test_four_process_layouts_match_single_process(seed):
-    from layout_worker import LAYOUTS_4
+    from layout_worker import IN_BACKWARD_LAYOUTS_4, LAYOUTS_4
 
-    _check(seed, 4, LAYOUTS_4, ("pp2_tp2",))
+    _check(seed, 4, LAYOUTS_4, IN_BACKWARD_LAYOUTS_4)
 
 
 def test_two_nodes_with_c10d_rendezvous(seed):

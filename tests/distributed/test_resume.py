@@ -38,14 +38,14 @@ def test_resume_on_another_layout_and_bit_exact_dp2(tmp_path):
     out = str(tmp_path / "runs")
     got = _launch("reshard", model_dir, records, out)
     assert len(got["tp2"]) == 6 and len(got["tp2_to_dp2"]) == 3
-    assert max(abs(a - b) for a, b in zip(got["tp2_to_dp2"], got["tp2"][3:])) <= 1e-5
+    assert max(abs(a - b) for a, b in zip(got["tp2_to_dp2"], got["tp2"][3:])) <= 1e-9
     assert got["dp2_resumed"] == got["dp2"][3:]  # bit-exact
     assert got["adalomo_dp2_resumed"] == got["adalomo_dp2"][3:]
     assert got["adalomo_dp2"] != got["dp2"]
     # The tp2 checkpoint also resumes in a single process (no process group at all).
     single = run(model_dir, records, str(tmp_path / "single"), ["dp_size=1", "train_micro_batch_size=2"],
                  resume_from=f"{out}/tp2/checkpoints/step-3")
-    assert max(abs(a - b) for a, b in zip(single, got["tp2"][3:])) <= 1e-5
+    assert len(single) == 3 and max(abs(a - b) for a, b in zip(single, got["tp2"][3:])) <= 1e-9
 
 
 def test_killed_rank_restarts_and_resumes(tmp_path):
@@ -57,7 +57,7 @@ def test_killed_rank_restarts_and_resumes(tmp_path):
     # The restarted attempt resumed from step 2 (the last checkpoint before the kill at step 3).
     assert len(got["after_restart"]) == 4
     straight = run(model_dir, records, str(tmp_path / "straight"), ["dp_size=1", "train_micro_batch_size=2"])
-    assert abs(got["after_restart"][-1] - straight[-1]) <= 1e-5
+    assert len(straight) == 6 and abs(got["after_restart"][-1] - straight[-1]) <= 1e-9
     with open(os.path.join(out, "killed", "metrics.csv")) as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
     assert steps == [1, 2, 3, 4, 5, 6]  # step 3's row from the killed attempt was replaced, not duplicated

@@ -100,12 +100,15 @@ def test_lomo_through_the_trainer_equals_sgd():
     runs = {}
     for name in ("lomo", "sgd"):
         recorder = Recorder()
-        trainer, _ = _trainer(train_epochs=4, optimizer={"name": name, "clip_grad_norm": 1.0, "lr": 1.0})
+        # float64: the two clip by norms summed in different orders.
+        trainer, _ = _trainer(train_epochs=4, optimizer={"name": name, "clip_grad_norm": 1.0, "lr": 1.0},
+                              dtype=torch.float64)
         trainer.callbacks.callbacks.append(recorder)
         trainer.train()
         runs[name] = recorder.losses
         assert trainer.updates_in_backward == (name == "lomo")
-    assert max(abs(a - b) for a, b in zip(runs["lomo"], runs["sgd"])) <= 1e-5
+    assert len(runs["lomo"]) == len(runs["sgd"]) == 16
+    assert max(abs(a - b) for a, b in zip(runs["lomo"], runs["sgd"])) <= 1e-9
     assert runs["lomo"][-1] < 0.95 * runs["lomo"][0]
 
 
@@ -146,9 +149,9 @@ def test_bf16_storage_computes_in_fp32_on_cpu():
     model = LlamaForCausalLM.from_config(config, seed=0, dtype=torch.bfloat16)
     recorder = Recorder()
     trainer = Trainer(model, config, train_dataset=CollieDatasetForTraining(RECORDS), callbacks=[recorder])
-    matmul_inputs = set()
-    trainer.model.layers["0"].register_forward_hook(lambda module, args, out: matmul_inputs.add(out.dtype))
+    layer_outputs = set()
+    trainer.model.layers["0"].register_forward_hook(lambda module, args, out: layer_outputs.add(out.dtype))
     trainer.train()
-    assert trainer.model.compute_dtype == torch.float32 and matmul_inputs == {torch.float32}
+    assert trainer.model.compute_dtype == torch.float32 and layer_outputs == {torch.float32}
     assert all(p.dtype == torch.bfloat16 for p in trainer.model.parameters())
     assert recorder.losses[-1] < 0.9 * recorder.losses[0]

@@ -26,6 +26,22 @@ class StepResult:
     skipped: bool = False
 
 
+@dataclass
+class _Counts:
+    per_micro_batch: list[int]   # trainable tokens of each of this rank's micro-batches
+    loss_tokens: float           # trainable tokens of the global batch (all micro-batches, all dp ranks)
+    real_tokens: int             # non-padding tokens of the global batch
+
+
+def _count(micro_batches: list[dict], dp_sum: Callable[[list[float]], list[float]], ignore_index: int) -> _Counts:
+    """The step's token counts: summed over micro-batches and data-parallel ranks first, so
+    the loss is a mean over the global batch's tokens whatever the layout."""
+    counts = [count_loss_tokens(mb["labels"], ignore_index) for mb in micro_batches]
+    real = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
+    loss_tokens, real_tokens = dp_sum([float(sum(counts)), float(real)])
+    return _Counts(counts, loss_tokens, int(real_tokens))
+
+
 def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of: Callable[[dict], torch.Tensor],
                       backward: Callable[[torch.Tensor, bool], None], dp_sum: Callable[[list[float]], list[float]],
                       dp_size: int, ignore_index: int = IGNORE_INDEX) -> StepResult:
@@ -34,14 +50,12 @@ def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of
     `backward(loss, is_last)` applies the gradient (plain backward, or an optimizer that
     updates inside backward). `dp_sum` sums a list of numbers over data-parallel ranks.
     """
-    counts = [count_loss_tokens(mb["labels"], ignore_index) for mb in micro_batches]
-    real = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
-    total_loss_tokens, total_real = dp_sum([float(sum(counts)), float(real)])
-    if total_loss_tokens == 0:
-        return StepResult(float("nan"), int(total_real), skipped=True)
+    counts = _count(micro_batches, dp_sum, ignore_index)
+    if counts.loss_tokens == 0:
+        return StepResult(float("nan"), counts.real_tokens, skipped=True)
     loss_sum = 0.0
     last = len(micro_batches) - 1
-    for i, (mb, count) in enumerate(zip(micro_batches, counts)):
+    for i, (mb, count) in enumerate(zip(micro_batches, counts.per_micro_batch)):
         if count == 0:
             # Still run forward and backward: sharded data parallel needs every rank to take
             # part in the same collectives. The zero factor keeps the gradient exactly zero.
@@ -49,11 +63,11 @@ def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of
         else:
             loss = loss_of(mb)
             # dp_size undoes the gradient averaging that data parallel applies.
-            contribution = loss * (count * dp_size / total_loss_tokens)
+            contribution = loss * (count * dp_size / counts.loss_tokens)
             loss_sum += float(whole(loss.detach())) * count
         backward(contribution, i == last)
     (global_loss_sum,) = dp_sum([loss_sum])
-    return StepResult(global_loss_sum / total_loss_tokens, int(total_real))
+    return StepResult(global_loss_sum / counts.loss_tokens, counts.real_tokens)
 
 
 def run_pipeline_step(runner, micro_batches: list[dict], dp_sum: Callable[[list[float]], list[float]],
@@ -61,16 +75,14 @@ def run_pipeline_step(runner, micro_batches: list[dict], dp_sum: Callable[[list[
                       ignore_index: int = IGNORE_INDEX) -> StepResult:
     """The same step through a pipeline schedule: the last stage sums each micro-batch's token
     losses weighted by the global token count; the mean then reaches every stage."""
-    counts = [count_loss_tokens(mb["labels"], ignore_index) for mb in micro_batches]
-    real = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
-    total_loss_tokens, total_real = dp_sum([float(sum(counts)), float(real)])
-    if total_loss_tokens == 0:
-        return StepResult(float("nan"), int(total_real), skipped=True)
+    counts = _count(micro_batches, dp_sum, ignore_index)
+    if counts.loss_tokens == 0:
+        return StepResult(float("nan"), counts.real_tokens, skipped=True)
     input_ids, labels, attention_mask = (torch.cat([mb[key] for mb in micro_batches])
                                          for key in ("input_ids", "labels", "attention_mask"))
-    contribution = runner.step(input_ids, labels, attention_mask, loss_weight=dp_size / total_loss_tokens)
+    contribution = runner.step(input_ids, labels, attention_mask, loss_weight=dp_size / counts.loss_tokens)
     (loss,) = dp_sum([contribution / dp_size])
-    return StepResult(pp_sum(loss), int(total_real))
+    return StepResult(pp_sum(loss), counts.real_tokens)
 
 
 def refresh_hessian(model: torch.nn.Module, optimizer, micro_batch: dict) -> None:

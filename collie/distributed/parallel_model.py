@@ -1,0 +1,84 @@
+"""What `parallelize` returns: this rank's share of the model and how the layout runs it."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, ContextManager, Optional
+
+import torch
+from torch.distributed.tensor.parallel import loss_parallel
+
+from collie.data.collate import ColliePadder
+from collie.distributed.steps import StepResult, run_micro_batches, run_pipeline_step
+from collie.forward_context import forward_context
+
+
+class ParallelModel:
+    """The parallelized model (`module`: a whole model or this rank's pipeline stages, with
+    DTensor/FSDP parameters) and what the Trainer does with it: a training step (plain, or
+    through the pipeline schedule), the model evaluation and generation call (`eval_model`:
+    a stage-to-stage forward under pipeline parallel), the padding the layout needs, and HF
+    export. The Trainer never asks which layout it is."""
+
+    def __init__(self, module: torch.nn.Module, spec, config, runtime, uses_fsdp: bool) -> None:
+        from collie.distributed.pipeline import PipelinedModel, PipelineRunner
+
+        self.module, self.spec, self.config, self.runtime = module, spec, config, runtime
+        self.uses_fsdp = uses_fsdp
+        self.pipeline: Optional[PipelineRunner] = None
+        self.eval_model: torch.nn.Module = module
+        if runtime.pp_size > 1:
+            self.pipeline = PipelineRunner(module, spec, runtime, config, forward_context=self.forward_context)
+            self.eval_model = PipelinedModel(module, spec, runtime, config)
+
+    def forward_context(self) -> ContextManager:
+        return forward_context(self.config, self.runtime.device)
+
+    # -- what the layout asks of the rest -------------------------------------
+    @property
+    def sequence_multiple(self) -> int:
+        """Sequence parallel splits every sequence evenly over the tensor-parallel ranks."""
+        return self.runtime.tp_size if self.config.sequence_parallel else 1
+
+    def padder(self, pad_token_id: int, padding_side: str, max_length: int) -> ColliePadder:
+        # Pipeline stages exchange fixed-shape activations: every batch is padded to max_length there.
+        return ColliePadder(pad_token_id, padding_side, max_length=max_length,
+                            pad_to=max_length if self.pipeline is not None else None,
+                            multiple_of=self.sequence_multiple)
+
+    @property
+    def update_after_backward(self) -> bool:
+        """Whether an optimizer that updates inside backward must wait for backward to end: FSDP
+        hands gradients to the sharded parameters by reduce-scatter (no per-parameter hook sees
+        them), and a pipeline schedule runs backward itself."""
+        return self.uses_fsdp or self.pipeline is not None
+
+    @property
+    def replica_group(self):
+        """The group an in-backward optimizer averages gradients over itself (replicated data
+        parallel without FSDP), or None."""
+        return None if self.uses_fsdp else self.runtime.dp_group
+
+    # -- running it ------------------------------------------------------------
+    def train_step(self, micro_batches: list[dict], loss_of: Callable[[dict], torch.Tensor],
+                   backward: Callable[[torch.Tensor, bool], None], ignore_index: int) -> StepResult:
+        """Forward and backward over the step's micro-batches (the pipeline schedule runs its own
+        backward); the loss is the mean over the global batch's trainable tokens."""
+        rt = self.runtime
+        if self.pipeline is not None:
+            return run_pipeline_step(self.pipeline, micro_batches, rt.dp_sum, rt.pp_sum, rt.dp_size, ignore_index)
+        # loss_parallel: the loss and its backward run on vocabulary-sharded logits.
+        context = loss_parallel() if self.config.loss_parallel and rt.tp_size > 1 else contextlib.nullcontext()
+        with context:
+            return run_micro_batches(self.module, micro_batches, loss_of, backward, rt.dp_sum, rt.dp_size,
+                                     ignore_index)
+
+    def export(self, path: str, tokenizer=None) -> None:
+        """The model (and tokenizer) in HF format, from any layout; every rank calls it."""
+        if self.pipeline is not None:
+            from collie.distributed.pipeline import save_pipelined
+
+            save_pipelined(self.module, self.spec, path, self.runtime, tokenizer)
+        else:
+            self.module.save_pretrained(path, tokenizer=tokenizer)
+        self.runtime.barrier()
