@@ -1,10 +1,12 @@
-"""Small builders shared by tests: tiny LLaMA configs, saved HF model directories, and an
-optimizer checkpoint round trip."""
+"""Small builders shared by tests: tiny LLaMA configs, saved HF model directories, an
+optimizer checkpoint round trip, and a LLaMA checkpoint format with fused q/k/v."""
 
 import io
 
 import torch
 from transformers import LlamaConfig
+
+from collie.models.llama.hf_adapter import LlamaHFAdapter
 
 
 def tiny_llama_config(**overrides) -> LlamaConfig:
@@ -33,3 +35,39 @@ def reload_through_checkpoint(model, optimizer, fresh_model, make_optimizer):
     new_optimizer = make_optimizer(fresh_model)
     new_optimizer.load_state_dict(checkpoint["optim"])
     return new_optimizer, checkpoint
+
+
+class FusedQKVAdapter(LlamaHFAdapter):
+    """A LLaMA checkpoint format with q/k/v fused into one `qkv_proj` tensor per layer (as
+    InternLM2, ChatGLM and MOSS store them): exercises the one-to-many adapter path."""
+
+    _PARTS = ("q_proj", "k_proj", "v_proj")
+
+    def split(self, hf_name, tensor, hf_config):
+        if ".self_attn.qkv_proj." not in hf_name:
+            return super().split(hf_name, tensor, hf_config)
+        head_dim = hf_config.hidden_size // hf_config.num_attention_heads
+        sizes = [hf_config.num_attention_heads * head_dim] + [hf_config.num_key_value_heads * head_dim] * 2
+        prefix = self.from_hf_name(hf_name).replace("qkv_proj", "{}")
+        return [(prefix.format(part), piece) for part, piece in zip(self._PARTS, tensor.split(sizes))]
+
+    def hf_layout(self, names, hf_config):
+        layout = []
+        for name in names:
+            if ".self_attn.q_proj." in name:
+                parts = [name.replace("q_proj", part) for part in self._PARTS]
+                layout.append((self.to_hf_name(name.replace("q_proj", "qkv_proj")), parts))
+            elif ".self_attn.k_proj." not in name and ".self_attn.v_proj." not in name:
+                layout.append((self.to_hf_name(name), [name]))
+        return layout
+
+    def fuse(self, hf_name, parts, hf_config):
+        return torch.cat(parts) if ".self_attn.qkv_proj." in hf_name else parts[0]
+
+
+def fused_llama_spec():
+    import dataclasses
+
+    from collie.models.llama.spec import LLAMA
+
+    return dataclasses.replace(LLAMA, name="llama_fused_qkv", adapter=FusedQKVAdapter())

@@ -1,5 +1,6 @@
 """Run under torchrun: train the same seed checkpoint under several layouts, write the losses."""
 
+import contextlib
 import json
 import os
 import sys
@@ -10,8 +11,12 @@ import torch.distributed as dist
 from collie import CollieConfig
 from collie.data import CollieDatasetForTraining
 from collie.evaluate import EvaluatorForPerplexity, PPLMetric
+from collie.models import registry
 from collie.models.base import CollieModel
 from collie.trainer import Callback, Trainer
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from helpers import fused_llama_spec  # noqa: E402
 
 # Each layout keeps the global batch at 4 samples (micro × grad_accum × dp). Everything runs in
 # float64 (parameters and compute), so layouts must agree to 1e-9 whatever the machine; the
@@ -54,10 +59,25 @@ IN_BACKWARD_LAYOUTS = ("dp2_left", "zero3_dp2", "tp2")
 # dp2×tp2 with zero_stage 0 replicates through FSDP (DDP cannot hold DTensors): the update then
 # waits for FSDP's reduce-scatter instead of running in per-parameter hooks.
 IN_BACKWARD_LAYOUTS_4 = ("pp2_tp2", "dp2_tp2")
+# A checkpoint whose format fuses q/k/v (written next to the seed as `<seed>_fused_qkv`): each
+# rank splits the fused tensor and copies in only its own shards.
+FUSED_LAYOUTS = ("tp2", "zero3_dp2")
+
 # The float32 path of the core layouts, compared with a float32 single process by loss only
 # (fp32 reduction order differs between layouts; see the test).
 FP32 = "param_dtype=float32"
 FP32_LAYOUTS = ("dp2_left", "tp2", "pp2_1f1b")
+
+
+@contextlib.contextmanager
+def fused_qkv_format():
+    """LLaMA checkpoints read and written in the fused-q/k/v format (tests/helpers.py)."""
+    families = list(registry.FAMILIES)
+    registry.FAMILIES[:] = [fused_llama_spec()]
+    try:
+        yield
+    finally:
+        registry.FAMILIES[:] = families
 
 
 class Losses(Callback):
@@ -113,6 +133,9 @@ def main() -> None:
     if layouts is LAYOUTS:
         for layout in FP32_LAYOUTS:
             results[f"fp32/{layout}"] = run(model_dir, records, layouts[layout] + [FP32])
+        with fused_qkv_format():
+            for layout in FUSED_LAYOUTS:
+                results[f"fused_qkv/{layout}"] = run(model_dir + "_fused_qkv", records, layouts[layout])
     results.update({f"eval/{name}": EVALS[f"{out}.{name}"] for name in layouts})
     if dist.get_rank() == 0:
         with open(out, "w") as f:

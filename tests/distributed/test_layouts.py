@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from collie.models.base import CollieModel
 from helpers import save_tiny_hf_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,7 +27,10 @@ def seed(tmp_path_factory):
     model_dir = save_tiny_hf_model(str(root / "seed"), num_hidden_layers=4)  # 4 stages for interleaving
     records = root / "records.json"
     records.write_text(json.dumps(RECORDS))
-    from layout_worker import EVALS, FP32, IN_BACKWARD, run
+    from layout_worker import EVALS, FP32, IN_BACKWARD, fused_qkv_format, run
+
+    with fused_qkv_format():
+        CollieModel.from_pretrained(model_dir).save_pretrained(model_dir + "_fused_qkv")
 
     # Single-process references, and the model a single process exports.
     references = {"adamw": run(model_dir, str(records), ["dp_size=1"], export=str(root / "single"))}
@@ -42,7 +46,7 @@ def _max_diff(values: list[float], reference: list[float]) -> float:
     return max(abs(a - b) for a, b in zip(values, reference))
 
 
-def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=()):
+def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_layouts=()):
     from layout_worker import IN_BACKWARD
 
     root, model_dir, records, references = seed
@@ -63,6 +67,9 @@ def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=()):
     # amplifies it in near-zero gradients, so parameters are compared in float64 above.
     for layout in fp32_layouts:
         assert _max_diff(losses.pop(f"fp32/{layout}"), references["fp32"]) <= 1e-4, layout
+    # Loaded from a checkpoint that fuses q/k/v: split on load, each rank keeping its shards.
+    for layout in fused_layouts:
+        assert _max_diff(losses.pop(f"fused_qkv/{layout}"), references["adamw"]) <= TOLERANCE, layout
     # Evaluation and generation from every layout (across stages under pipeline parallel).
     for name in layouts:
         evaluation = losses.pop(f"eval/{name}")
@@ -92,9 +99,9 @@ def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=()):
 
 
 def test_two_process_layouts_match_single_process(seed):
-    from layout_worker import FP32_LAYOUTS, IN_BACKWARD_LAYOUTS, LAYOUTS
+    from layout_worker import FP32_LAYOUTS, FUSED_LAYOUTS, IN_BACKWARD_LAYOUTS, LAYOUTS
 
-    _check(seed, 2, LAYOUTS, IN_BACKWARD_LAYOUTS, FP32_LAYOUTS)
+    _check(seed, 2, LAYOUTS, IN_BACKWARD_LAYOUTS, FP32_LAYOUTS, FUSED_LAYOUTS)
 
 
 def test_four_process_layouts_match_single_process(seed):
