@@ -55,7 +55,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif args.command == "init-model":
             from collie.init_model import init_model
 
-            init_model(args.shape, args.out_dir, args.tokenizer, args.seed, getattr(torch, args.dtype))
+            init_model(args.shape, args.out_dir, args.tokenizer, args.seed, DTYPES[args.dtype])
             print(f"wrote a random {args.shape} model to {args.out_dir}")
         elif args.command == "convert":
             from collie.convert import dcp_to_hf, hf_to_dcp

@@ -13,6 +13,7 @@ from torch.distributed.tensor.parallel import parallelize_module
 
 from collie.config import ConfigError
 from collie.distributed.parallel_model import ParallelModel
+from collie.dtypes import DTYPES
 from collie.forward_context import autocast_dtype
 
 log = logging.getLogger("collie")
@@ -58,7 +59,7 @@ def compute_dtype(config, device: torch.device, storage: torch.dtype) -> torch.d
     """Half-precision storage computes in float32 on CPU (no fast bf16 matmuls there); otherwise
     compute happens in the storage dtype, unless `compute_dtype` says otherwise."""
     if config.compute_dtype != "auto":
-        return getattr(torch, config.compute_dtype)
+        return DTYPES[config.compute_dtype]
     if device.type == "cpu" and storage in (torch.bfloat16, torch.float16):
         return torch.float32
     return storage

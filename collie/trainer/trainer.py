@@ -18,12 +18,14 @@ import torch
 from collie.config import CollieConfig, ConfigError
 from collie.data.sampler import GlobalBatchSampler
 from collie.distributed.clip import clip_grad_norm, clip_grad_value
+from collie.distributed.parallel_model import ParallelModel
 from collie.distributed.parallelize import parallelize
 from collie.distributed.runtime import build_runtime
+from collie.distributed.steps import StepResult, default_loss, refresh_hessian
 from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity, pad_id
 from collie.evaluate.metrics import PPLMetric
-from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.models.base import is_meta
+from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.models.registry import spec_of
 from collie.monitors.monitors import Monitor, StepStats, default_monitors
 from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
@@ -31,7 +33,6 @@ from collie.trainer import checkpoint
 from collie.trainer.callbacks import Callback, CallbackList
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
 from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class, updates_in_backward
-from collie.distributed.steps import StepResult, default_loss, refresh_hessian
 
 log = logging.getLogger("collie")
 
@@ -44,23 +45,17 @@ class Trainer:
                  train_fn: Optional[Callable] = None, eval_fn: Optional[Callable] = None,
                  tokenizer=None) -> None:
         config.validate()
-        self.config = config
-        self.runtime = build_runtime(config)
         if config.pp_size > 1 and train_fn is not None:
             raise ConfigError("pp_size: a custom train_fn cannot run inside a pipeline schedule")
-        names = {id(p): name for name, p in model.named_parameters()}
-        in_backward = updates_in_backward(optimizer if optimizer is not None
-                                          else optimizer_class(config.optimizer.name))
+        self.config = config
+        self.runtime = build_runtime(config)
         self.spec = spec_of(model)
-        self.parallel = parallelize(model, self.spec, config, self.runtime,
-                                    weights_from=_weights_source(model, config), replicate_wrapper=not in_backward)
+        self.parallel = self._parallelize(model, optimizer)
         self.model = self.parallel.module
-        if optimizer is not None and not in_backward:
-            rebind_parameters(optimizer, names, self.model.state_dict(keep_vars=True))
         self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
+        self.train_fn = train_fn
         self.train_dataset = train_dataset
         self.tokenizer = tokenizer or getattr(train_dataset, "tokenizer", None)
-        self.train_fn = train_fn
         self.padder = self.parallel.padder(pad_id(self.tokenizer), config.data.padding_side, config.data.max_length)
         self.sampler = None
         if train_dataset is not None:
@@ -68,13 +63,7 @@ class Trainer:
                                               config.gradient_accumulation_steps, self.runtime.dp_size,
                                               self.runtime.dp_rank, config.seed)
         self.total_steps = self._total_steps()
-        self.optimizer = optimizer or build_optimizer(self.model, config.optimizer)
-        if self.updates_in_backward:
-            self.optimizer.configure_parallel(self.model, dp_group=self.parallel.replica_group,
-                                              update_after_backward=self.parallel.update_after_backward,
-                                              pp_group=self.runtime.pp_group)
-        if config.pp_size > 1 and getattr(self.optimizer, "hessian_update_interval", 0):
-            raise ConfigError("optimizer.name: SophiaG's Hessian refresh needs the whole model; use pp_size=1")
+        self.optimizer = self._optimizer(optimizer)
         self.lr_scheduler = lr_scheduler or build_scheduler(self.optimizer, config.scheduler, max(1, self.total_steps))
         self.monitors = default_monitors(config) if monitors is None else list(monitors)
         self.evaluators = list(evaluators or [])
@@ -94,6 +83,28 @@ class Trainer:
         self.should_stop = False
         self.sinks: list[Sink] = []
         self._flops_per_token: Optional[float] = None
+
+    # -- assembly -----------------------------------------------------------
+    def _parallelize(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> ParallelModel:
+        """Apply the layout; point a user-built optimizer at the parameters it put in place."""
+        names = {id(p): name for name, p in model.named_parameters()}
+        in_backward = updates_in_backward(optimizer if optimizer is not None
+                                          else optimizer_class(self.config.optimizer.name))
+        parallel = parallelize(model, self.spec, self.config, self.runtime,
+                               weights_from=_weights_source(model, self.config), replicate_wrapper=not in_backward)
+        if optimizer is not None and not in_backward:
+            rebind_parameters(optimizer, names, parallel.module.state_dict(keep_vars=True))
+        return parallel
+
+    def _optimizer(self, optimizer: Optional[torch.optim.Optimizer]) -> torch.optim.Optimizer:
+        optimizer = optimizer or build_optimizer(self.model, self.config.optimizer)
+        if updates_in_backward(optimizer):
+            optimizer.configure_parallel(self.model, dp_group=self.parallel.replica_group,
+                                         update_after_backward=self.parallel.update_after_backward,
+                                         pp_group=self.runtime.pp_group)
+        if self.config.pp_size > 1 and getattr(optimizer, "hessian_update_interval", 0):
+            raise ConfigError("optimizer.name: SophiaG's Hessian refresh needs the whole model; use pp_size=1")
+        return optimizer
 
     # -- public API ---------------------------------------------------------
     def train(self, resume_from: Optional[str] = None) -> None:
