@@ -29,9 +29,25 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+_ANON: Any = None
+
+
+def start_anon_sampling() -> None:
+    """Track this process's anonymous memory from now on (collie's monitor does the same)."""
+    global _ANON
+    from collie.monitors.memory import PeakMemory
+
+    _ANON = PeakMemory(torch.device("cpu"))
+    _ANON.start()
+
+
 def report(**fields: Any) -> None:
-    """The child's last word: its peak RSS (and GPU peak on CUDA) plus `fields`, as JSON."""
+    """The child's last word: its peak RSS (OS high-water mark, file pages included), its peak
+    anonymous memory when sampled, the GPU peak on CUDA, plus `fields`, as JSON."""
     result = {"peak_rss_gib": peak_rss_gib(), **fields}
+    if _ANON is not None:
+        _ANON.interval_peak()
+        result["peak_anon_gib"] = _ANON.run_peak / 2**30
     if torch.cuda.is_available():
         result["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(RESULT_PREFIX + json.dumps(result), flush=True)
@@ -56,11 +72,13 @@ def shape_model_config(shape: str):
     return shape_config(shape, AutoTokenizer.from_pretrained(bundled_tokenizer_path()))
 
 
-def build_collie_model(model_config, dtype: torch.dtype, seed: int = 0):
+def build_collie_model(model_config, dtype: torch.dtype, seed: int = 0, materialize: bool = True):
     """A randomly initialised collie LLaMA stored in `dtype` (built on meta and cast there, so
-    a bf16 model never passes through an fp32 copy)."""
+    a bf16 model never passes through an fp32 copy); `materialize=False`: the meta skeleton."""
     from collie.models.llama import LlamaForCausalLM
 
+    if not materialize:
+        return LlamaForCausalLM(model_config)
     return LlamaForCausalLM.from_config(model_config, seed=seed, dtype=dtype)
 
 
@@ -83,9 +101,13 @@ def train_transformers_adamw(shape: str, seq: int, steps: int) -> list[float]:
     a plain loop on the same random tokens; returns the step times."""
     from transformers import LlamaForCausalLM as HFLlama
 
-    config = shape_model_config(shape)
     # Built straight on the device's host in fp32: one copy, as `from_pretrained` would leave it.
-    model = HFLlama(config).to(device()).train()
+    return _train_transformers(HFLlama(shape_model_config(shape)), seq, steps)
+
+
+def _train_transformers(model, seq: int, steps: int) -> list[float]:
+    config = model.config
+    model = model.to(device()).train()
     model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
@@ -125,3 +147,54 @@ def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int) -
     timer = StepTimes()
     Trainer(model, config, train_dataset=data, callbacks=[timer]).train()
     return timer.times
+
+
+def checkpoint_dir(root: str, shape: str, dtype: torch.dtype) -> str:
+    return os.path.join(root, f"{shape}-{str(dtype).split('.')[-1]}")
+
+
+def write_checkpoint(root: str, shape: str, dtype: torch.dtype) -> str:
+    """The HF directory `collie init-model --shape SHAPE --dtype DTYPE` writes (kept if present)."""
+    from collie.init_model import init_model
+
+    path = checkpoint_dir(root, shape, dtype)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        init_model(shape, path, dtype=dtype)
+    return path
+
+
+def train_collie_from_disk(model_dir: str, optimizer: str, seq: int, steps: int, dtype: torch.dtype) -> dict:
+    """As a user runs it: `collie train` on a config naming `model_dir`, LOMO's memory mode
+    (`param_dtype`) and activation checkpointing; returns the step times and the memory the
+    run reported (`mem_run_peak_gib` of its last metrics.csv row)."""
+    import csv
+    import tempfile
+
+    import yaml
+
+    from collie.cli import main
+    from collie.models.base import load_hf_config
+
+    work = tempfile.mkdtemp(prefix="collie-bench-")
+    data = os.path.join(work, "data.json")
+    with open(data, "w") as f:
+        json.dump(random_records(load_hf_config(model_dir).vocab_size, seq, steps), f)
+    config = os.path.join(work, "config.yaml")
+    with open(config, "w") as f:
+        yaml.safe_dump({"model": model_dir, "output_dir": os.path.join(work, "out"), "max_steps": steps,
+                        "train_micro_batch_size": 1, "checkpointing": True, "logging": ["csv"],
+                        "param_dtype": str(dtype).split(".")[-1],
+                        "optimizer": {"name": optimizer, "lr": 1e-5},
+                        "data": {"train_file": data, "max_length": seq}}, f)
+    if main(["train", config]) != 0:
+        raise RuntimeError(f"collie train {config} failed")
+    with open(os.path.join(work, "out", "metrics.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {"times": [float(row["step_time_s"]) for row in rows], "collie_mem_gib": float(rows[-1]["mem_run_peak_gib"])}
+
+
+def train_transformers_adamw_from(model_dir: str, seq: int, steps: int) -> list[float]:
+    """The baseline loading the same HF directory with `from_pretrained`, as its users do."""
+    from transformers import AutoModelForCausalLM
+
+    return _train_transformers(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), seq, steps)

@@ -13,6 +13,11 @@ uses the bf16-storage run of each optimizer (LOMO's intended setting) when it wa
     OMP_NUM_THREADS=2 python benchmarks/memory.py [--shape 1b] [--seq 512] [--steps 3] [--only NAME,...]
     python benchmarks/memory.py --dry-run     # tiny shape, seq 32, 1 step: checks the plumbing
 
+`--from-disk DIR` measures the user's path instead: the HF checkpoint is written first (what
+`collie init-model` writes, fp32 or bf16, kept in DIR), then each collie run is `collie train`
+loading it, and transformers loads it with `from_pretrained`. Those rows add the peak
+anonymous memory (sampled; no file pages) and the `mem_run_peak_gib` collie itself reported.
+
 bf16 runs store parameters in bf16 with no fp32 copy; on CPU each layer computes in fp32
 (`collie.distributed.precision.apply_compute_dtype`), on CUDA natively in bf16.
 """
@@ -24,8 +29,9 @@ import os
 
 import torch
 
-from _rss import (build_collie_model, device, report, run_child, shape_model_config, train_collie,
-                  train_transformers_adamw)
+from _rss import (build_collie_model, checkpoint_dir, device, report, run_child, shape_model_config,
+                  start_anon_sampling, train_collie, train_collie_from_disk, train_transformers_adamw,
+                  train_transformers_adamw_from, write_checkpoint)
 
 BASELINE = "transformers_adamw"
 # name -> (collie optimizer, storage dtype); None marks the transformers baseline.
@@ -49,11 +55,21 @@ def collie_run(name: str, shape: str, seq: int, steps: int) -> list[float]:
 
 
 def child(name: str, args: argparse.Namespace) -> None:
-    if RUNS[name] is None:
+    start_anon_sampling()
+    extra = {}
+    if args.from_disk and RUNS[name] is None:
+        times = train_transformers_adamw_from(checkpoint_dir(args.from_disk, args.shape, torch.float32), args.seq,
+                                              args.steps)
+    elif args.from_disk:
+        optimizer, dtype = RUNS[name]
+        result = train_collie_from_disk(checkpoint_dir(args.from_disk, args.shape, dtype), optimizer, args.seq,
+                                        args.steps, dtype)
+        times, extra = result["times"], {"collie_mem_gib": result["collie_mem_gib"]}
+    elif RUNS[name] is None:
         times = train_transformers_adamw(args.shape, args.seq, args.steps)
     else:
         times = collie_run(name, args.shape, args.seq, args.steps)
-    report(step_s=sum(times) / len(times))
+    report(step_s=sum(times) / len(times), **extra)
 
 
 def goal_line(ratios: dict[str, float]) -> str:
@@ -78,9 +94,15 @@ def parent(args: argparse.Namespace) -> None:
         names.insert(0, BASELINE)
     script = os.path.abspath(__file__)
     child_args = ["--shape", args.shape, "--seq", str(args.seq), "--steps", str(args.steps)]
-    print(f"shape {args.shape}, seq {args.seq}, batch 1, {args.steps} step(s), activation checkpointing, "
+    if args.from_disk:
+        for dtype in {torch.float32} | {RUNS[name][1] for name in names if RUNS[name] is not None}:
+            write_checkpoint(args.from_disk, args.shape, dtype)
+        child_args += ["--from-disk", args.from_disk]
+    source = f"loaded from {args.from_disk} by `collie train`" if args.from_disk else "built in-process"
+    print(f"shape {args.shape} ({source}), seq {args.seq}, batch 1, {args.steps} step(s), activation checkpointing, "
           f"device {device().type}, threads {os.environ.get('OMP_NUM_THREADS', 'default')}", flush=True)
-    print(f"{'run':<22}{'peak RSS':>10}{'ratio':>9}{'s/step':>9}" +
+    print(f"{'run':<22}{'peak RSS':>10}{'ratio':>9}{'s/step':>9}{'peak anon':>12}" +
+          (f"{'collie mem':>13}" if args.from_disk else "") +
           (f"{'GPU peak':>11}" if device().type == "cuda" else ""), flush=True)
     base: float | None = None
     ratios: dict[str, float] = {}
@@ -93,7 +115,10 @@ def parent(args: argparse.Namespace) -> None:
         if ratio is not None:
             ratios[name] = ratio
         cells = f"{name:<22}{rss:>6.2f} GiB{(f'{ratio:.2f}x' if ratio is not None else '-'):>9}" \
-                f"{result['step_s']:>9.2f}"
+                f"{result['step_s']:>9.2f}{result['peak_anon_gib']:>8.2f} GiB"
+        if args.from_disk:
+            collie_mem = result.get("collie_mem_gib")
+            cells += f"{collie_mem:>9.2f} GiB" if collie_mem is not None else f"{'-':>13}"
         if "cuda_peak_gib" in result:
             cells += f"{result['cuda_peak_gib']:>7.2f} GiB"
         print(cells, flush=True)
@@ -107,6 +132,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="tiny shape, seq 32, 1 step")
+    parser.add_argument("--from-disk", metavar="DIR", default="",
+                        help="write the HF checkpoint to DIR, then train by loading it as a user does")
     parser.add_argument("--run", choices=list(RUNS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dry_run:

@@ -11,8 +11,12 @@ when it could fit: it needs 16 bytes per parameter (weights, gradients, two mome
 activations, ~108 GB for this shape, so on a 24 GiB machine it is printed as an arithmetic
 estimate, clearly labelled as such (the dry run's tiny shape does measure it).
 
-    OMP_NUM_THREADS=2 python benchmarks/seven_b.py [--seq 256]
+    OMP_NUM_THREADS=2 python benchmarks/seven_b.py [--seq 256] [--from-disk DIR]
     python benchmarks/seven_b.py --dry-run     # tiny shape, seq 32: checks the plumbing
+
+`--from-disk DIR` is the user's path: the bf16 HF checkpoint is written to DIR first (as
+`collie init-model --shape 7b --dtype bfloat16` does), then `collie train` loads it and
+trains; the row adds the peak anonymous memory and the `mem_run_peak_gib` collie reported.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import os
 
 import torch
 
-from _rss import (available_bytes, build_collie_model, device, report, run_child, shape_model_config,
-                  train_collie, train_transformers_adamw)
+from _rss import (available_bytes, build_collie_model, checkpoint_dir, device, report, run_child,
+                  shape_model_config, start_anon_sampling, train_collie, train_collie_from_disk, train_transformers_adamw,
+                  write_checkpoint)
 
 RUN = "collie_lomo_bf16"
 BASELINE = "transformers_adamw"
@@ -35,12 +40,19 @@ HEADROOM = 1.5
 
 
 def child(name: str, args: argparse.Namespace) -> None:
+    start_anon_sampling()
     if name == BASELINE:
         report(step_s=train_transformers_adamw(args.shape, args.seq, 1)[0])
         return
-    model = build_collie_model(shape_model_config(args.shape), torch.bfloat16)
-    params = sum(p.numel() for p in model.parameters())
-    times = train_collie(model, "lomo", args.seq, 1)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_collie_model(shape_model_config(args.shape), torch.bfloat16,
+                                                           materialize=False).parameters())
+    if args.from_disk:
+        result = train_collie_from_disk(checkpoint_dir(args.from_disk, args.shape, torch.bfloat16), "lomo",
+                                        args.seq, 1, torch.bfloat16)
+        report(step_s=result["times"][0], params=params, collie_mem_gib=result["collie_mem_gib"])
+        return
+    times = train_collie(build_collie_model(shape_model_config(args.shape), torch.bfloat16), "lomo", args.seq, 1)
     report(step_s=times[0], params=params)
 
 
@@ -48,7 +60,10 @@ def parent(args: argparse.Namespace) -> None:
     print(f"shape {args.shape}, seq {args.seq}, batch 1, one optimizer step, activation checkpointing, "
           f"device {device().type}, threads {os.environ.get('OMP_NUM_THREADS', 'default')}", flush=True)
     script, child_args = os.path.abspath(__file__), ["--shape", args.shape, "--seq", str(args.seq)]
-    ours = run_child(script, RUN, child_args)
+    if args.from_disk:
+        write_checkpoint(args.from_disk, args.shape, torch.bfloat16)
+        print(f"collie loads the bf16 checkpoint in {args.from_disk} with `collie train`", flush=True)
+    ours = run_child(script, RUN, [*child_args, "--from-disk", args.from_disk] if args.from_disk else child_args)
     estimate = ADAMW_BYTES_PER_PARAM * ours["params"]
     arithmetic = (f"arithmetic: {ADAMW_BYTES_PER_PARAM} B/param x {ours['params'] / 1e6:,.0f}M params = "
                   f"{estimate / 2**30:.2f} GiB before activations")
@@ -65,6 +80,8 @@ def parent(args: argparse.Namespace) -> None:
     print(f"{RUN + ' (bf16 storage)':<34}{ours['peak_rss_gib']:>8.2f} GiB{ours['peak_rss_gib'] / base_gib:>8.3f}x"
           f"{ours['step_s']:>9.1f}", flush=True)
     print(f"{base_label:<34}{base_gib:>8.2f} GiB{1.0:>8.3f}x{base_step:>9}   {note}")
+    print(f"peak anonymous memory ({RUN}): {ours['peak_anon_gib']:.2f} GiB" +
+          (f"; collie reported mem_run_peak_gib {ours['collie_mem_gib']:.2f} GiB" if "collie_mem_gib" in ours else ""))
     if "cuda_peak_gib" in ours:
         print(f"GPU peak allocated ({RUN}): {ours['cuda_peak_gib']:.2f} GiB")
     print(goal_line(ours["peak_rss_gib"]), flush=True)
@@ -81,6 +98,8 @@ def main() -> None:
     parser.add_argument("--shape", default="7b", help=argparse.SUPPRESS)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--dry-run", action="store_true", help="tiny shape, seq 32")
+    parser.add_argument("--from-disk", metavar="DIR", default="",
+                        help="write the bf16 HF checkpoint to DIR, then train by loading it as a user does")
     parser.add_argument("--run", choices=[RUN, BASELINE], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dry_run:

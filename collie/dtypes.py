@@ -11,7 +11,9 @@ DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bf
 
 # The dtype codes of safetensors headers.
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
-                                              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32}
+                                              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                                              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                                              "BOOL": torch.bool}
 
 
 def at_least_fp32(dtype: torch.dtype) -> torch.dtype:

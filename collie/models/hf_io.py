@@ -11,8 +11,9 @@ import os
 from typing import Iterable, Iterator
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
+
+from collie.dtypes import SAFETENSORS_DTYPES
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -35,16 +36,60 @@ def weight_files(path: str) -> list[str]:
 
 
 def iter_hf_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) for every weight in the directory, lazily."""
+    """(HF name, tensor) for every weight in the directory, lazily; each tensor is a fresh
+    copy the caller may keep or drop."""
     for file in weight_files(path):
         if file.endswith(".safetensors"):
-            with safe_open(file, framework="pt", device="cpu") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
+            yield from iter_safetensors(file)
         else:
             # Only tensors, never pickled code: weights_only refuses anything else.
             state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             yield from state.items()
+
+
+def iter_safetensors(file: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of a safetensors file, in file order, each read into its own memory.
+
+    Plain reads rather than a memory map: a mapped file keeps every page it has touched
+    resident in the process (and counted in its memory) until it is unmapped, so loading a
+    model through a map costs the model twice. Here each tensor's bytes are read, and the
+    page cache is told they are no longer needed: loading costs the model plus one tensor.
+    """
+    with open(file, "rb", buffering=0) as f:
+        header_len = int.from_bytes(_read_exactly(f, 8), "little")
+        header = json.loads(_read_exactly(f, header_len))
+        start = 8 + header_len
+        entries = sorted((item for item in header.items() if item[0] != "__metadata__"),
+                         key=lambda item: item[1]["data_offsets"][0])
+        for name, entry in entries:
+            if entry["dtype"] not in SAFETENSORS_DTYPES:
+                raise ValueError(f"{file}: tensor {name} has dtype {entry['dtype']}, which collie cannot load")
+            tensor = torch.empty(entry["shape"], dtype=SAFETENSORS_DTYPES[entry["dtype"]])
+            begin, end = entry["data_offsets"]
+            if end - begin != tensor.numel() * tensor.element_size():
+                raise ValueError(f"{file}: tensor {name} holds {end - begin} bytes, its shape needs "
+                                 f"{tensor.numel() * tensor.element_size()} (the file is corrupted)")
+            f.seek(start + begin)
+            _read_into(f, tensor.reshape(-1).view(torch.uint8).numpy(), file)
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), start + begin, end - begin, os.POSIX_FADV_DONTNEED)
+            yield name, tensor
+
+
+def _read_exactly(f, size: int) -> bytes:
+    data = f.read(size)
+    if len(data) != size:
+        raise ValueError(f"{f.name}: truncated safetensors header")
+    return data
+
+
+def _read_into(f, buffer, file: str) -> None:
+    view, done = memoryview(buffer).cast("B"), 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise ValueError(f"{file}: the file ends before its tensors do (truncated)")
+        done += n
 
 
 def save_hf_tensors(path: str, named_tensors: Iterable[tuple[str, torch.Tensor]],

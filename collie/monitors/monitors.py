@@ -5,12 +5,12 @@ Pass the ones you want to the Trainer; `default_monitors` is all of them.
 
 from __future__ import annotations
 
-import resource
-import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from collie.monitors.memory import GIB, PeakMemory
 
 # Dense peak TFLOP/s per device, for MFU: (half precision on tensor cores, plain fp32). CPUs
 # have no meaningful entry: MFU is then omitted.
@@ -37,6 +37,12 @@ class Monitor:
 
     def __init__(self, config=None) -> None:
         self.config = config
+
+    def start(self, device: torch.device) -> None:
+        """Training begins (on `device`)."""
+
+    def stop(self) -> None:
+        """Training ended."""
 
     def step_columns(self, stats: StepStats) -> dict:
         return {}
@@ -81,12 +87,32 @@ class MFUMonitor(Monitor):
 
 
 class MemoryMonitor(Monitor):
-    """Peak memory in GiB: CUDA max allocated on GPUs, the process's peak RSS on CPU."""
+    """The memory the process holds, in GiB — anonymous resident memory on CPU (weights,
+    gradients, optimizer state, activations; not the pages of libraries or mapped files),
+    allocated memory on CUDA (see `collie.monitors.memory`):
+
+    - `mem_peak_gib`: the peak since the last log line (`log_every_n_steps` from the config),
+    - `mem_run_peak_gib`: the peak of the run so far.
+    """
+
+    def __init__(self, config=None) -> None:
+        super().__init__(config)
+        self._peak: Optional[PeakMemory] = None
+
+    def start(self, device: torch.device) -> None:
+        self._peak = PeakMemory(device)
+        self._peak.start()
+
+    def stop(self) -> None:
+        if self._peak is not None:
+            self._peak.stop()
 
     def step_columns(self, stats: StepStats) -> dict:
-        if stats.device.type == "cuda":
-            return {"mem_gib": torch.cuda.max_memory_allocated(stats.device) / 1024**3}
-        return {"mem_gib": peak_rss_gib()}
+        if self._peak is None:  # used outside a Trainer
+            self.start(stats.device)
+        every = self.config.log_every_n_steps if self.config is not None else 1
+        peak = self._peak.interval_peak(reset=stats.step % every == 0)
+        return {"mem_peak_gib": peak / GIB, "mem_run_peak_gib": self._peak.run_peak / GIB}
 
 
 class LossMonitor(Monitor):
@@ -107,12 +133,6 @@ class EvalMonitor(Monitor):
 def default_monitors(config=None) -> list[Monitor]:
     return [LossMonitor(config), LRMonitor(config), TGSMonitor(config), StepTimeMonitor(config),
             MFUMonitor(config), MemoryMonitor(config), EvalMonitor(config)]
-
-
-def peak_rss_gib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return peak / 1024**3 if sys.platform == "darwin" else peak / 1024**2
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> Optional[float]:

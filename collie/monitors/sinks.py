@@ -106,8 +106,9 @@ class ConsoleSink(Sink):
             self.progress.stop()
 
 
-_TRAIN_KEYS = {"step", "epoch", "loss", "lr", "tokens", "step_time_s", "tgs", "mfu", "mem_gib"}
-_SHOWN = ("loss", "lr", "tgs", "mfu", "mem_gib")
+_TRAIN_KEYS = {"step", "epoch", "loss", "lr", "tokens", "step_time_s", "tgs", "mfu", "mem_peak_gib",
+               "mem_run_peak_gib"}
+_SHOWN = ("loss", "lr", "tgs", "mfu", "mem_peak_gib")
 
 
 def format_row(row: dict) -> str:

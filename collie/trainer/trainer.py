@@ -115,9 +115,13 @@ class Trainer:
             self.load_checkpoint(resume_from)
         self._open_sinks(resumed=bool(resume_from))
         self.callbacks.fire("on_train_begin", self)
+        for monitor in self.monitors:
+            monitor.start(self.runtime.device)
         try:
             self._loop()
         finally:
+            for monitor in self.monitors:
+                monitor.stop()
             for sink in self.sinks:
                 sink.close()
         self.callbacks.fire("on_train_end", self)

@@ -23,8 +23,8 @@ def benchmarks():
     sys.path.remove(os.path.join(ROOT, "benchmarks"))
 
 
-def _dry_run(script: str) -> list[str]:
-    result = subprocess.run([sys.executable, os.path.join("benchmarks", script), "--dry-run"], cwd=ROOT,
+def _dry_run(script: str, *extra: str) -> list[str]:
+    result = subprocess.run([sys.executable, os.path.join("benchmarks", script), "--dry-run", *extra], cwd=ROOT,
                             env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                             timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -78,3 +78,15 @@ def test_seven_b_dry_run_and_goal_verdicts(benchmarks) -> None:
     _, seven_b = benchmarks
     assert seven_b.goal_line(18.0) == "goal: peak RSS < 20 GB: met (19.33 GB)"
     assert seven_b.goal_line(18.7) == "goal: peak RSS < 20 GB: not met (20.08 GB)"
+
+
+def test_seven_b_from_disk_dry_run_reports_what_collie_train_reported(tmp_path) -> None:
+    """The user's path: `collie train` loads the checkpoint init-model wrote; the memory it
+    reports (mem_run_peak_gib) agrees with the benchmark's own sampling of the process."""
+    lines = _dry_run("seven_b.py", "--from-disk", str(tmp_path))
+    assert (tmp_path / "tiny-bfloat16" / "config.json").is_file()
+    match = re.search(r"peak anonymous memory \(collie_lomo_bf16\): (\d+\.\d+) GiB; "
+                      r"collie reported mem_run_peak_gib (\d+\.\d+) GiB", "\n".join(lines))
+    assert match, lines
+    sampled, reported = float(match.group(1)), float(match.group(2))
+    assert abs(reported - sampled) <= 0.1 * sampled, (reported, sampled)
