@@ -55,9 +55,12 @@ def _load_shards(model: torch.nn.Module, path: str, runtime, config) -> None:
     model.load_hf_weights(path, partial=config.pp_size > 1)
 
 
-def compute_dtype(config, device: torch.device, storage: torch.dtype) -> torch.dtype:
+def compute_dtype(config, device: torch.device, storage: torch.dtype) -> Optional[torch.dtype]:
     """Half-precision storage computes in float32 on CPU (no fast bf16 matmuls there); otherwise
-    compute happens in the storage dtype, unless `compute_dtype` says otherwise."""
+    compute happens in the storage dtype, unless `compute_dtype` says otherwise. None under
+    mixed precision: autocast decides there."""
+    if autocast_dtype(config, device) is not None:
+        return None
     if config.compute_dtype != "auto":
         return DTYPES[config.compute_dtype]
     if device.type == "cpu" and storage in (torch.bfloat16, torch.float16):

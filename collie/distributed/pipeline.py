@@ -212,8 +212,10 @@ class PipelinedModel(GenerationMixin, nn.Module):
                 dist.recv(x, src=dist.get_global_rank(group, prev_owner), group=group)
             if kv_cache is not None:
                 kv_cache.length = start
+            # Sent and broadcast in one agreed dtype: under autocast a stage's output dtype is
+            # autocast's choice, which the receiving buffer could not know.
             x = stage_output(self.views[stage](x, attention_mask=attention_mask, position_ids=position_ids,
-                                               kv_cache=kv_cache))
+                                               kv_cache=kv_cache)).to(self._dtype())
             next_owner = (stage + 1) % rt.pp_size
             if stage < self.num_stages - 1 and next_owner != rt.pp_rank:
                 dist.send(x.contiguous(), dst=dist.get_global_rank(group, next_owner), group=group)
@@ -227,7 +229,7 @@ class PipelinedModel(GenerationMixin, nn.Module):
         return CausalLMOutput(logits=x, loss=loss, kv_cache=kv_cache)
 
     def _dtype(self) -> torch.dtype:
-        """What activations travel in: the compute dtype."""
+        """What activations travel in: the compute dtype (the storage dtype under autocast)."""
         return self.stage_model.compute_dtype or next(self.stage_model.parameters()).dtype
 
     def new_kv_cache(self, max_len: int):

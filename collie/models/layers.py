@@ -6,7 +6,8 @@ bf16 matmuls are slow): the activations carry the compute dtype from the embeddi
 (`CollieModel.compute_dtype`). The cast happens inside each layer's forward, so under
 activation checkpointing backward recomputes it instead of keeping an upcast copy, and it is
 an autograd op, so gradients reach the stored parameters in their own dtype. When the dtypes
-already agree, `.to` returns the parameter itself: no copy, no cost.
+already agree, `.to` returns the parameter itself: no copy, no cost. Under autocast (mixed
+precision on GPUs) nothing is cast here: autocast decides.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from collie.dtypes import at_least_fp32
 
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # Autocast chooses the matmul dtype itself; an upcast here would only cost a copy.
+            return F.linear(x, self.weight, self.bias)
         bias = self.bias.to(x.dtype) if self.bias is not None else None
         return F.linear(x, self.weight.to(x.dtype), bias)
 

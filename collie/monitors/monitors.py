@@ -83,7 +83,8 @@ class MFUMonitor(Monitor):
         from collie.forward_context import autocast_dtype
         from collie.models.base import param_dtype
 
-        return autocast_dtype(self.config, device) or compute_dtype(self.config, device, param_dtype(self.config))
+        storage = param_dtype(self.config)
+        return autocast_dtype(self.config, device) or compute_dtype(self.config, device, storage) or storage
 
 
 class MemoryMonitor(Monitor):

@@ -16,6 +16,19 @@ def test_compute_dtype_per_device():
     assert compute_dtype(auto, cuda, torch.bfloat16) == torch.bfloat16
     assert compute_dtype(auto, cpu, torch.float64) == torch.float64
     assert compute_dtype(CollieConfig(compute_dtype="bfloat16"), cpu, torch.bfloat16) == torch.bfloat16
+    # Mixed precision on GPUs: autocast decides, nothing is cast by hand.
+    assert compute_dtype(CollieConfig(mixed_precision="bf16"), cuda, torch.float32) is None
+    assert compute_dtype(CollieConfig(mixed_precision="bf16"), cpu, torch.float32) == torch.float32
+
+
+def test_linear_casts_weights_to_the_activations_unless_autocast_decides():
+    from collie.models.layers import Linear
+
+    layer = Linear(8, 4).to(torch.bfloat16)
+    x = torch.randn(2, 8)
+    assert layer(x).dtype == torch.float32  # bf16 storage computing in fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16  # autocast's choice, the weight used as stored
 
 
 def test_bf16_autocast_only_on_gpus():

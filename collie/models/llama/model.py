@@ -108,8 +108,9 @@ class LlamaForCausalLM(CollieModel):
                 kv_cache: Optional[KVCache] = None) -> CausalLMOutput:
         # Sizes from the input, not from h: under sequence parallel h holds a slice of the sequence.
         batch, seq = input_ids.shape[:2]
-        h = self.embed_tokens(input_ids).to(self.compute_dtype or self.embed_tokens.weight.dtype) \
-            if self.embed_tokens is not None else input_ids
+        h = self.embed_tokens(input_ids) if self.embed_tokens is not None else input_ids
+        if self.embed_tokens is not None and self.compute_dtype is not None:
+            h = h.to(self.compute_dtype)  # activations carry the compute dtype from here on
         past = kv_cache.length if kv_cache is not None else 0
         if position_ids is None:
             position_ids = default_position_ids(batch, seq, past, attention_mask, input_ids.device)
