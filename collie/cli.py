@@ -30,6 +30,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     init.add_argument("--tokenizer", help="tokenizer directory (default: collie's bundled 4k BPE)")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    init.add_argument("--family", default=None, help="model family (default: llama), e.g. internlm2")
 
     gen = commands.add_parser("generate", help="continue a prompt with a saved model")
     gen.add_argument("model_dir")
@@ -55,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif args.command == "init-model":
             from collie.init_model import init_model
 
-            init_model(args.shape, args.out_dir, args.tokenizer, args.seed, DTYPES[args.dtype])
+            init_model(args.shape, args.out_dir, args.tokenizer, args.seed, DTYPES[args.dtype], family=args.family)
             print(f"wrote a random {args.shape} model to {args.out_dir}")
         elif args.command == "convert":
             from collie.convert import dcp_to_hf, hf_to_dcp

@@ -22,10 +22,10 @@ def bundled_tokenizer_path() -> str:
     return str(resources.files("collie") / "assets" / "tokenizer")
 
 
-def shape_config(shape: str, tokenizer, **overrides):
-    """The HF config of a named shape; a vocabulary of None becomes the tokenizer's size,
-    rounded up to a multiple of 64."""
-    spec = family_with_shape(shape)
+def shape_config(shape: str, tokenizer, family: Optional[str] = None, **overrides):
+    """The HF config of a named shape (of `family`, default LLaMA); a vocabulary of None becomes
+    the tokenizer's size, rounded up to a multiple of 64."""
+    spec = family_with_shape(shape, family)
     fields = dict(spec.shapes[shape])
     needed = -(-len(tokenizer) // 64) * 64
     fields["vocab_size"] = max(fields["vocab_size"] or 0, needed)
@@ -34,13 +34,14 @@ def shape_config(shape: str, tokenizer, **overrides):
 
 
 def init_model(shape: str, out_dir: str, tokenizer_path: Optional[str] = None, seed: int = 0,
-               dtype: torch.dtype = torch.float32, init_method: str = "normal") -> str:
-    """Write config.json, random weights and the tokenizer of a named shape to `out_dir`."""
+               dtype: torch.dtype = torch.float32, init_method: str = "normal", family: Optional[str] = None) -> str:
+    """Write config.json, random weights (in the family's own checkpoint layout) and the
+    tokenizer of a named shape to `out_dir`."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or bundled_tokenizer_path())
-    hf_config = shape_config(shape, tokenizer)
-    spec = family_with_shape(shape)
+    hf_config = shape_config(shape, tokenizer, family)
+    spec = family_with_shape(shape, family)
     with torch.device("meta"):
         skeleton = spec.model_cls(hf_config)
     shapes = {name: tuple(p.shape) for name, p in skeleton.named_parameters()}

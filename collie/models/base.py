@@ -4,6 +4,7 @@ generation."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -37,8 +38,17 @@ def load_hf_config(path: str):
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path!r}")
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
         raise FileNotFoundError(f"no config.json in {path!r} (expected a Hugging Face model directory)")
+    with open(config_file) as f:
+        model_type = json.load(f).get("model_type")
+    # Families transformers does not ship are read with collie's config class, never remote code.
+    from collie.models.registry import config_class_for
+
+    config_cls = config_class_for(model_type)
+    if config_cls is not None:
+        return config_cls.from_pretrained(path, local_files_only=True)
     return AutoConfig.from_pretrained(path, local_files_only=True)
 
 

@@ -48,6 +48,8 @@ class ModelSpec:
     shapes: dict[str, dict] = field(default_factory=dict)
     # (shape fields, tokenizer) -> an HF config of this family
     shape_config: Optional[Callable[[dict, Any], Any]] = None
+    # The config class of a family transformers does not ship (None: transformers' AutoConfig).
+    config_cls: Optional[type] = None
     # Attribute names of the decoder blocks (an nn.ModuleDict keyed by index) and of the edges.
     blocks_attr: str = "layers"
     edge_attrs: dict[str, str] = field(default_factory=lambda: {"embedding": "embed_tokens",

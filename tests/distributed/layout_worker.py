@@ -16,6 +16,7 @@ from collie.models.base import CollieModel
 from collie.trainer import Callback, Trainer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import family_layouts  # noqa: E402
 from helpers import fused_llama_spec  # noqa: E402
 
 # Each layout keeps the global batch at 4 samples (micro × grad_accum × dp). Everything runs in
@@ -136,6 +137,11 @@ def main() -> None:
         with fused_qkv_format():
             for layout in FUSED_LAYOUTS:
                 results[f"fused_qkv/{layout}"] = run(model_dir + "_fused_qkv", records, layouts[layout])
+        for family in family_layouts.FAMILIES:
+            for layout, overrides in family_layouts.LAYOUTS.items():
+                for optimizer, settings in family_layouts.OPTIMIZERS.items():
+                    results[f"{family}/{layout}/{optimizer}"] = run(family_layouts.seed_dir(model_dir, family),
+                                                                    records, overrides + settings)
     results.update({f"eval/{name}": EVALS[f"{out}.{name}"] for name in layouts})
     if dist.get_rank() == 0:
         with open(out, "w") as f:

@@ -27,6 +27,7 @@ def seed(tmp_path_factory):
     model_dir = save_tiny_hf_model(str(root / "seed"), num_hidden_layers=4)  # 4 stages for interleaving
     records = root / "records.json"
     records.write_text(json.dumps(RECORDS))
+    import family_layouts
     from layout_worker import EVALS, FP32, IN_BACKWARD, fused_qkv_format, run
 
     with fused_qkv_format():
@@ -38,6 +39,11 @@ def seed(tmp_path_factory):
     for optimizer, settings in IN_BACKWARD.items():
         references[optimizer] = run(model_dir, str(records), ["dp_size=1", *settings])
     references["fp32"] = run(model_dir, str(records), ["dp_size=1", FP32])
+    family_layouts.write_family_seeds(model_dir)
+    for family in family_layouts.FAMILIES:
+        for optimizer, settings in family_layouts.OPTIMIZERS.items():
+            references[f"{family}/{optimizer}"] = run(family_layouts.seed_dir(model_dir, family), str(records),
+                                                      ["dp_size=1", *settings])
     return root, model_dir, str(records), references
 
 
@@ -47,6 +53,7 @@ def _max_diff(values: list[float], reference: list[float]) -> float:
 
 
 def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_layouts=()):
+    import family_layouts
     from layout_worker import IN_BACKWARD
 
     root, model_dir, records, references = seed
@@ -70,6 +77,13 @@ def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_lay
     # Loaded from a checkpoint that fuses q/k/v: split on load, each rank keeping its shards.
     for layout in fused_layouts:
         assert _max_diff(losses.pop(f"fused_qkv/{layout}"), references["adamw"]) <= TOLERANCE, layout
+    # Every other family on the core layouts.
+    if nproc == 2:
+        for family in family_layouts.FAMILIES:
+            for layout in family_layouts.LAYOUTS:
+                for optimizer in family_layouts.OPTIMIZERS:
+                    values = losses.pop(f"{family}/{layout}/{optimizer}")
+                    assert _max_diff(values, references[f"{family}/{optimizer}"]) <= TOLERANCE, (family, layout)
     # Evaluation and generation from every layout (across stages under pipeline parallel).
     for name in layouts:
         evaluation = losses.pop(f"eval/{name}")

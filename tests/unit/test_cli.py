@@ -1,9 +1,12 @@
 """The command-line contract of DESIGN.md, end to end on the quickstart config."""
 
 import csv
+import json
 import os
 
+import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from collie.cli import main
@@ -86,3 +89,35 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert main(["train", QUICKSTART, f"output_dir={blocker}/sub"]) == 2
     err = capsys.readouterr().err
     assert "output_dir:" in err and "is not writable" in err
+
+
+@pytest.mark.parametrize("family, weight", [("internlm2", "model.layers.0.attention.wqkv.weight"),
+                                            ("internlm", "model.layers.0.self_attn.q_proj.bias"),
+                                            ("mistral", "model.layers.0.self_attn.q_proj.weight")])
+def test_every_family_through_the_commands(tmp_path, capsys, family, weight):
+    """init-model writes the family's own layout; train, export, convert and generate keep it."""
+    model_dir, out = str(tmp_path / family), str(tmp_path / "run")
+    assert main(["init-model", "--family", family, "--shape", "tiny", model_dir]) == 0
+    assert main(["train", QUICKSTART, "init_shape=null", f"model={model_dir}", f"output_dir={out}",
+                 f"data.train_file={TRAIN_FILE}", "data.eval_file=null", "max_steps=2", "logging=[csv]",
+                 "checkpoint_every_n_steps=2"]) == 0
+    final = load_file(os.path.join(out, "final", "model.safetensors"))
+    assert weight in final and load_file(os.path.join(model_dir, "model.safetensors")).keys() == final.keys()
+    assert json.load(open(os.path.join(out, "final", "config.json")))["model_type"] == family
+    assert main(["convert", os.path.join(out, "checkpoints", "step-2"), "--to-hf", str(tmp_path / "hf")]) == 0
+    converted = load_file(tmp_path / "hf" / "model.safetensors")
+    assert converted.keys() == final.keys() and all(torch.equal(converted[k], final[k]) for k in final)
+    model, tokenizer = CollieModel.from_pretrained(os.path.join(out, "final")), AutoTokenizer.from_pretrained(model_dir)
+    ids = torch.tensor([tokenizer("Question: ")["input_ids"]])
+    greedy = model.generate(ids, max_new_tokens=3, eos_token_id=tokenizer.eos_token_id)
+    expected = tokenizer.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True)
+    capsys.readouterr()
+    assert main(["generate", os.path.join(out, "final"), "Question: ", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_init_model_names_unknown_families_and_shapes(tmp_path, capsys):
+    assert main(["init-model", "--family", "gpt9", "--shape", "tiny", str(tmp_path / "x")]) == 2
+    assert "family: 'gpt9' is not one of llama, qwen2, mistral, internlm, internlm2" in capsys.readouterr().err
+    assert main(["init-model", "--shape", "3t", str(tmp_path / "x")]) == 2
+    assert "shape: '3t' is not one of" in capsys.readouterr().err

@@ -31,3 +31,7 @@ class LlamaHFAdapter(HFAdapter):
 
 class Qwen2HFAdapter(LlamaHFAdapter):
     architecture = "Qwen2ForCausalLM"
+
+
+class MistralHFAdapter(LlamaHFAdapter):
+    architecture = "MistralForCausalLM"

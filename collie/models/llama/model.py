@@ -1,4 +1,5 @@
-"""LLaMA 1/2/3 (and Qwen2/InternLM-style biases), single device, plain PyTorch.
+"""The LLaMA network, single device, plain PyTorch: LLaMA 1/2/3, Qwen2, Mistral (sliding
+window) and InternLM 1/2 checkpoints all load into it (`collie.models.llama.args`).
 
 Knows nothing about parallelism: tensor/pipeline/data parallel are applied from outside
 (`collie.distributed`). Layers live in a `ModuleDict` keyed by index so a pipeline stage
@@ -18,24 +19,22 @@ from collie.models.base import CausalLMOutput, CollieModel
 from collie.models.init import init_tensor
 from collie.models.kv_cache import KVCache
 from collie.models.layers import Linear, RMSNorm
-from collie.models.llama.rope import apply_rope, inverse_frequencies, rope_cos_sin, rope_settings
+from collie.models.llama.args import LlamaArgs, llama_args
+from collie.models.llama.rope import (apply_rope, dynamic_ntk_frequencies, inverse_frequencies, rope_cos_sin,
+                                      scaling_kind)
 from collie.models.loss import causal_lm_loss
 
 
 class Attention(nn.Module):
-    def __init__(self, config, layer_idx: int) -> None:
+    def __init__(self, args: LlamaArgs, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = head_dim_of(config)
-        dim = config.hidden_size
-        qkv_bias, o_bias = attention_biases(config)
-        self.q_proj = Linear(dim, self.num_heads * self.head_dim, bias=qkv_bias)
-        self.k_proj = Linear(dim, self.num_kv_heads * self.head_dim, bias=qkv_bias)
-        self.v_proj = Linear(dim, self.num_kv_heads * self.head_dim, bias=qkv_bias)
-        self.o_proj = Linear(self.num_heads * self.head_dim, dim, bias=o_bias)
-        self.dropout = float(getattr(config, "attention_dropout", 0.0) or 0.0)
+        self.head_dim = args.head_dim
+        self.q_proj = Linear(args.hidden, args.heads * args.head_dim, bias=args.qkv_bias)
+        self.k_proj = Linear(args.hidden, args.kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.v_proj = Linear(args.hidden, args.kv_heads * args.head_dim, bias=args.qkv_bias)
+        self.o_proj = Linear(args.heads * args.head_dim, args.hidden, bias=args.o_bias)
+        self.dropout = args.dropout
 
     def forward(self, x, cos, sin, mask: Optional[torch.Tensor], kv_cache: Optional[KVCache]):
         batch, seq, _ = x.shape
@@ -57,27 +56,23 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config) -> None:
+    def __init__(self, args: LlamaArgs) -> None:
         super().__init__()
-        bias = bool(getattr(config, "mlp_bias", False))
-        self.gate_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.up_proj = Linear(config.hidden_size, config.intermediate_size, bias=bias)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=bias)
-        act = getattr(config, "hidden_act", "silu")
-        if act != "silu":
-            raise ValueError(f"hidden_act: {act!r} is not supported by the LLaMA family (expected 'silu')")
+        self.gate_proj = Linear(args.hidden, args.intermediate, bias=args.mlp_bias)
+        self.up_proj = Linear(args.hidden, args.intermediate, bias=args.mlp_bias)
+        self.down_proj = Linear(args.intermediate, args.hidden, bias=args.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config, layer_idx: int) -> None:
+    def __init__(self, args: LlamaArgs, layer_idx: int) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_idx)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(args.hidden, args.rms_eps)
+        self.self_attn = Attention(args, layer_idx)
+        self.post_attention_layernorm = RMSNorm(args.hidden, args.rms_eps)
+        self.mlp = MLP(args)
 
     def forward(self, h, cos, sin, mask=None, kv_cache=None):
         h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask, kv_cache)
@@ -90,18 +85,16 @@ class LlamaForCausalLM(CollieModel):
     def __init__(self, config) -> None:
         super().__init__()
         self.config = config
-        self.head_dim = head_dim_of(config)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleDict(
-            {str(i): DecoderLayer(config, i) for i in range(config.num_hidden_layers)})
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
-        if getattr(config, "tie_word_embeddings", False):
+        self.args = args = llama_args(config)
+        self.embed_tokens = nn.Embedding(args.vocab, args.hidden)
+        self.layers = nn.ModuleDict({str(i): DecoderLayer(args, i) for i in range(args.layers)})
+        self.norm = RMSNorm(args.hidden, args.rms_eps)
+        self.lm_head = Linear(args.hidden, args.vocab, bias=False)
+        if args.tied_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        theta, scaling = rope_settings(config)
         # A plain attribute, not a buffer: it is recomputed cheaply, never checkpointed,
         # and survives meta-device construction.
-        self._inv_freq = inverse_frequencies(self.head_dim, theta, scaling)
+        self._inv_freq = inverse_frequencies(args.head_dim, args.rope_theta, args.rope_scaling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
@@ -114,10 +107,8 @@ class LlamaForCausalLM(CollieModel):
         past = kv_cache.length if kv_cache is not None else 0
         if position_ids is None:
             position_ids = default_position_ids(batch, seq, past, attention_mask, input_ids.device)
-        if self._inv_freq.device != input_ids.device:
-            self._inv_freq = self._inv_freq.to(input_ids.device)
-        cos, sin = rope_cos_sin(self._inv_freq, position_ids, h.dtype)
-        mask = attention_bias_mask(attention_mask, seq, past, input_ids.device)
+        cos, sin = rope_cos_sin(self._frequencies(position_ids), position_ids, h.dtype)
+        mask = attention_bias_mask(attention_mask, seq, past, input_ids.device, self.args.sliding_window)
         for layer in self.layers.values():
             h = layer(h, cos, sin, mask, kv_cache)
         if kv_cache is not None:
@@ -130,26 +121,25 @@ class LlamaForCausalLM(CollieModel):
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, kv_cache=kv_cache)
 
+    def _frequencies(self, position_ids: torch.Tensor) -> torch.Tensor:
+        if self._inv_freq.device != position_ids.device:
+            self._inv_freq = self._inv_freq.to(position_ids.device)
+        args = self.args
+        if scaling_kind(args.rope_scaling) == "dynamic":
+            needed = int(position_ids.max()) + 1  # a host sync, only for dynamic scaling
+            if needed > args.max_positions:
+                return dynamic_ntk_frequencies(args.head_dim, args.rope_theta, float(args.rope_scaling["factor"]),
+                                               args.max_positions, needed).to(position_ids.device)
+        return self._inv_freq
+
     def new_kv_cache(self, max_len: int) -> KVCache:
         return KVCache(max_len)
 
     def reset_parameters(self, init_method: str = "normal", seed: int = 0) -> None:
-        std = float(getattr(self.config, "initializer_range", 0.02))
+        std = float(getattr(self.config, "initializer_range", 0.02))  # HF's default
         with torch.no_grad():
             for name, param in self.named_parameters():
                 param.copy_(init_tensor(name, tuple(param.shape), seed, std, init_method))
-
-
-def head_dim_of(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
-def attention_biases(config) -> tuple[bool, bool]:
-    """(q/k/v bias, o bias): LLaMA's `attention_bias` covers all four; Qwen2 biases q/k/v only."""
-    if getattr(config, "model_type", "llama") == "qwen2":
-        return True, False
-    bias = bool(getattr(config, "attention_bias", False))
-    return bias, bias
 
 
 def default_position_ids(batch: int, seq: int, past: int, attention_mask: Optional[torch.Tensor],
@@ -161,17 +151,23 @@ def default_position_ids(batch: int, seq: int, past: int, attention_mask: Option
     return positions.clamp(min=0)[:, past:past + seq]
 
 
-def attention_bias_mask(attention_mask: Optional[torch.Tensor], q_len: int, past: int,
-                        device: torch.device) -> Optional[torch.Tensor]:
+def attention_bias_mask(attention_mask: Optional[torch.Tensor], q_len: int, past: int, device: torch.device,
+                        sliding_window: Optional[int] = None) -> Optional[torch.Tensor]:
     """A boolean [batch, 1, q, k] mask, or None when plain causal attention is exact for every
-    real token (no cache, and padding, if any, only on the right) so SDPA can take its flash
-    path. Left padding needs the mask: real tokens must not attend to the pads before them."""
-    if past == 0 and (attention_mask is None or only_right_padding(attention_mask)):
-        return None
+    real token (no cache, no window shorter than the sequence, and padding, if any, only on
+    the right) so SDPA can take its flash path. Left padding needs the mask: real tokens must
+    not attend to the pads before them. A sliding window keeps the last `sliding_window`
+    positions (the token itself included), as Mistral does."""
     total = past + q_len
+    windowed = sliding_window is not None and total > sliding_window
+    if past == 0 and not windowed and (attention_mask is None or only_right_padding(attention_mask)):
+        return None
     q_pos = torch.arange(past, total, device=device)[:, None]
     k_pos = torch.arange(total, device=device)[None, :]
-    allowed = (k_pos <= q_pos)[None, None]
+    allowed = k_pos <= q_pos
+    if windowed:
+        allowed = allowed & (q_pos - k_pos < sliding_window)
+    allowed = allowed[None, None]
     if attention_mask is not None:
         valid = attention_mask[:, None, None, :total].bool()
         # The diagonal stays open so that rows of padding tokens never softmax over nothing.

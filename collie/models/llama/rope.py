@@ -1,4 +1,5 @@
-"""Rotary position embeddings for the LLaMA family (default, linear and llama3 scaling).
+"""Rotary position embeddings for the LLaMA family (default, linear, llama3 and dynamic-NTK
+scaling).
 
 The frequencies follow transformers' formulas exactly, so logits match HF to fp32 rounding.
 """
@@ -24,14 +25,14 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict) -> torch.Ten
     # Always on the CPU, even inside a meta-device context: the table is tiny and real.
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").to(torch.float) / head_dim
     inv_freq = 1.0 / (theta ** exponents)
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "default":
+    kind = scaling_kind(scaling)
+    if kind in ("default", "dynamic"):  # dynamic: unchanged up to the trained context (see below)
         return inv_freq
     if kind == "linear":
         return inv_freq / float(scaling["factor"])
     if kind == "llama3":
         return _llama3(inv_freq, scaling)
-    raise ValueError(f"rope_scaling: type {kind!r} is not supported (supported: default, linear, llama3)")
+    raise ValueError(f"rope_scaling: type {kind!r} is not supported (supported: default, linear, llama3, dynamic)")
 
 
 def _llama3(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
@@ -45,6 +46,18 @@ def _llama3(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
     return torch.where(is_medium, smoothed, scaled)
+
+
+def scaling_kind(scaling: dict) -> str:
+    return scaling.get("rope_type", scaling.get("type", "default"))
+
+
+def dynamic_ntk_frequencies(head_dim: int, theta: float, factor: float, trained_positions: int,
+                            needed_positions: int) -> torch.Tensor:
+    """Dynamic NTK scaling: past the trained context the base grows with the sequence, so
+    positions beyond it are interpolated instead of extrapolated (transformers' formula)."""
+    grown = theta * ((factor * needed_positions / trained_positions) - (factor - 1)) ** (head_dim / (head_dim - 2))
+    return inverse_frequencies(head_dim, grown, {})
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype):

@@ -1,21 +1,24 @@
-"""The LLaMA family's spec (LLaMA 1/2/3; Qwen2 checkpoints load into the same model)."""
+"""The specs of LLaMA 1/2/3 and of the families whose checkpoints load into the same network
+with LLaMA's tensor names (Qwen2, Mistral)."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
-from collie.models.llama.hf_adapter import LlamaHFAdapter, Qwen2HFAdapter
+from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+from collie.models.llama.args import llama_args
+from collie.models.llama.hf_adapter import LlamaHFAdapter, MistralHFAdapter, Qwen2HFAdapter
 from collie.models.llama.model import LlamaForCausalLM
 from collie.models.llama.tp_plan import llama_tp_plan
 from collie.models.spec import ModelDims, ModelSpec
 
 
 def llama_dims(hf_config) -> ModelDims:
-    heads = hf_config.num_attention_heads
-    return ModelDims(layers=hf_config.num_hidden_layers, heads=heads,
-                     kv_heads=getattr(hf_config, "num_key_value_heads", None) or heads,
-                     hidden=hf_config.hidden_size, vocab=hf_config.vocab_size,
-                     tied_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)))
+    args = llama_args(hf_config)
+    return ModelDims(layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, hidden=args.hidden,
+                     vocab=args.vocab, tied_embeddings=args.tied_embeddings)
 
 
 def llama_flops_per_token(dims: ModelDims, seq_len: int, trainable_params: int) -> float:
@@ -38,16 +41,20 @@ SHAPES: dict[str, dict] = {
 }
 
 
-def llama_shape_config(fields: dict, tokenizer):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
-                       tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **fields)
+def shape_config_of(config_cls: type, **defaults) -> Callable[[dict, Any], Any]:
+    """A family's `shape_config`: its config class filled with a shape's fields and the
+    tokenizer's special tokens."""
+    def build(fields: dict, tokenizer):
+        return config_cls(max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, **defaults, **fields)
+    return build
 
 
 LLAMA = ModelSpec(name="llama", model_types=("llama",), model_cls=LlamaForCausalLM, adapter=LlamaHFAdapter(),
                   tp_plan=llama_tp_plan, dims=llama_dims, flops_per_token=llama_flops_per_token, shapes=SHAPES,
-                  shape_config=llama_shape_config)
-QWEN2 = dataclasses.replace(LLAMA, name="qwen2", model_types=("qwen2",), adapter=Qwen2HFAdapter(), shapes={},
-                            shape_config=None)
+                  shape_config=shape_config_of(LlamaConfig, rope_theta=10000.0))
+QWEN2 = dataclasses.replace(LLAMA, name="qwen2", model_types=("qwen2",), adapter=Qwen2HFAdapter(),
+                            shape_config=shape_config_of(Qwen2Config))
+MISTRAL = dataclasses.replace(LLAMA, name="mistral", model_types=("mistral",), adapter=MistralHFAdapter(),
+                              shape_config=shape_config_of(MistralConfig, sliding_window=4096))

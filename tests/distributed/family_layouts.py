@@ -1,0 +1,35 @@
+"""Every model family under the core layouts: each family's own checkpoint format (written from a
+random init by collie), trained on dp2, ZeRO-3, tp2 and pp2 with AdamW and LOMO, in float64,
+against the same family in one process."""
+
+from transformers import MistralConfig, Qwen2Config
+
+from collie.models.base import CollieModel
+from collie.models.internlm.config import InternLMConfig
+from collie.models.internlm2.config import InternLM2Config
+
+SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=256,
+             max_position_embeddings=256, rms_norm_eps=1e-6)
+FAMILIES = {
+    "qwen2": Qwen2Config(num_key_value_heads=2, **SHAPE),
+    # A window shorter than the longest records (12 tokens), so it shapes the loss.
+    "mistral": MistralConfig(num_key_value_heads=2, sliding_window=8, **SHAPE),
+    "internlm": InternLMConfig(bias=True, **SHAPE),
+    "internlm2": InternLM2Config(num_key_value_heads=2, bias=False, **SHAPE),
+}
+LAYOUTS = {
+    "dp2": ["dp_size=2", "zero_stage=0", "train_micro_batch_size=1"],
+    "zero3_dp2": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
+    "tp2": ["dp_size=1", "tp_size=2"],
+    "pp2": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b"],
+}
+OPTIMIZERS = {"adamw": [], "lomo": ["optimizer.name=lomo", "optimizer.lr=0.05", "optimizer.clip_grad_norm=null"]}
+
+
+def seed_dir(model_dir: str, family: str) -> str:
+    return f"{model_dir}_{family}"
+
+
+def write_family_seeds(model_dir: str) -> None:
+    for family, config in FAMILIES.items():
+        CollieModel.from_config(config, seed=1).save_pretrained(seed_dir(model_dir, family))
