@@ -45,7 +45,7 @@ def init_model(shape: str, out_dir: str, tokenizer_path: Optional[str] = None, s
     with torch.device("meta"):
         skeleton = spec.model_cls(hf_config)
     shapes = {name: tuple(p.shape) for name, p in skeleton.named_parameters()}
-    std = hf_config.initializer_range
+    std = float(getattr(hf_config, "initializer_range", 0.02))  # HF's default where a format has none
     os.makedirs(out_dir, exist_ok=True)
     write_hf_model(out_dir, hf_config, spec, skeleton.hf_state_names(),
                    lambda name: init_tensor(name, shapes[name], seed, std, init_method, dtype), dtype,

@@ -71,3 +71,28 @@ def fused_llama_spec():
     from collie.models.llama.spec import LLAMA
 
     return dataclasses.replace(LLAMA, name="llama_fused_qkv", adapter=FusedQKVAdapter())
+
+
+def assert_matches_reference(ours, reference, ids: torch.Tensor, new_tokens: int = 10) -> None:
+    """Logits within 1e-5 of a transformers model, and the same greedy continuation."""
+    with torch.no_grad():
+        assert (ours(ids).logits - reference(ids).logits).abs().max() <= 1e-5
+    prompt = ids[:, :8]
+    expected = reference.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                                  do_sample=False, pad_token_id=0)
+    assert ours.generate(prompt, max_new_tokens=new_tokens).tolist() == expected.tolist()
+
+
+def assert_saves_back(ours, out_dir, checkpoint: dict) -> dict:
+    """`save_pretrained` writes `checkpoint` back tensor for tensor; returns the written config.json."""
+    import json
+    import os
+
+    from safetensors.torch import load_file
+
+    ours.save_pretrained(str(out_dir))
+    saved = load_file(os.path.join(out_dir, "model.safetensors"))
+    assert saved.keys() == checkpoint.keys()
+    assert all(torch.equal(saved[name], checkpoint[name]) for name in checkpoint)
+    with open(os.path.join(out_dir, "config.json")) as f:
+        return json.load(f)

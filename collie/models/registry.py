@@ -6,12 +6,13 @@ from typing import Optional
 
 from torch import nn
 
+from collie.models.chatglm.spec import CHATGLM, GLM
 from collie.models.internlm.spec import INTERNLM
 from collie.models.internlm2.spec import INTERNLM2
 from collie.models.llama.spec import LLAMA, MISTRAL, QWEN2
 from collie.models.spec import ModelSpec
 
-FAMILIES: list[ModelSpec] = [LLAMA, QWEN2, MISTRAL, INTERNLM, INTERNLM2]
+FAMILIES: list[ModelSpec] = [LLAMA, QWEN2, MISTRAL, INTERNLM, INTERNLM2, CHATGLM, GLM]
 
 
 def spec_for(hf_config) -> ModelSpec:

@@ -5,6 +5,7 @@ against the same family in one process."""
 from transformers import MistralConfig, Qwen2Config
 
 from collie.models.base import CollieModel
+from collie.models.chatglm.config import ChatGLMConfig
 from collie.models.internlm.config import InternLMConfig
 from collie.models.internlm2.config import InternLM2Config
 
@@ -16,6 +17,8 @@ FAMILIES = {
     "mistral": MistralConfig(num_key_value_heads=2, sliding_window=8, **SHAPE),
     "internlm": InternLMConfig(bias=True, **SHAPE),
     "internlm2": InternLM2Config(num_key_value_heads=2, bias=False, **SHAPE),
+    "chatglm": ChatGLMConfig(num_layers=2, padded_vocab_size=256, hidden_size=64, ffn_hidden_size=128,
+                             kv_channels=16, num_attention_heads=4, multi_query_group_num=2, rope_ratio=2.0),
 }
 LAYOUTS = {
     "dp2": ["dp_size=2", "zero_stage=0", "train_micro_batch_size=1"],

@@ -5,13 +5,13 @@ that writes the checkpoint back tensor for tensor."""
 import json
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import LlamaForCausalLM as HFLlama
 
 from collie.models.base import CollieModel
 from collie.models.internlm2.config import InternLM2Config
 from collie.models.llama import LlamaForCausalLM
-from helpers import tiny_llama_config
+from helpers import assert_matches_reference, assert_saves_back, tiny_llama_config
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 16
 
@@ -59,18 +59,8 @@ def test_internlm2_matches_llama_after_the_split(tmp_path):
     ours = CollieModel.from_pretrained(str(tmp_path / "internlm2")).eval()
     assert isinstance(ours, LlamaForCausalLM)
     ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-5
-    prompt = ids[:, :8]
-    expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False,
-                           pad_token_id=0)
-    assert ours.generate(prompt, max_new_tokens=10).tolist() == expected.tolist()
-
-    ours.save_pretrained(str(tmp_path / "saved"))
-    saved = load_file(tmp_path / "saved" / "model.safetensors")
-    assert saved.keys() == checkpoint.keys()
-    assert all(torch.equal(saved[name], checkpoint[name]) for name in checkpoint)
-    written = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert_matches_reference(ours, hf, ids)
+    written = assert_saves_back(ours, tmp_path / "saved", checkpoint)
     assert written["model_type"] == "internlm2" and written["architectures"] == ["InternLM2ForCausalLM"]
     assert written["auto_map"] == fields["auto_map"] and written["bias"] is False
     assert written["rope_scaling"] == {"type": "dynamic", "factor": 2.0} and written["rope_theta"] == 10000.0

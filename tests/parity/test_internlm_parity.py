@@ -8,7 +8,7 @@ from transformers import LlamaForCausalLM as HFLlama
 
 from collie.models.base import CollieModel
 from collie.models.internlm.config import InternLMConfig
-from helpers import tiny_llama_config
+from helpers import assert_matches_reference, tiny_llama_config
 
 
 def test_internlm_matches_llama_with_attention_bias(tmp_path):
@@ -29,12 +29,7 @@ def test_internlm_matches_llama_with_attention_bias(tmp_path):
 
     ours = CollieModel.from_pretrained(str(tmp_path / "internlm")).eval()
     ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-5
-    prompt = ids[:, :8]
-    expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=10, do_sample=False,
-                           pad_token_id=0)
-    assert ours.generate(prompt, max_new_tokens=10).tolist() == expected.tolist()
+    assert_matches_reference(ours, hf, ids)
 
     ours.save_pretrained(str(tmp_path / "saved"))
     written = json.loads((tmp_path / "saved" / "config.json").read_text())

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, GlmConfig, MistralConfig, Qwen2Config
 
 from collie import LlamaForCausalLM
 from collie.models.base import CollieModel
@@ -28,6 +28,10 @@ VARIANTS = {
     # A window far shorter than the 48-token test sequences, so it shapes every later token.
     "mistral": MistralConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                              intermediate_size=128, vocab_size=256, max_position_embeddings=256, sliding_window=8),
+    # transformers' GLM: half of each head rotates, in interleaved pairs; gate and up stacked.
+    "glm": GlmConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                     intermediate_size=128, vocab_size=256, max_position_embeddings=256, pad_token_id=0,
+                     eos_token_id=1),
     # Dynamic NTK: past max_position_embeddings (32 < 48) the rotary base grows with the sequence.
     "dynamic_rope": tiny_llama_config(max_position_embeddings=32, rope_scaling={"rope_type": "dynamic",
                                                                                  "factor": 2.0}),

@@ -93,7 +93,10 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("family, weight", [("internlm2", "model.layers.0.attention.wqkv.weight"),
                                             ("internlm", "model.layers.0.self_attn.q_proj.bias"),
-                                            ("mistral", "model.layers.0.self_attn.q_proj.weight")])
+                                            ("mistral", "model.layers.0.self_attn.q_proj.weight"),
+                                            ("chatglm", "transformer.encoder.layers.0.self_attention.query_key_value."
+                                                        "bias"),
+                                            ("glm", "model.layers.0.mlp.gate_up_proj.weight")])
 def test_every_family_through_the_commands(tmp_path, capsys, family, weight):
     """init-model writes the family's own layout; train, export, convert and generate keep it."""
     model_dir, out = str(tmp_path / family), str(tmp_path / "run")
@@ -118,6 +121,7 @@ def test_every_family_through_the_commands(tmp_path, capsys, family, weight):
 
 def test_init_model_names_unknown_families_and_shapes(tmp_path, capsys):
     assert main(["init-model", "--family", "gpt9", "--shape", "tiny", str(tmp_path / "x")]) == 2
-    assert "family: 'gpt9' is not one of llama, qwen2, mistral, internlm, internlm2" in capsys.readouterr().err
+    assert "family: 'gpt9' is not one of llama, qwen2, mistral, internlm, internlm2, chatglm, glm" in \
+        capsys.readouterr().err
     assert main(["init-model", "--shape", "3t", str(tmp_path / "x")]) == 2
     assert "shape: '3t' is not one of" in capsys.readouterr().err

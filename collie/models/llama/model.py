@@ -30,6 +30,7 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.head_dim = args.head_dim
+        self.rope_interleaved = args.rope_interleaved
         self.q_proj = Linear(args.hidden, args.heads * args.head_dim, bias=args.qkv_bias)
         self.k_proj = Linear(args.hidden, args.kv_heads * args.head_dim, bias=args.qkv_bias)
         self.v_proj = Linear(args.hidden, args.kv_heads * args.head_dim, bias=args.qkv_bias)
@@ -42,7 +43,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos, sin, self.rope_interleaved), apply_rope(k, cos, sin, self.rope_interleaved)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         repeats = q.shape[1] // k.shape[1]
@@ -94,7 +95,7 @@ class LlamaForCausalLM(CollieModel):
             self.lm_head.weight = self.embed_tokens.weight
         # A plain attribute, not a buffer: it is recomputed cheaply, never checkpointed,
         # and survives meta-device construction.
-        self._inv_freq = inverse_frequencies(args.head_dim, args.rope_theta, args.rope_scaling)
+        self._inv_freq = inverse_frequencies(args.rotary_dim, args.rope_theta, args.rope_scaling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
@@ -128,7 +129,7 @@ class LlamaForCausalLM(CollieModel):
         if scaling_kind(args.rope_scaling) == "dynamic":
             needed = int(position_ids.max()) + 1  # a host sync, only for dynamic scaling
             if needed > args.max_positions:
-                return dynamic_ntk_frequencies(args.head_dim, args.rope_theta, float(args.rope_scaling["factor"]),
+                return dynamic_ntk_frequencies(args.rotary_dim, args.rope_theta, float(args.rope_scaling["factor"]),
                                                args.max_positions, needed).to(position_ids.device)
         return self._inv_freq
 

@@ -61,15 +61,26 @@ def dynamic_ntk_frequencies(head_dim: int, theta: float, factor: float, trained_
 
 
 def rope_cos_sin(inv_freq: torch.Tensor, position_ids: torch.Tensor, dtype: torch.dtype):
-    """cos and sin of shape [batch, seq, head_dim] for the given positions."""
+    """cos and sin of shape [batch, seq, rotary dims] for the given positions."""
     freqs = position_ids[..., None].float() * inv_freq[None, None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [batch, heads, seq, head_dim]; rotate-half convention (HF weight layout, no permutation)."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """x: [batch, heads, seq, head_dim]. The first `cos.shape[-1]` dims of each head rotate (all
+    of them unless the rotary is partial, as in ChatGLM), the rest pass through. Rotate-half
+    pairs dim i with i + rotary/2 (LLaMA's HF layout, no permutation); `interleaved` pairs
+    2i with 2i + 1 (GLM)."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+    rotary = cos.shape[-1]
+    x_rot, x_pass = x[..., :rotary], x[..., rotary:]
+    if interleaved:
+        cos = cos[..., :rotary // 2].repeat_interleave(2, dim=-1)
+        sin = sin[..., :rotary // 2].repeat_interleave(2, dim=-1)
+        rotated = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
+    else:
+        half = rotary // 2
+        rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+    out = x_rot * cos + rotated * sin
+    return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out

@@ -1,0 +1,32 @@
+"""ChatGLM2/3 (their published checkpoints) and GLM (transformers' format): the LLaMA network
+with partial, interleaved rotary and row-stacked q/k/v and gate/up."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from transformers import GlmConfig
+
+from collie.models.chatglm.config import ChatGLMConfig
+from collie.models.chatglm.hf_adapter import ChatGLMHFAdapter, GlmHFAdapter
+from collie.models.llama.spec import LLAMA, SHAPES, shape_config_of
+
+
+def _chatglm_shape(fields: dict, tokenizer) -> ChatGLMConfig:
+    heads = fields["num_attention_heads"]
+    return ChatGLMConfig(num_layers=fields["num_hidden_layers"], padded_vocab_size=fields["vocab_size"],
+                         hidden_size=fields["hidden_size"], ffn_hidden_size=fields["intermediate_size"],
+                         kv_channels=fields["hidden_size"] // heads, num_attention_heads=heads,
+                         multi_query_group_num=fields["num_key_value_heads"], seq_length=4096,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+
+
+CHATGLM = dataclasses.replace(LLAMA, name="chatglm", model_types=("chatglm",), adapter=ChatGLMHFAdapter(),
+                              config_cls=ChatGLMConfig, shapes=SHAPES, shape_config=_chatglm_shape)
+def _glm_shape(fields: dict, tokenizer) -> GlmConfig:
+    head_dim = fields["hidden_size"] // fields["num_attention_heads"]
+    return shape_config_of(GlmConfig, head_dim=head_dim, attention_bias=True)(fields, tokenizer)
+
+
+GLM = dataclasses.replace(LLAMA, name="glm", model_types=("glm",), adapter=GlmHFAdapter(), shape_config=_glm_shape)
