@@ -72,6 +72,28 @@ class DataConfig:
 
 
 @dataclass
+class PeftSection:
+    """Parameter-efficient fine-tuning from YAML (`peft.type=lora peft.r=8`); `peft_config`
+    takes the same as a `peft` library config object."""
+
+    # none | lora
+    type: str = "none"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Module names (ours or the checkpoint's, e.g. q_proj or wqkv), a regular expression, or
+    # "all-linear"; None: the attention query and value projections.
+    target_modules: Optional[Any] = None
+    # Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r.
+    rslora: bool = False
+    # An existing peft adapter directory to continue training from.
+    adapter: Optional[str] = None
+
+
+PEFT_TYPES = ("none", "lora")
+
+
+@dataclass
 class CollieConfig:
     # -- model --------------------------------------------------------------
     model: Optional[str] = None
@@ -129,6 +151,7 @@ class CollieConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    peft: PeftSection = field(default_factory=PeftSection)
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -228,16 +251,30 @@ class CollieConfig:
             raise ConfigError(f"optimizer.lr: must be > 0, got {self.optimizer.lr}")
         if len(self.optimizer.betas) not in (2, 3):
             raise ConfigError(f"optimizer.betas: expected 2 values (3 for adan), got {list(self.optimizer.betas)}")
-        # Accepted for CoLLiE's API, refused until they are built: a setting either works or says so.
-        if self.peft_config is not None:
-            raise ConfigError("peft_config: PEFT (LoRA, prompt tuning) is not supported yet; remove it to train "
-                              "all parameters")
+        self._validate_peft()
+        # Accepted for CoLLiE's API, refused until it is built: a setting either works or says so.
         if self.quantization_config is not None:
             raise ConfigError("quantization_config: quantized training is not supported yet; remove it")
         if self.model is not None and self.init_shape is not None:
             raise ConfigError("model and init_shape: give one of them, not both")
         if world_size is not None:
             self.resolve_dp_size(world_size)
+
+    def _validate_peft(self) -> None:
+        peft = self.peft
+        _choice("peft.type", peft.type, PEFT_TYPES)
+        if self.peft_config is not None and peft.type != "none":
+            raise ConfigError("peft_config and peft.type: give the adapter settings once, as a peft config object "
+                              "or as the `peft:` section")
+        _at_least("peft.r", peft.r, 1)
+        if not 0.0 <= peft.dropout < 1.0:
+            raise ConfigError(f"peft.dropout: must be in [0, 1), got {peft.dropout}")
+        if peft.alpha <= 0:
+            raise ConfigError(f"peft.alpha: must be > 0, got {peft.alpha}")
+        if self.peft_config is not None or peft.type != "none":
+            from collie.peft.settings import lora_settings
+
+            lora_settings(self)  # a peft object collie cannot honour fails here, by name
 
     def resolve_dp_size(self, world_size: int) -> int:
         """The data-parallel size for `world_size` processes; infers it when unset."""

@@ -15,6 +15,7 @@ from collie.config import ConfigError
 from collie.distributed.parallel_model import ParallelModel
 from collie.dtypes import DTYPES
 from collie.forward_context import autocast_dtype
+from collie.peft.tensor_parallel import with_lora_styles
 
 log = logging.getLogger("collie")
 
@@ -35,8 +36,12 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
     if weights_from is None:
         model.to(runtime.device)
     if config.tp_size > 1:
-        parallelize_module(model, runtime.mesh["tp"], spec.tp_plan(model, config.sequence_parallel,
-                                                                   config.loss_parallel))
+        plan = spec.tp_plan(model, config.sequence_parallel, config.loss_parallel)
+        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+        parallelize_module(model, runtime.mesh["tp"], with_lora_styles(model, plan))
+        # Some styles (SequenceParallel) re-create parameters as trainable: keep frozen ones frozen.
+        for name, p in model.named_parameters():
+            p.requires_grad_(name not in frozen)
     model.compute_dtype = compute_dtype(config, runtime.device, next(model.parameters()).dtype)
     if config.checkpointing:
         apply_activation_checkpointing(spec.blocks(model))

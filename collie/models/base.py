@@ -159,9 +159,11 @@ class CollieModel(GenerationMixin, nn.Module):
     # -- saving -------------------------------------------------------------
     def hf_state_names(self) -> list[str]:
         """Our names of the tensors an HF checkpoint holds (a tied head is stored once)."""
+        from collie.peft.lora import is_adapter_name
+
         spec = spec_for(self.config)
         tied_head = f"{spec.edge_name('head')}.weight" if spec.dims(self.config).tied_embeddings else None
-        return [name for name in self.state_dict() if name != tied_head]
+        return [name for name in self.state_dict() if name != tied_head and not is_adapter_name(name)]
 
     def save_pretrained(self, path: str, dtype: Optional[torch.dtype] = None,
                         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, tokenizer=None) -> None:
@@ -170,6 +172,11 @@ class CollieModel(GenerationMixin, nn.Module):
         Works from any parallel layout: each sharded tensor is gathered in turn (every rank
         must call this), and only rank 0 writes, one checkpoint tensor at a time.
         """
+        from collie.peft.lora import has_adapters
+
+        if has_adapters(self):
+            raise ValueError("save_pretrained: the model has LoRA adapters, which an HF model directory cannot hold; "
+                             "write them with Trainer.save_model (peft's format) or merge_adapters(model) first")
         state = self.state_dict()
         write_hf_model(path, self.export_config or self.config, spec_for(self.config), self.hf_state_names(),
                        lambda name: full_tensor(state[name]), dtype or next(self.parameters()).dtype,

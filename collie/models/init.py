@@ -18,7 +18,7 @@ def init_tensor(name: str, shape: tuple[int, ...], seed: int, std: float, method
         return torch.ones(shape, dtype=dtype)
     if name.endswith(".bias") or method == "none":
         return torch.zeros(shape, dtype=dtype)
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+    generator = named_generator(name, seed)
     out = torch.empty(shape, dtype=torch.float32)
     if method == "normal":
         out.normal_(0.0, std, generator=generator)
@@ -30,3 +30,8 @@ def init_tensor(name: str, shape: tuple[int, ...], seed: int, std: float, method
     else:
         raise ValueError(f"init_method: {method!r} is not one of normal, xavier_normal, kaiming_normal, none")
     return out.to(dtype)
+
+
+def named_generator(name: str, seed: int) -> torch.Generator:
+    """A CPU generator of its own for the tensor `name`."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)

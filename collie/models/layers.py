@@ -19,13 +19,17 @@ from torch import nn
 from collie.dtypes import at_least_fp32
 
 
+def cast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear` with the parameters cast to the activations' dtype where they are used."""
+    if torch.is_autocast_enabled(x.device.type):
+        # Autocast chooses the matmul dtype itself; an upcast here would only cost a copy.
+        return F.linear(x, weight, bias)
+    return F.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
+
+
 class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(x.device.type):
-            # Autocast chooses the matmul dtype itself; an upcast here would only cost a copy.
-            return F.linear(x, self.weight, self.bias)
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        return cast_linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):

@@ -19,8 +19,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
@@ -76,8 +77,15 @@ def _no_dist() -> bool:
     return not dist.is_initialized()
 
 
+def _model_options(trainer) -> Optional[StateDictOptions]:
+    """A LoRA run checkpoints its adapters alone: the frozen base is the model it started from."""
+    if getattr(trainer, "lora", None) is None:
+        return None
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
+
+
 def _states(trainer, model_only: bool, loading: bool = False) -> dict:
-    state = {"model": get_model_state_dict(trainer.model)}
+    state = {"model": get_model_state_dict(trainer.model, options=_model_options(trainer))}
     if model_only:
         return state
     if trainer.updates_in_backward:
@@ -107,6 +115,10 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
     if rank == 0:
         with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
             json.dump(trainer_state(trainer, model_only), f, indent=2)
+        if getattr(trainer, "lora", None) is not None:
+            from collie.peft.adapter_files import write_checkpoint_record
+
+            write_checkpoint_record(tmp, trainer.lora.settings, trainer.lora.ranks, trainer.config.model)
         model_config = getattr(trainer.model, "config", None)
         if model_config is not None and hasattr(model_config, "save_pretrained"):
             model_config.save_pretrained(tmp)
@@ -139,7 +151,7 @@ def load(trainer, path: str) -> None:
     # In-backward optimizers may have no state yet for some parameters in the checkpoint
     # (saved before their first update): those keep the fresh state they were given.
     _dcp_load(path, state, partial="optim_in_backward" in state)
-    set_model_state_dict(trainer.model, state["model"])
+    set_model_state_dict(trainer.model, state["model"], options=_model_options(trainer))
     if "optim" in state:
         set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optim"])
     if "optim_in_backward" in state:
@@ -161,10 +173,10 @@ def load(trainer, path: str) -> None:
 
 
 def load_model_only(trainer, path: str) -> None:
-    state = {"model": get_model_state_dict(trainer.model)}
+    state = {"model": get_model_state_dict(trainer.model, options=_model_options(trainer))}
     _check_compatible(path, state)
     _dcp_load(path, state)
-    set_model_state_dict(trainer.model, state["model"])
+    set_model_state_dict(trainer.model, state["model"], options=_model_options(trainer))
 
 
 def read_trainer_state(path: str) -> dict:

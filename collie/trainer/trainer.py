@@ -29,6 +29,7 @@ from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.models.registry import spec_of
 from collie.monitors.monitors import Monitor, StepStats, default_monitors
 from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
+from collie.peft.lora_run import LoraRun, attach_lora
 from collie.trainer import checkpoint
 from collie.trainer.callbacks import Callback, CallbackList
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
@@ -50,8 +51,12 @@ class Trainer:
         self.config = config
         self.runtime = build_runtime(config)
         self.spec = spec_of(model)
+        # LoRA: adapters go on the single-device model; parallelism then treats them as any layer.
+        self.lora: Optional[LoraRun] = attach_lora(model, self.spec, config)
         self.parallel = self._parallelize(model, optimizer)
         self.model = self.parallel.module
+        if self.lora is not None:
+            self.lora.initialise(self.model, config.seed)
         self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
         self.train_fn = train_fn
         self.train_dataset = train_dataset
@@ -137,8 +142,16 @@ class Trainer:
         return results
 
     def save_model(self, path: str) -> None:
-        """The model (and tokenizer) in Hugging Face format."""
-        self.parallel.export(path, self.tokenizer if self.runtime.is_main else None)
+        """The model (and tokenizer) in Hugging Face format; a LoRA run writes its adapters in
+        peft's format (`PeftModel.from_pretrained(base, path)` loads them)."""
+        tokenizer = self.tokenizer if self.runtime.is_main else None
+        if self.lora is None:
+            self.parallel.export(path, tokenizer)
+        else:
+            self.lora.save(path, self.model, self.spec, self.runtime, base_model=self.config.model)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(path)
+            self.runtime.barrier()
         self.callbacks.fire("on_save_model", self, path)
 
     def save_checkpoint(self, path: Optional[str] = None, max_to_keep: int = 0, model_only: bool = False) -> str:
@@ -284,8 +297,9 @@ class Trainer:
 
     def _model_flops(self) -> float:
         if self._flops_per_token is None:
-            # DTensor.numel() is the global size, so sharded parameters are counted whole.
-            params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            # DTensor.numel() is the global size, so sharded parameters are counted whole. A frozen
+            # weight costs 4 FLOPs per token (forward, input gradient), a trained one 6.
+            params = sum(p.numel() * (1.0 if p.requires_grad else 2.0 / 3.0) for p in self.model.parameters())
             self._flops_per_token = self.spec.flops_per_token(self.spec.dims(self.model.config),
                                                               self.config.data.max_length, params)
         return self._flops_per_token
