@@ -33,7 +33,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     init.add_argument("--family", default=None, help="model family (default: llama), e.g. internlm2")
 
     gen = commands.add_parser("generate", help="continue a prompt with a saved model")
-    gen.add_argument("model_dir")
+    gen.add_argument("model_dir", help="an HF model directory, or LoRA adapters in peft's format")
     gen.add_argument("prompt")
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -47,6 +47,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     target = conv.add_mutually_exclusive_group(required=True)
     target.add_argument("--to-hf", metavar="OUT_DIR", help="write an HF-format model from a DCP checkpoint")
     target.add_argument("--to-dcp", metavar="OUT_DIR", help="write a model-only DCP checkpoint from an HF dir")
+    conv.add_argument("--merge-lora", action="store_true",
+                      help="with --to-hf: fold LoRA adapters (a peft adapter dir or a LoRA run's checkpoint) into "
+                           "their base model")
+    conv.add_argument("--base", help="the adapters' base model directory (default: the one they record)")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -61,7 +65,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif args.command == "convert":
             from collie.convert import dcp_to_hf, hf_to_dcp
 
-            if args.to_hf:
+            if args.merge_lora or args.base:
+                if not args.to_hf or not args.merge_lora:
+                    raise ConfigError("--merge-lora: use it with --to-hf (and --base only with --merge-lora)")
+                from collie.peft.convert import merge_lora
+
+                merge_lora(args.source, args.to_hf, args.base)
+            elif args.to_hf:
                 dcp_to_hf(args.source, args.to_hf)
             else:
                 hf_to_dcp(args.source, args.to_dcp)
@@ -149,8 +159,18 @@ def ensure_writable(path: str) -> None:
 def run_generate(args) -> str:
     from collie.models.base import CollieModel, load_tokenizer
 
-    model = CollieModel.from_pretrained(args.model_dir).eval()
-    tokenizer = load_tokenizer(args.model_dir)
+    from collie.peft.adapter_files import is_adapter_dir
+
+    if is_adapter_dir(args.model_dir):  # LoRA adapters (a LoRA run's export): on their base model
+        from collie.peft.convert import merged_model
+
+        model, base = merged_model(args.model_dir)
+        has_tokenizer = os.path.isfile(os.path.join(args.model_dir, "tokenizer_config.json"))
+        tokenizer = load_tokenizer(args.model_dir if has_tokenizer else base)
+    else:
+        model = CollieModel.from_pretrained(args.model_dir)
+        tokenizer = load_tokenizer(args.model_dir)
+    model.eval()
     input_ids = torch.tensor([tokenizer(args.prompt)["input_ids"]])
     generator = torch.Generator().manual_seed(args.seed)
     out = model.generate(input_ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample,

@@ -85,7 +85,9 @@ def add_lora(model: nn.Module, spec, settings: LoraSettings,
             setattr(parent, attr, LoraLinear(module, rank, alpha, settings.scaling(rank, alpha), settings.dropout))
             adapted[name] = (rank, alpha)
     if not adapted:
-        raise ConfigError(f"peft.target_modules: {settings.target_modules!r} matches no linear layer of the model "
+        targets = settings.target_modules
+        shown = list(targets) if isinstance(targets, tuple) else targets
+        raise ConfigError(f"peft.target_modules: {shown!r} matches no linear layer of the model "
                           f"(its layers: {', '.join(sorted(seen))})")
     for param_name, param in model.named_parameters():
         param.requires_grad_(is_adapter_name(param_name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -75,6 +76,9 @@ def from_peft_config(peft_config, adapter: Optional[str] = None) -> LoraSettings
         from peft import LoraConfig
     except ImportError:
         raise ConfigError("peft_config: the `peft` package is not installed (pip install peft)") from None
+    if isinstance(peft_config, Mapping):
+        raise ConfigError("peft_config: takes a peft config object (peft.LoraConfig); in YAML or key=value "
+                          "overrides use the `peft:` section (peft.type=lora peft.r=8)")
     if not isinstance(peft_config, LoraConfig):
         raise ConfigError(f"peft_config: {type(peft_config).__name__} is not supported; collie trains LoRA "
                           "adapters (peft.LoraConfig)")

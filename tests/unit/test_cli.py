@@ -125,3 +125,41 @@ def test_init_model_names_unknown_families_and_shapes(tmp_path, capsys):
         capsys.readouterr().err
     assert main(["init-model", "--shape", "3t", str(tmp_path / "x")]) == 2
     assert "shape: '3t' is not one of" in capsys.readouterr().err
+
+
+def test_lora_run_resumes_exports_merges_and_generates(tmp_path, capsys):
+    base = str(tmp_path / "base")
+    assert main(["init-model", "--shape", "tiny", base]) == 0
+    out = str(tmp_path / "lora")
+    common = [f"model={base}", f"output_dir={out}", f"data.train_file={TRAIN_FILE}", "data.eval_file=null",
+              "checkpoint_every_n_steps=3", "logging=[csv]", "peft.r=4"]
+    lora_yaml = os.path.join(ROOT, "examples", "lora.yaml")
+    assert main(["train", lora_yaml, "max_steps=3", *common]) == 0
+    assert main(["train", lora_yaml, "max_steps=6", *common]) == 0  # resumes from step 3
+    assert [int(r["step"]) for r in _rows(os.path.join(out, "metrics.csv"))] == list(range(1, 7))
+    final = os.path.join(out, "final")
+    with open(os.path.join(final, "adapter_config.json")) as f:
+        adapter = json.load(f)
+    assert adapter["r"] == 4 and sorted(adapter["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert not os.path.exists(os.path.join(final, "model.safetensors"))
+
+    merged = str(tmp_path / "merged")
+    assert main(["convert", final, "--merge-lora", "--to-hf", merged]) == 0
+    from_checkpoint = str(tmp_path / "from_checkpoint")
+    assert main(["convert", os.path.join(out, "checkpoints", "step-6"), "--merge-lora", "--to-hf",
+                 from_checkpoint]) == 0
+    merged_weights, checkpoint_weights = load_file(f"{merged}/model.safetensors"), \
+        load_file(f"{from_checkpoint}/model.safetensors")
+    assert all(torch.equal(merged_weights[k], checkpoint_weights[k]) for k in merged_weights)
+    assert not torch.equal(merged_weights["model.layers.0.self_attn.q_proj.weight"],
+                           load_file(f"{base}/model.safetensors")["model.layers.0.self_attn.q_proj.weight"])
+
+    prompt = "Question: What is collie?\nAnswer: "
+    capsys.readouterr()
+    assert main(["generate", final, prompt, "--max-new-tokens", "5"]) == 0
+    from_adapter = capsys.readouterr().out
+    assert main(["generate", merged, prompt, "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out == from_adapter
+
+    assert main(["convert", final, "--to-hf", str(tmp_path / "x"), "--base", base]) == 2
+    assert "--merge-lora: use it with --to-hf" in capsys.readouterr().err
