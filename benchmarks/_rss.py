@@ -13,7 +13,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -105,11 +105,25 @@ def train_transformers_adamw(shape: str, seq: int, steps: int) -> list[float]:
     return _train_transformers(HFLlama(shape_model_config(shape)), seq, steps)
 
 
+def train_transformers_peft_lora(shape: str, seq: int, steps: int, lora: dict) -> list[float]:
+    """The LoRA baseline: transformers' LlamaForCausalLM (fp32) wrapped by peft's LoRA, gradient
+    checkpointing, AdamW over the adapters, the same loop and tokens."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM as HFLlama
+
+    model = HFLlama(shape_model_config(shape))
+    # What peft's docs prescribe with checkpointing and a frozen embedding.
+    model.enable_input_require_grads()
+    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=list(lora["target_modules"]),
+                        task_type="CAUSAL_LM")
+    return _train_transformers(get_peft_model(model, config), seq, steps)
+
+
 def _train_transformers(model, seq: int, steps: int) -> list[float]:
     config = model.config
     model = model.to(device()).train()
     model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     times = []
     for record in random_records(config.vocab_size, seq, steps):
         ids = torch.tensor([record["tokens"]], device=device())
@@ -121,10 +135,12 @@ def _train_transformers(model, seq: int, steps: int) -> list[float]:
     return times
 
 
-def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int) -> list[float]:
+def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int,
+                 lora: Optional[dict] = None) -> list[float]:
     """Train `model` for `steps` steps (batch 1, checkpointing) with collie's Trainer on random
     tokens; returns the step times. A bf16-stored model computes in fp32 on CPU, one layer at
-    a time (the Trainer's default compute_dtype), natively in bf16 on GPUs."""
+    a time (the Trainer's default compute_dtype), natively in bf16 on GPUs. `lora`: the `peft:`
+    section's fields (LoRA adapters instead of full training)."""
     from collie import CollieConfig
     from collie.data import CollieDatasetForTraining
     from collie.trainer import Callback, Trainer
@@ -143,6 +159,8 @@ def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int) -
                           checkpointing=True)
     config.data.max_length = seq
     config.optimizer.name = optimizer
+    for key, value in (lora or {}).items():
+        setattr(config.peft, key, value)
     data = CollieDatasetForTraining(random_records(model.config.vocab_size, seq, steps))
     timer = StepTimes()
     Trainer(model, config, train_dataset=data, callbacks=[timer]).train()

@@ -112,6 +112,9 @@ class CollieModel(GenerationMixin, nn.Module):
         shards of `config.model`, one checkpoint tensor at a time (no rank ever holds the
         whole model).
         """
+        from collie.host_memory import return_freed_memory_to_os
+
+        return_freed_memory_to_os()  # reading frees a buffer per tensor: give the pages back
         hf_config = load_hf_config(path)
         model_cls = _model_class(cls, hf_config, path)
         dtype = dtype or param_dtype(config)

@@ -24,6 +24,7 @@ from collie.distributed.runtime import build_runtime
 from collie.distributed.steps import StepResult, default_loss, refresh_hessian
 from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity, pad_id
 from collie.evaluate.metrics import PPLMetric
+from collie.host_memory import return_freed_memory_to_os
 from collie.models.base import is_meta
 from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.models.registry import spec_of
@@ -46,6 +47,7 @@ class Trainer:
                  train_fn: Optional[Callable] = None, eval_fn: Optional[Callable] = None,
                  tokenizer=None) -> None:
         config.validate()
+        return_freed_memory_to_os()
         if config.pp_size > 1 and train_fn is not None:
             raise ConfigError("pp_size: a custom train_fn cannot run inside a pipeline schedule")
         self.config = config

@@ -90,3 +90,20 @@ def test_seven_b_from_disk_dry_run_reports_what_collie_train_reported(tmp_path) 
     assert match, lines
     sampled, reported = float(match.group(1)), float(match.group(2))
     assert abs(reported - sampled) <= 0.1 * sampled, (reported, sampled)
+
+
+def test_lora_memory_dry_run_and_goal_verdicts() -> None:
+    lines = _dry_run("lora_memory.py")
+    table = _table(lines)
+    assert set(table) == {"peft_lora", "collie_lora", "collie_lora_bf16"}, lines
+    base = table["peft_lora"][0]
+    for name, (gib, ratio) in table.items():
+        assert abs(ratio - gib / base) <= _quotient_error(gib, base, 2), (name, gib, ratio, base)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        lora_memory = importlib.import_module("lora_memory")
+    finally:
+        sys.path.remove(os.path.join(ROOT, "benchmarks"))
+    assert lora_memory.goal_line({"collie_lora": 1.0, "collie_lora_bf16": 0.61}) == (
+        "goals: collie_lora <= 1.00x: met (1.00x); collie_lora_bf16 <= 0.60x: not met (0.61x)")
+    assert lora_memory.goal_line({}).endswith("collie_lora_bf16 <= 0.60x: not measured")
