@@ -158,20 +158,21 @@ def ensure_writable(path: str) -> None:
 
 def run_generate(args) -> str:
     from collie.models.base import CollieModel, load_tokenizer
-
     from collie.peft.adapter_files import is_adapter_dir
 
-    if is_adapter_dir(args.model_dir):  # LoRA adapters (a LoRA run's export): on their base model
-        from collie.peft.convert import merged_model
+    reserved = 0
+    if is_adapter_dir(args.model_dir):  # a PEFT run's export: its adapters or prompt on their base model
+        from collie.peft.convert import model_with_adapter
 
-        model, base = merged_model(args.model_dir)
+        model, base, reserved = model_with_adapter(args.model_dir)
         has_tokenizer = os.path.isfile(os.path.join(args.model_dir, "tokenizer_config.json"))
         tokenizer = load_tokenizer(args.model_dir if has_tokenizer else base)
     else:
         model = CollieModel.from_pretrained(args.model_dir)
         tokenizer = load_tokenizer(args.model_dir)
     model.eval()
-    input_ids = torch.tensor([tokenizer(args.prompt)["input_ids"]])
+    # Prompt tuning: positions before the text for the trained prompt.
+    input_ids = torch.tensor([[tokenizer.pad_token_id or 0] * reserved + tokenizer(args.prompt)["input_ids"]])
     generator = torch.Generator().manual_seed(args.seed)
     out = model.generate(input_ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

@@ -76,7 +76,7 @@ class PeftSection:
     """Parameter-efficient fine-tuning from YAML (`peft.type=lora peft.r=8`); `peft_config`
     takes the same as a `peft` library config object."""
 
-    # none | lora
+    # none | lora | prompt_tuning
     type: str = "none"
     r: int = 8
     alpha: float = 16.0
@@ -86,11 +86,15 @@ class PeftSection:
     target_modules: Optional[Any] = None
     # Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r.
     rslora: bool = False
+    # Prompt tuning: trained input embeddings put before every sequence; initialised from the
+    # embeddings of this text's tokens (repeated to length), or randomly when it is None.
+    num_virtual_tokens: int = 20
+    prompt_init_text: Optional[str] = None
     # An existing peft adapter directory to continue training from.
     adapter: Optional[str] = None
 
 
-PEFT_TYPES = ("none", "lora")
+PEFT_TYPES = ("none", "lora", "prompt_tuning")
 
 
 @dataclass
@@ -271,10 +275,17 @@ class CollieConfig:
             raise ConfigError(f"peft.dropout: must be in [0, 1), got {peft.dropout}")
         if peft.alpha <= 0:
             raise ConfigError(f"peft.alpha: must be > 0, got {peft.alpha}")
+        _at_least("peft.num_virtual_tokens", peft.num_virtual_tokens, 1)
         if self.peft_config is not None or peft.type != "none":
-            from collie.peft.settings import lora_settings
+            from collie.peft.settings import PromptSettings, peft_settings
 
-            lora_settings(self)  # a peft object collie cannot honour fails here, by name
+            # A peft object collie cannot honour fails here, by name.
+            if isinstance(peft_settings(self), PromptSettings):
+                if self.pp_size > 1:
+                    raise ConfigError("pp_size: prompt tuning runs with data and tensor parallel only (use pp_size=1)")
+                if self.sequence_parallel:
+                    raise ConfigError("sequence_parallel: prompt tuning needs every rank to see the start of the "
+                                      "sequence; turn sequence_parallel off")
 
     def resolve_dp_size(self, world_size: int) -> int:
         """The data-parallel size for `world_size` processes; infers it when unset."""

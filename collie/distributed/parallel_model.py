@@ -25,6 +25,8 @@ class ParallelModel:
 
         self.module, self.spec, self.config, self.runtime = module, spec, config, runtime
         self.uses_fsdp = uses_fsdp
+        # Positions at the start of every row that prompt tuning fills (0: none).
+        self.virtual_tokens = 0
         self.pipeline: Optional[PipelineRunner] = None
         self.eval_model: torch.nn.Module = module
         if runtime.pp_size > 1:
@@ -44,7 +46,7 @@ class ParallelModel:
         # Pipeline stages exchange fixed-shape activations: every batch is padded to max_length there.
         return ColliePadder(pad_token_id, padding_side, max_length=max_length,
                             pad_to=max_length if self.pipeline is not None else None,
-                            multiple_of=self.sequence_multiple)
+                            multiple_of=self.sequence_multiple, virtual_tokens=self.virtual_tokens)
 
     @property
     def update_after_backward(self) -> bool:

@@ -53,6 +53,7 @@ class Evaluator:
         self.forward_context = parallel.forward_context
         if isinstance(self.collate_fn, ColliePadder):
             self.collate_fn.multiple_of = parallel.sequence_multiple
+            self.collate_fn.virtual_tokens = parallel.virtual_tokens
 
     def evaluate(self) -> dict:
         """Run over this rank's share of the dataset; return `{metric: value}` merged over metrics."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from typing import Optional
 
 import torch
@@ -141,24 +140,27 @@ def load_adapter_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tenso
             copy_whole_into(target, tensors[key].to(target.dtype))
 
 
-def write_checkpoint_record(path: str, settings: LoraSettings, ranks: Ranks, base_model: Optional[str]) -> None:
-    record = {"settings": asdict(settings), "ranks": {k: list(v) for k, v in ranks.items()}, "base_model": base_model}
+def write_checkpoint_record(path: str, record: dict) -> None:
     with open(os.path.join(path, CHECKPOINT_RECORD), "w") as f:
         json.dump(record, f, indent=2)
 
 
-def read_checkpoint_record(path: str) -> Optional[tuple[LoraSettings, Ranks, Optional[str]]]:
-    """A LoRA checkpoint's settings, ranks and base model; None for a full-model checkpoint."""
+def read_checkpoint_record(path: str) -> Optional[dict]:
+    """What a PEFT run's checkpoint records (`type`, `settings`, `base_model`, LoRA's `ranks`);
+    None for a full-model checkpoint."""
     file = os.path.join(path, CHECKPOINT_RECORD)
     if not os.path.isfile(file):
         return None
     with open(file) as f:
-        record = json.load(f)
-    settings = record["settings"]
+        return json.load(f)
+
+
+def lora_from_record(record: dict) -> tuple[LoraSettings, Ranks]:
+    settings = dict(record["settings"])
     if isinstance(settings["target_modules"], list):
         settings["target_modules"] = tuple(settings["target_modules"])
     ranks = {k: (int(v[0]), float(v[1])) for k, v in record["ranks"].items()}
-    return LoraSettings(**settings), ranks, record.get("base_model")
+    return LoraSettings(**settings), ranks
 
 
 def _skeleton(spec, hf_config) -> torch.nn.Module:

@@ -22,7 +22,8 @@ from collie.models.init import named_generator
 from collie.models.layers import Linear, cast_linear
 from collie.peft.settings import LoraSettings
 
-ADAPTER_NAME = re.compile(r"\.lora_[AB]\.weight$")
+# LoRA's A and B, and prompt tuning's prompt: what PEFT adds to a model's state dict.
+ADAPTER_NAME = re.compile(r"(\.lora_[AB]\.weight|^prompt\.weight)$")
 _WRAPPER = re.compile(r"(^|\.)_checkpoint_wrapped_module(?=\.|$)")
 
 

@@ -4,7 +4,7 @@ written out."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
@@ -12,7 +12,7 @@ import torch
 from collie.peft.adapter_files import (Ranks, gather_adapters, load_adapter_tensors, read_adapter,
                                        write_adapter)
 from collie.peft.lora import add_lora, init_adapters
-from collie.peft.settings import LoraSettings, lora_settings
+from collie.peft.settings import LoraSettings
 
 log = logging.getLogger("collie")
 
@@ -23,6 +23,9 @@ class LoraRun:
     ranks: Ranks
     # Whole adapter tensors read from `settings.adapter` (None: a fresh initialisation).
     start_from: Optional[dict[str, torch.Tensor]] = None
+
+    # LoRA reserves no positions in the batch (prompt tuning does).
+    virtual_tokens = 0
 
     def initialise(self, module: torch.nn.Module, seed: int) -> None:
         """Fill this rank's adapters, once the model is parallelized."""
@@ -40,12 +43,14 @@ class LoraRun:
             write_adapter(path, tensors, self.ranks, self.settings, hf_config, spec, base_model)
 
 
-def attach_lora(model: torch.nn.Module, spec, config) -> Optional[LoraRun]:
-    """Put the configured adapters on the (single-device, possibly empty) model and freeze its
-    base; None when the run trains every parameter."""
-    settings = lora_settings(config)
-    if settings is None:
-        return None
+    def record(self, base_model: Optional[str]) -> dict:
+        """What a checkpoint records about the adapters (`collie convert` reads it back)."""
+        return {"type": "lora", "settings": asdict(self.settings), "ranks": {k: list(v) for k, v in self.ranks.items()},
+                "base_model": base_model}
+
+
+def attach_lora(model: torch.nn.Module, spec, settings: LoraSettings) -> LoraRun:
+    """Put the adapters on the (single-device, possibly empty) model and freeze its base."""
     start_from, ranks = None, None
     if settings.adapter:
         settings, ranks, start_from = read_adapter(settings.adapter, model.config, spec)

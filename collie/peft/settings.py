@@ -1,5 +1,5 @@
-"""The LoRA settings of a run, from the `peft:` section or from a `peft.LoraConfig`, and back
-to a `peft.LoraConfig` for the files peft reads."""
+"""The PEFT settings of a run (LoRA or prompt tuning), from the `peft:` section or from a
+`peft` config object, and back to a `peft` config for the files peft reads."""
 
 from __future__ import annotations
 
@@ -53,13 +53,31 @@ class LoraSettings:
                           bias="none", task_type="CAUSAL_LM", base_model_name_or_path=base_model)
 
 
-def lora_settings(config) -> Optional[LoraSettings]:
-    """The run's LoRA settings, or None when it trains every parameter."""
+@dataclass(frozen=True)
+class PromptSettings:
+    num_virtual_tokens: int = 20
+    init_text: Optional[str] = None
+    adapter: Optional[str] = None
+
+    def to_peft(self, hidden: int, heads: int, layers: int, base_model: Optional[str]):
+        """peft's config for trained prompts (written with RANDOM init: the init text mattered
+        only before training, and TEXT would make peft load a tokenizer to read the file)."""
+        from peft import PromptTuningConfig
+
+        return PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens, token_dim=hidden,
+                                  num_transformer_submodules=1, num_attention_heads=heads, num_layers=layers,
+                                  base_model_name_or_path=base_model)
+
+
+def peft_settings(config) -> Union[LoraSettings, PromptSettings, None]:
+    """The run's PEFT settings, or None when it trains every parameter."""
     if config.peft_config is not None:
         return from_peft_config(config.peft_config, config.peft.adapter)
     section = config.peft
     if section.type == "none":
         return None
+    if section.type == "prompt_tuning":
+        return PromptSettings(section.num_virtual_tokens, section.prompt_init_text, section.adapter)
     targets = section.target_modules
     if targets is None:
         targets = DEFAULT_TARGETS
@@ -69,19 +87,21 @@ def lora_settings(config) -> Optional[LoraSettings]:
                         rslora=section.rslora, adapter=section.adapter)
 
 
-def from_peft_config(peft_config, adapter: Optional[str] = None) -> LoraSettings:
-    """A `peft.LoraConfig` as collie's settings; features collie does not implement are refused
-    by name instead of being ignored."""
+def from_peft_config(peft_config, adapter: Optional[str] = None) -> Union[LoraSettings, PromptSettings]:
+    """A `peft.LoraConfig` or `peft.PromptTuningConfig` as collie's settings; features collie
+    does not implement are refused by name instead of being ignored."""
     try:
-        from peft import LoraConfig
+        from peft import LoraConfig, PromptTuningConfig
     except ImportError:
         raise ConfigError("peft_config: the `peft` package is not installed (pip install peft)") from None
     if isinstance(peft_config, Mapping):
         raise ConfigError("peft_config: takes a peft config object (peft.LoraConfig); in YAML or key=value "
                           "overrides use the `peft:` section (peft.type=lora peft.r=8)")
+    if isinstance(peft_config, PromptTuningConfig):
+        return _from_prompt_tuning_config(peft_config, adapter)
     if not isinstance(peft_config, LoraConfig):
         raise ConfigError(f"peft_config: {type(peft_config).__name__} is not supported; collie trains LoRA "
-                          "adapters (peft.LoraConfig)")
+                          "adapters (peft.LoraConfig) and prompts (peft.PromptTuningConfig)")
     unsupported = {"bias": peft_config.bias != "none", "use_dora": peft_config.use_dora,
                    "modules_to_save": bool(peft_config.modules_to_save),
                    "layers_to_transform": peft_config.layers_to_transform is not None,
@@ -101,6 +121,17 @@ def from_peft_config(peft_config, adapter: Optional[str] = None) -> LoraSettings
                         target_modules=targets, rslora=peft_config.use_rslora,
                         rank_pattern=dict(peft_config.rank_pattern or {}),
                         alpha_pattern=dict(peft_config.alpha_pattern or {}), adapter=adapter)
+
+
+def _from_prompt_tuning_config(peft_config, adapter: Optional[str]) -> PromptSettings:
+    if peft_config.num_transformer_submodules not in (None, 1):
+        raise ConfigError(f"peft_config.num_transformer_submodules: {peft_config.num_transformer_submodules} is not "
+                          "supported (decoder-only models take 1)")
+    init = str(getattr(peft_config.prompt_tuning_init, "value", peft_config.prompt_tuning_init))
+    if init not in ("RANDOM", "TEXT"):
+        raise ConfigError(f"peft_config.prompt_tuning_init: {init!r} is not supported (RANDOM or TEXT)")
+    text = peft_config.prompt_tuning_init_text if init == "TEXT" else None
+    return PromptSettings(peft_config.num_virtual_tokens, text, adapter)
 
 
 def _pattern(patterns: dict, names: tuple[str, ...], default):

@@ -78,8 +78,8 @@ def _no_dist() -> bool:
 
 
 def _model_options(trainer) -> Optional[StateDictOptions]:
-    """A LoRA run checkpoints its adapters alone: the frozen base is the model it started from."""
-    if getattr(trainer, "lora", None) is None:
+    """A PEFT run checkpoints its adapters alone: the frozen base is the model it started from."""
+    if getattr(trainer, "peft", None) is None:
         return None
     return StateDictOptions(ignore_frozen_params=True, strict=False)
 
@@ -115,10 +115,10 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
     if rank == 0:
         with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
             json.dump(trainer_state(trainer, model_only), f, indent=2)
-        if getattr(trainer, "lora", None) is not None:
+        if getattr(trainer, "peft", None) is not None:
             from collie.peft.adapter_files import write_checkpoint_record
 
-            write_checkpoint_record(tmp, trainer.lora.settings, trainer.lora.ranks, trainer.config.model)
+            write_checkpoint_record(tmp, trainer.peft.record(trainer.config.model))
         model_config = getattr(trainer.model, "config", None)
         if model_config is not None and hasattr(model_config, "save_pretrained"):
             model_config.save_pretrained(tmp)

@@ -30,7 +30,7 @@ from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.models.registry import spec_of
 from collie.monitors.monitors import Monitor, StepStats, default_monitors
 from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
-from collie.peft.lora_run import LoraRun, attach_lora
+from collie.peft.attach import PeftRun, attach_peft
 from collie.trainer import checkpoint
 from collie.trainer.callbacks import Callback, CallbackList
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
@@ -53,12 +53,14 @@ class Trainer:
         self.config = config
         self.runtime = build_runtime(config)
         self.spec = spec_of(model)
-        # LoRA: adapters go on the single-device model; parallelism then treats them as any layer.
-        self.lora: Optional[LoraRun] = attach_lora(model, self.spec, config)
+        # PEFT: adapters or a prompt go on the single-device model; parallelism then treats them
+        # as any other parameters.
+        self.peft: Optional[PeftRun] = attach_peft(model, self.spec, config)
         self.parallel = self._parallelize(model, optimizer)
         self.model = self.parallel.module
-        if self.lora is not None:
-            self.lora.initialise(self.model, config.seed)
+        if self.peft is not None:
+            self.peft.initialise(self.model, config.seed)
+            self.parallel.virtual_tokens = self.peft.virtual_tokens
         self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
         self.train_fn = train_fn
         self.train_dataset = train_dataset
@@ -144,13 +146,13 @@ class Trainer:
         return results
 
     def save_model(self, path: str) -> None:
-        """The model (and tokenizer) in Hugging Face format; a LoRA run writes its adapters in
-        peft's format (`PeftModel.from_pretrained(base, path)` loads them)."""
+        """The model (and tokenizer) in Hugging Face format; a PEFT run writes its adapters or
+        prompt in peft's format (`PeftModel.from_pretrained(base, path)` loads them)."""
         tokenizer = self.tokenizer if self.runtime.is_main else None
-        if self.lora is None:
+        if self.peft is None:
             self.parallel.export(path, tokenizer)
         else:
-            self.lora.save(path, self.model, self.spec, self.runtime, base_model=self.config.model)
+            self.peft.save(path, self.model, self.spec, self.runtime, base_model=self.config.model)
             if tokenizer is not None:
                 tokenizer.save_pretrained(path)
             self.runtime.barrier()

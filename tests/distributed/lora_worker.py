@@ -1,5 +1,5 @@
-"""Run under torchrun: LoRA training of the same seed checkpoint under several layouts; writes
-the per-step losses, and each layout exports its adapters in peft's format."""
+"""Run under torchrun: LoRA training (and prompt tuning) of the same seed checkpoint under several
+layouts; writes the per-step losses, and each layout exports its adapters in peft's format."""
 
 import json
 import os
@@ -15,6 +15,7 @@ from collie.trainer import Callback, Trainer
 
 # The global batch stays 4 samples (micro × grad_accum × dp); float64 unless a row says otherwise.
 LORA = ["peft.type=lora", "peft.r=4", "peft.alpha=8", "peft.target_modules=[q_proj,v_proj,o_proj,down_proj]"]
+PROMPT = ["peft.type=prompt_tuning", "peft.num_virtual_tokens=3", "optimizer.lr=0.1"]
 LAYOUTS = {
     "dp2": ["dp_size=2", "zero_stage=0", "train_micro_batch_size=1"],
     "zero3_dp2": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1", "checkpointing=true"],
@@ -28,10 +29,14 @@ LAYOUTS = {
     "internlm2/zero3_dp2": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
     # A bf16 base with fp32 adapters (compute in fp32 on CPU): compared by loss at fp32 precision.
     "bf16/zero3_dp2": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1", "param_dtype=bfloat16"],
+    # Prompt tuning, as CoLLiE's example runs it: under data and tensor parallel.
+    "prompt/zero3_dp2": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1", *PROMPT],
+    "prompt/tp2_left": ["dp_size=1", "tp_size=2", "data.padding_side=left", *PROMPT],
 }
 LAYOUTS_4 = {
     "dp2_tp2": ["dp_size=2", "tp_size=2", "train_micro_batch_size=1"],
     "pp2_dp2_zero3": ["dp_size=2", "pp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
+    "prompt/dp2_tp2": ["dp_size=2", "tp_size=2", "train_micro_batch_size=1", *PROMPT],
 }
 
 

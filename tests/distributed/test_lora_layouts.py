@@ -1,5 +1,6 @@
 """LoRA under every layout, in float64: per-step losses and the exported adapters (peft's
-files) equal one process's within 1e-9; a bf16 base with fp32 adapters at fp32 precision."""
+files) equal one process's within 1e-9; a bf16 base with fp32 adapters at fp32 precision;
+prompt tuning under data and tensor parallel (left padding on tp2: the reference pads right)."""
 
 import json
 import os
@@ -25,7 +26,7 @@ REFERENCES = {"adamw": [], "lomo": ["optimizer.name=lomo", "optimizer.lr=0.05"],
 def seed(tmp_path_factory):
     sys.path.insert(0, HERE)
     import family_layouts
-    from lora_worker import model_for, run
+    from lora_worker import PROMPT, model_for, run
 
     root = tmp_path_factory.mktemp("lora_layouts")
     model_dir = save_tiny_hf_model(str(root / "seed"))
@@ -34,13 +35,13 @@ def seed(tmp_path_factory):
     records.write_text(json.dumps(RECORDS))
     references = {name: run(model_for(model_dir, f"{name}/"), str(records), ["dp_size=1", *overrides],
                             export=str(root / f"single-{name}"))
-                  for name, overrides in REFERENCES.items()}
+                  for name, overrides in {**REFERENCES, "prompt": PROMPT}.items()}
     return root, model_dir, str(records), references
 
 
 def _reference(row: str) -> str:
     prefix = row.split("/")[0]
-    return prefix if prefix in REFERENCES else "adamw"
+    return prefix if prefix in REFERENCES or prefix == "prompt" else "adamw"
 
 
 def _check(seed, nproc: int) -> None:
@@ -73,7 +74,8 @@ def _check(seed, nproc: int) -> None:
 def _adapter_config(path) -> dict:
     with open(os.path.join(path, "adapter_config.json")) as f:
         config = json.load(f)
-    config["target_modules"] = sorted(config["target_modules"])  # peft writes a set
+    if "target_modules" in config:
+        config["target_modules"] = sorted(config["target_modules"])  # peft writes a set
     return config
 
 

@@ -17,7 +17,7 @@ from collie.data import CollieDatasetForTraining
 from collie.models.base import CollieModel
 from collie.peft.adapter_files import write_adapter
 from collie.peft.lora import adapter_modules, add_lora, merge_adapters
-from collie.peft.lora_run import attach_lora
+from collie.peft.attach import attach_peft
 from collie.trainer import Callback, Trainer
 from helpers import save_tiny_hf_model
 
@@ -117,7 +117,7 @@ def test_fused_checkpoint_formats_round_trip(family, tmp_path):
     config = CollieConfig(model=str(tmp_path / "base"), param_dtype="float64")
     config.peft.type, config.peft.target_modules = "lora", "all-linear"
     config.peft.rslora = family == "chatglm"  # the fused adapter's alpha must keep alpha / sqrt(rank)
-    run = attach_lora(model, _spec(model), config)
+    run = attach_peft(model, _spec(model), config)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for layer in adapter_modules(model).values():
@@ -132,7 +132,7 @@ def test_fused_checkpoint_formats_round_trip(family, tmp_path):
     config = CollieConfig(model=str(tmp_path / "base"), param_dtype="float64")
     config.peft.type, config.peft.adapter = "lora", str(tmp_path / "adapter")
     reloaded = CollieModel.from_pretrained(str(tmp_path / "base"), dtype=torch.float64)
-    run = attach_lora(reloaded, _spec(reloaded), config)
+    run = attach_peft(reloaded, _spec(reloaded), config)
     run.initialise(reloaded, seed=0)
     assert (_logits(reloaded) - expected).abs().max() <= 1e-12
     merge_adapters(reloaded)
@@ -198,14 +198,14 @@ def test_bad_lora_settings_fail_with_the_field(base, setting, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         config.validate()
         model = CollieModel.from_pretrained(base, config=config)
-        attach_lora(model, _spec(model), config)
+        attach_peft(model, _spec(model), config)
 
 
 def test_save_pretrained_refuses_unmerged_adapters(base, tmp_path):
     model = CollieModel.from_pretrained(base)
     config = CollieConfig()
     config.peft.type = "lora"
-    attach_lora(model, _spec(model), config)
+    attach_peft(model, _spec(model), config)
     with pytest.raises(ValueError, match="has LoRA adapters"):
         model.save_pretrained(str(tmp_path / "out"))
 

@@ -93,6 +93,8 @@ class LlamaForCausalLM(CollieModel):
         self.lm_head = Linear(args.hidden, args.vocab, bias=False)
         if args.tied_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        # Prompt tuning's trained embeddings for the positions the padder reserves (collie.peft).
+        self.prompt: Optional[nn.Module] = None
         # A plain attribute, not a buffer: it is recomputed cheaply, never checkpointed,
         # and survives meta-device construction.
         self._inv_freq = inverse_frequencies(args.rotary_dim, args.rope_theta, args.rope_scaling)
@@ -106,6 +108,8 @@ class LlamaForCausalLM(CollieModel):
         if self.embed_tokens is not None and self.compute_dtype is not None:
             h = h.to(self.compute_dtype)  # activations carry the compute dtype from here on
         past = kv_cache.length if kv_cache is not None else 0
+        if self.prompt is not None and past == 0:
+            h = self.prompt(h)  # prompt tuning: the prompt takes the reserved first positions
         if position_ids is None:
             position_ids = default_position_ids(batch, seq, past, attention_mask, input_ids.device)
         cos, sin = rope_cos_sin(self._frequencies(position_ids), position_ids, h.dtype)
