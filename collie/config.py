@@ -256,9 +256,11 @@ class CollieConfig:
         if len(self.optimizer.betas) not in (2, 3):
             raise ConfigError(f"optimizer.betas: expected 2 values (3 for adan), got {list(self.optimizer.betas)}")
         self._validate_peft()
-        # Accepted for CoLLiE's API, refused until it is built: a setting either works or says so.
         if self.quantization_config is not None:
-            raise ConfigError("quantization_config: quantized training is not supported yet; remove it")
+            from collie.peft.quantize import check_layout, quant_settings
+
+            quant_settings(self)
+            check_layout(self)
         if self.model is not None and self.init_shape is not None:
             raise ConfigError("model and init_shape: give one of them, not both")
         if world_size is not None:

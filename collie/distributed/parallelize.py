@@ -1,6 +1,6 @@
 """Apply parallelism to a single-device model from outside, in one fixed order:
 pipeline split → tensor parallel (DTensor) → compute dtype → activation checkpointing →
-data parallel (FSDP2 or DDP). The model is read only through its family's spec."""
+(QLoRA: 4-bit base) → data parallel (FSDP2 or DDP). The model is read only through its family's spec."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from collie.config import ConfigError
 from collie.distributed.parallel_model import ParallelModel
 from collie.dtypes import DTYPES
 from collie.forward_context import autocast_dtype
+from collie.peft.quantize import quant_settings, quantize_frozen_linears, require_backend
 from collie.peft.tensor_parallel import with_lora_styles
 
 log = logging.getLogger("collie")
@@ -48,6 +49,10 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
     fsdp = runtime.dp_size > 1 and (config.zero_stage > 0 or needs_fsdp_for_replication(config))
     if weights_from is not None and not fsdp:
         _load_shards(model, weights_from, runtime, config)  # DDP broadcasts real weights when it wraps
+    quant = quant_settings(config)
+    if quant is not None:  # QLoRA (no FSDP, no model parallel): weights are loaded and on their device
+        require_backend(runtime.device)
+        quantize_frozen_linears(model, spec, quant, runtime.device)
     if runtime.dp_size > 1 and (fsdp or replicate_wrapper):
         apply_data_parallel(model, spec, runtime.mesh["dp"], config)
     if weights_from is not None and fsdp:

@@ -19,7 +19,8 @@ from collie.config import ConfigError
 from collie.distributed.shards import copy_whole_into
 from collie.dtypes import at_least_fp32
 from collie.models.init import named_generator
-from collie.models.layers import Linear, cast_linear
+from collie.models.layers import Linear
+from collie.peft.quantize import base_linear
 from collie.peft.settings import LoraSettings
 
 # LoRA's A and B, and prompt tuning's prompt: what PEFT adds to a model's state dict.
@@ -40,7 +41,7 @@ class LoraLinear(nn.Module):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return cast_linear(x, self.weight, self.bias) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        return base_linear(x, self.weight, self.bias) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, " \

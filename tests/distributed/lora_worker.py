@@ -16,6 +16,8 @@ from collie.trainer import Callback, Trainer
 # The global batch stays 4 samples (micro × grad_accum × dp); float64 unless a row says otherwise.
 LORA = ["peft.type=lora", "peft.r=4", "peft.alpha=8", "peft.target_modules=[q_proj,v_proj,o_proj,down_proj]"]
 PROMPT = ["peft.type=prompt_tuning", "peft.num_virtual_tokens=3", "optimizer.lr=0.1"]
+# QLoRA: a 4-bit NF4 base (bitsandbytes has no float64 kernels: compared at fp32 precision).
+QLORA = ["quantization_config={load_in_4bit: true}", "param_dtype=float32"]
 LAYOUTS = {
     "dp2": ["dp_size=2", "zero_stage=0", "train_micro_batch_size=1"],
     "zero3_dp2": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1", "checkpointing=true"],
@@ -32,6 +34,7 @@ LAYOUTS = {
     # Prompt tuning, as CoLLiE's example runs it: under data and tensor parallel.
     "prompt/zero3_dp2": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1", *PROMPT],
     "prompt/tp2_left": ["dp_size=1", "tp_size=2", "data.padding_side=left", *PROMPT],
+    "qlora/dp2": ["dp_size=2", "zero_stage=0", "train_micro_batch_size=1", *QLORA],
 }
 LAYOUTS_4 = {
     "dp2_tp2": ["dp_size=2", "tp_size=2", "train_micro_batch_size=1"],

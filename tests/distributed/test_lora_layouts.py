@@ -1,5 +1,6 @@
 """LoRA under every layout, in float64: per-step losses and the exported adapters (peft's
-files) equal one process's within 1e-9; a bf16 base with fp32 adapters at fp32 precision;
+files) equal one process's within 1e-9; a bf16 base with fp32 adapters and QLoRA's 4-bit
+base at fp32 precision;
 prompt tuning under data and tensor parallel (left padding on tp2: the reference pads right)."""
 
 import json
@@ -26,7 +27,7 @@ REFERENCES = {"adamw": [], "lomo": ["optimizer.name=lomo", "optimizer.lr=0.05"],
 def seed(tmp_path_factory):
     sys.path.insert(0, HERE)
     import family_layouts
-    from lora_worker import PROMPT, model_for, run
+    from lora_worker import PROMPT, QLORA, model_for, run
 
     root = tmp_path_factory.mktemp("lora_layouts")
     model_dir = save_tiny_hf_model(str(root / "seed"))
@@ -35,13 +36,13 @@ def seed(tmp_path_factory):
     records.write_text(json.dumps(RECORDS))
     references = {name: run(model_for(model_dir, f"{name}/"), str(records), ["dp_size=1", *overrides],
                             export=str(root / f"single-{name}"))
-                  for name, overrides in {**REFERENCES, "prompt": PROMPT}.items()}
+                  for name, overrides in {**REFERENCES, "prompt": PROMPT, "qlora": QLORA}.items()}
     return root, model_dir, str(records), references
 
 
 def _reference(row: str) -> str:
     prefix = row.split("/")[0]
-    return prefix if prefix in REFERENCES or prefix == "prompt" else "adamw"
+    return prefix if prefix in (*REFERENCES, "prompt", "qlora") else "adamw"
 
 
 def _check(seed, nproc: int) -> None:
@@ -56,17 +57,18 @@ def _check(seed, nproc: int) -> None:
     assert set(losses) == set(LAYOUTS_4 if nproc == 4 else LAYOUTS)
     for row, values in losses.items():
         reference = _reference(row)
-        # A bf16 base computes in fp32 here: fp32 reduction order differs between layouts.
-        tolerance = 1e-4 if reference == "bf16" else TOLERANCE
+        # A bf16 or 4-bit base computes in fp32 here: fp32 reduction order differs between layouts.
+        fp32 = reference in ("bf16", "qlora")
+        tolerance = 1e-4 if fp32 else TOLERANCE
         assert len(values) == 8
         assert max(abs(a - b) for a, b in zip(values, references[reference])) <= tolerance, (row, values)
         expected = load_file(root / f"single-{reference}" / "adapter_model.safetensors")
         written = load_file(f"{out}.{row.replace('/', '-')}/adapter_model.safetensors")
         assert written.keys() == expected.keys(), row
         for key, tensor in written.items():
-            assert tensor.dtype == (torch.float32 if reference == "bf16" else torch.float64), (row, key)
+            assert tensor.dtype == (torch.float32 if fp32 else torch.float64), (row, key)
             # AdamW amplifies fp32 rounding in its parameters: those are compared in float64 only.
-            if reference != "bf16":
+            if not fp32:
                 assert (tensor - expected[key]).abs().max() <= TOLERANCE, (row, key)
         assert _adapter_config(f"{out}.{row.replace('/', '-')}") == _adapter_config(root / f"single-{reference}"), row
 

@@ -38,7 +38,10 @@ def test_bad_overrides_name_the_key(overrides, message):
     (["model=x", "init_shape=tiny"], "give one of them"),
     (["peft_config={peft_type: LORA, r: 8}"], "peft_config: takes a peft config object .* use the `peft:` section"),
     (["peft.type=lora", "peft.dropout=1.5"], r"peft.dropout: must be in \[0, 1\), got 1.5"),
-    (["quantization_config={load_in_4bit: true}"], "quantization_config: quantized training is not supported yet"),
+    (["quantization_config={load_in_4bit: true}"], "quantization_config: a 4-bit base trains through LoRA"),
+    (["quantization_config={load_in_8bit: true}"], "quantization_config.load_in_8bit: 8-bit weights are not"),
+    (["quantization_config={load_in_4bit: true}", "peft.type=lora", "tp_size=2"],
+     "tp_size: QLoRA runs on one device or replicated data parallel"),
     (["tp_size=2", "sequence_parallel=true", "data.max_length=7"], "data.max_length: .* multiple of it, got 7"),
     (["param_dtype=float8"], "param_dtype: 'float8' is not one of auto, float32, bfloat16, float16, float64"),
 ])
