@@ -81,6 +81,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (ConfigError, DataError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"collie: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk or a permission error while writing an export
+        print(f"collie: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 1
     except FloatingPointError as e:
         print(f"collie: error: {e}", file=sys.stderr)
         return 1

@@ -146,6 +146,9 @@ class CollieConfig:
     output_dir: Optional[str] = None
     checkpoint_every_n_steps: int = 0
     max_to_keep: int = 0
+    # A checkpoint that cannot be written (full disk, no permission): "stop" training, or
+    # "warn" and try again at the next checkpoint. Either way `latest` stays on a complete one.
+    checkpoint_errors: str = "stop"
     # What a NaN/inf loss does: "stop" training, or "skip" that step's update.
     nan_policy: str = "stop"
     # Tokenizers/configs that ship their own Python code run it only when this is set.
@@ -230,6 +233,7 @@ class CollieConfig:
         _choice("data.padding_side", self.data.padding_side, PADDING_SIDES)
         _choice("init_method", self.init_method, INIT_METHODS)
         _choice("nan_policy", self.nan_policy, ("stop", "skip"))
+        _choice("checkpoint_errors", self.checkpoint_errors, ("stop", "warn"))
         for sink in self.logging:
             _choice("logging", sink, SINKS)
         if self.pp_schedule == "interleaved1f1b" and self.pp_size > 1 and self.pp_virtual_stages < 2:

@@ -27,7 +27,7 @@ from collie.peft.settings import LoraSettings, from_peft_config
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-# What a collie checkpoint of a LoRA run records about its adapters (`collie convert` reads it).
+# What a checkpoint of a PEFT run records about its adapters (`collie convert` reads it).
 CHECKPOINT_RECORD = "adapters.json"
 _PREFIX = "base_model.model."
 

@@ -31,6 +31,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupted or of another model."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (a full disk, no permission): the partial one is removed and
+    `latest` still names the previous complete one."""
+
+
 def is_corruption(error: BaseException) -> bool:
     """Whether `error` is what reading a truncated, overwritten or half-written checkpoint
     raises. Running out of memory, a permission error or a storage timeout is not: those
@@ -109,6 +114,34 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
     if rank == 0 and os.path.exists(tmp):
         shutil.rmtree(tmp)  # left by a save that was killed
     _barrier()
+    failure: Optional[BaseException] = None
+    try:
+        _write(trainer, tmp, rank, model_only)
+    except (OSError, CheckpointException) as e:
+        if not _is_storage_error(e):
+            raise
+        failure = e
+    # Every rank learns whether any rank failed: they all stop (or go on) together.
+    if _any_rank(failure is not None):
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _barrier()
+        cause = _storage_cause(failure) if failure is not None else "failed on another rank"
+        raise CheckpointWriteError(f"{path}: the checkpoint could not be written ({cause}); the partial one was "
+                                   "removed and `latest` still names the previous checkpoint")
+    _barrier()
+    if rank == 0:
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        if mark_latest:
+            _write_marker(os.path.dirname(path), os.path.basename(path))
+            _prune(os.path.dirname(path), max_to_keep)
+    _barrier()
+    return path
+
+
+def _write(trainer, tmp: str, rank: int, model_only: bool) -> None:
     dcp.save(_states(trainer, model_only), checkpoint_id=tmp, no_dist=_no_dist())
     if not model_only:
         torch.save({"rng": rng_state()}, os.path.join(tmp, f"rank-{rank}.pt"))
@@ -124,16 +157,28 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
             model_config.save_pretrained(tmp)
         if trainer.tokenizer is not None:
             trainer.tokenizer.save_pretrained(tmp)
-    _barrier()
-    if rank == 0:
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        if mark_latest:
-            _write_marker(os.path.dirname(path), os.path.basename(path))
-            _prune(os.path.dirname(path), max_to_keep)
-    _barrier()
-    return path
+
+
+def _is_storage_error(error: BaseException) -> bool:
+    """An OSError from the file system (DCP wraps each rank's in a CheckpointException)."""
+    if isinstance(error, CheckpointException):
+        return all(_is_storage_error(failure) for failure, _ in error.failures.values())
+    return isinstance(error, OSError)
+
+
+def _storage_cause(error: BaseException) -> str:
+    if isinstance(error, CheckpointException):
+        error = next(iter(error.failures.values()))[0]
+    return error.strerror or str(error) if isinstance(error, OSError) else str(error)
+
+
+def _any_rank(flag: bool) -> bool:
+    if not dist.is_initialized():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def load(trainer, path: str) -> None:

@@ -46,7 +46,14 @@ class CheckpointCallback(Callback):
     def _save(self, trainer) -> None:
         if self._saved_step == trainer.global_step:
             return
-        trainer.save_checkpoint(max_to_keep=self.max_to_keep, model_only=self.model_only)
+        try:
+            trainer.save_checkpoint(max_to_keep=self.max_to_keep, model_only=self.model_only)
+        except checkpoint.CheckpointWriteError as e:
+            if getattr(trainer.config, "checkpoint_errors", "stop") != "warn":
+                raise
+            log.warning("step %d: %s; training goes on and the next checkpoint tries again "
+                        "(checkpoint_errors=warn)", trainer.global_step, e)
+            return
         self._saved_step = trainer.global_step
 
 
