@@ -126,7 +126,8 @@ def run_train(config_path: str, overrides: list[str]) -> None:
         config.save(os.path.join(config.output_dir, "config.yaml"))
     trainer = Trainer(model, config, train_dataset=train_ds, evaluators=evaluators, tokenizer=tokenizer)
     trainer.train()
-    trainer.save_model(os.path.join(config.output_dir, "final"))
+    if not trainer.preempted:  # a preempted run resumes from its checkpoint instead
+        trainer.save_model(os.path.join(config.output_dir, "final"))
 
 
 def seed_checkpoint(config: CollieConfig, env) -> str:

@@ -35,6 +35,7 @@ from collie.trainer import checkpoint
 from collie.trainer.callbacks import Callback, CallbackList
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
 from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class, updates_in_backward
+from collie.trainer.preemption import PreemptionWatch
 
 log = logging.getLogger("collie")
 
@@ -90,6 +91,9 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.should_stop = False
+        # Set when a preemption signal stopped training after a checkpoint (`train` returned early).
+        self.preempted = False
+        self._preemption: Optional[PreemptionWatch] = None
         self.sinks: list[Sink] = []
         self._flops_per_token: Optional[float] = None
 
@@ -127,13 +131,16 @@ class Trainer:
         for monitor in self.monitors:
             monitor.start(self.runtime.device)
         try:
-            self._loop()
+            with PreemptionWatch() as self._preemption:
+                self._loop()
         finally:
+            self._preemption = None
             for monitor in self.monitors:
                 monitor.stop()
             for sink in self.sinks:
                 sink.close()
-        self.callbacks.fire("on_train_end", self)
+        if not self.preempted:
+            self.callbacks.fire("on_train_end", self)
 
     def evaluate(self) -> dict:
         self.callbacks.fire("on_evaluate_begin", self)
@@ -198,15 +205,30 @@ class Trainer:
                 for sink in self.sinks:
                     sink.write(row)
                 self.callbacks.fire("on_train_batch_end", self, result.loss)
-                if self._done():
+                if self._preempted() or self._done():
                     break
             if self.batch_in_epoch == per_epoch:
                 self.callbacks.fire("on_train_epoch_end", self, self.epoch)
                 self.epoch += 1
                 self.batch_in_epoch = 0
 
+    def _preempted(self) -> bool:
+        """After a preemption signal (on any rank): checkpoint, say where, stop."""
+        name = self._preemption.agreed_signal(self.runtime.device) if self._preemption is not None else None
+        if name is None:
+            return False
+        if self.config.output_dir:
+            path = self.save_checkpoint(max_to_keep=self.config.max_to_keep)
+            where = f"checkpoint {path} written; run the same command to resume"
+        else:
+            where = "no checkpoint written (no output_dir)"
+        if self.runtime.is_main:
+            log.warning("preempted by %s after step %d: %s", name, self.global_step, where)
+        self.preempted = True
+        return True
+
     def _done(self) -> bool:
-        return self.should_stop or (self.config.max_steps > 0 and self.global_step >= self.config.max_steps)
+        return self.preempted or self.should_stop or (self.config.max_steps > 0 and self.global_step >= self.config.max_steps)
 
     def _eval_due(self, epoch_end: bool) -> bool:
         if not self.evaluators:

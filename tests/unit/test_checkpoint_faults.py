@@ -85,3 +85,35 @@ def test_export_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys, code):
     assert _train(str(tmp_path / "run"), "checkpoint_every_n_steps=0") == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.endswith("model.safetensors: No space left on device")
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_returns(tmp_path, caplog):
+    import signal
+
+    from collie import CollieConfig, LlamaForCausalLM
+    from collie.data import CollieDatasetForTraining
+    from collie.trainer import Callback, Trainer
+    from helpers import tiny_llama_config
+
+    class SignalAtStep3(Callback):
+        def __init__(self):
+            self.ended = False
+
+        def on_train_batch_end(self, trainer, loss):
+            if trainer.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        def on_train_end(self, trainer):
+            self.ended = True
+
+    config = CollieConfig(model_config=tiny_llama_config(), logging=[], max_steps=10, output_dir=str(tmp_path))
+    callback = SignalAtStep3()
+    records = [{"tokens": [1 + (i * j) % 200 for j in range(8)]} for i in range(8)]
+    trainer = Trainer(LlamaForCausalLM.from_config(config), config, train_dataset=CollieDatasetForTraining(records),
+                      callbacks=[callback])
+    previous = signal.getsignal(signal.SIGTERM)
+    trainer.train()
+    assert trainer.preempted and trainer.global_step == 3 and not callback.ended
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is the caller's again
+    assert _checkpoints(str(tmp_path)) == ["latest", "step-3"]
+    assert any("preempted by SIGTERM after step 3: checkpoint " in r.message for r in caplog.records)
