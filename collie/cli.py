@@ -13,6 +13,7 @@ import torch
 from collie.config import CollieConfig, ConfigError
 from collie.dtypes import DTYPES
 from collie.data.records import DataError
+from collie.distributed.peer_failure import PeerFailure
 from collie.trainer.checkpoint import CheckpointError
 
 
@@ -84,7 +85,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except OSError as e:  # a full disk or a permission error while writing an export
         print(f"collie: error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
         return 1
-    except FloatingPointError as e:
+    except (FloatingPointError, PeerFailure) as e:
         print(f"collie: error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -104,7 +105,7 @@ def run_train(config_path: str, overrides: list[str]) -> None:
         raise ConfigError("output_dir: `collie train` needs an output directory")
     if not config.data.train_file:
         raise ConfigError("data.train_file: `collie train` needs a training file (.json or .jsonl)")
-    env = init_distributed()
+    env = init_distributed(config.dist_timeout_s)
     ensure_writable(config.output_dir)
     if not config.model:
         # From here on the seed checkpoint is the model (and what config.yaml records).

@@ -151,6 +151,10 @@ class CollieConfig:
     checkpoint_errors: str = "stop"
     # What a NaN/inf loss does: "stop" training, or "skip" that step's update.
     nan_policy: str = "stop"
+    # Seconds a collective may wait for its peers before it fails (None: PyTorch's default, 10
+    # minutes for gloo/NCCL): a dead or stalled rank then becomes an error naming the step, and
+    # torchrun --max-restarts restarts the job.
+    dist_timeout_s: Optional[float] = None
     # Tokenizers/configs that ship their own Python code run it only when this is set.
     trust_remote_code: bool = False
     log_every_n_steps: int = 1
@@ -246,6 +250,8 @@ class CollieConfig:
             _at_least(name, getattr(self, name), 0)
         if self.dp_size is not None:
             _at_least("dp_size", self.dp_size, 1)
+        if self.dist_timeout_s is not None and self.dist_timeout_s <= 0:
+            raise ConfigError(f"dist_timeout_s: must be > 0 seconds, got {self.dist_timeout_s}")
         _at_least("data.max_length", self.data.max_length, 2)
         if self.sequence_parallel and self.data.max_length % self.tp_size:
             raise ConfigError(f"data.max_length: sequence parallel splits sequences evenly over tp_size "

@@ -74,7 +74,7 @@ class Runtime:
 
 def build_runtime(config) -> Runtime:
     """Initialise the process group (if launched with several processes) and the mesh."""
-    env = init_distributed()
+    env = init_distributed(config.dist_timeout_s)
     inferred = config.dp_size is None
     dp_size = config.resolve_dp_size(env.world_size)
     if inferred and env.world_size > 1 and env.is_main:

@@ -20,6 +20,7 @@ from collie.data.sampler import GlobalBatchSampler
 from collie.distributed.clip import clip_grad_norm, clip_grad_value
 from collie.distributed.parallel_model import ParallelModel
 from collie.distributed.parallelize import parallelize
+from collie.distributed.peer_failure import as_peer_failure
 from collie.distributed.runtime import build_runtime
 from collie.distributed.steps import StepResult, default_loss, refresh_hessian
 from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity, pad_id
@@ -194,7 +195,7 @@ class Trainer:
                 items = [[self.train_dataset[i] for i in mb] for mb in indices]
                 self.callbacks.fire("on_train_batch_begin", self, items)
                 start = time.perf_counter()
-                result = self._train_step(items)
+                result = self._guarded(self._train_step, items)
                 elapsed = time.perf_counter() - start
                 self.global_step += 1
                 self.batch_in_epoch += 1
@@ -204,13 +205,24 @@ class Trainer:
                     row.update(self._eval_columns(self.evaluate()))
                 for sink in self.sinks:
                     sink.write(row)
-                self.callbacks.fire("on_train_batch_end", self, result.loss)
-                if self._preempted() or self._done():
+                self._guarded(self.callbacks.fire, "on_train_batch_end", self, result.loss)
+                if self._guarded(self._preempted) or self._done():
                     break
             if self.batch_in_epoch == per_epoch:
                 self.callbacks.fire("on_train_epoch_end", self, self.epoch)
                 self.epoch += 1
                 self.batch_in_epoch = 0
+
+    def _guarded(self, function: Callable, *args):
+        """Run a step's work; a collective that fails because a peer died or stalled becomes
+        one line naming the step."""
+        try:
+            return function(*args)
+        except RuntimeError as e:
+            failure = as_peer_failure(e, self.global_step + 1, self.config.dist_timeout_s)
+            if failure is None:
+                raise
+            raise failure from e
 
     def _preempted(self) -> bool:
         """After a preemption signal (on any rank): checkpoint, say where, stop."""

@@ -2,14 +2,18 @@
 
 reshard MODEL RECORDS OUT — checkpoints written under tp2 resume under dp2; dp2 resume (AdamW and
                             AdaLomo) is bit-exact.
-kill MODEL RECORDS OUT    — under `--max-restarts=1`, rank 1 SIGKILLs itself after step 3 on the first
-                            attempt; the restarted job resumes from `latest` and finishes.
+kill MODEL RECORDS OUT    — under `--max-restarts=2` and torchrun's defaults (its shared store), rank 1
+                            SIGKILLs itself after step 3 on the first attempt, rank 0 after step 5 on
+                            the second; each restart resumes from `latest`, the third attempt finishes.
+stall MODEL RECORDS OUT   — rank 1 sleeps forever after step 3 on the first attempt; with dist_timeout_s
+                            rank 0's next collective fails, torchrun restarts both, the job finishes.
 """
 
 import json
 import os
 import signal
 import sys
+import time
 
 import torch.distributed as dist
 
@@ -30,11 +34,22 @@ class Losses(Callback):
         self.values.append(loss)
 
 
-class KillOnce(Callback):
+# restart attempt -> (step, rank) that dies
+KILLS = {"0": (3, 1), "1": (5, 0)}
+
+
+class KillTwice(Callback):
+    def on_train_batch_end(self, trainer, loss):
+        kill = KILLS.get(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if kill == (trainer.global_step, dist.get_rank()):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StallOnce(Callback):
     def on_train_batch_end(self, trainer, loss):
         first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
         if first_attempt and trainer.global_step == 3 and dist.get_rank() == 1:
-            os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(10**6)
 
 
 def trainer_for(model_dir, records, out, overrides, callbacks):
@@ -69,9 +84,12 @@ def main() -> None:
         results["adalomo_dp2"] = run(model_dir, records, f"{out}/adalomo", adalomo + ["checkpoint_every_n_steps=3"])
         results["adalomo_dp2_resumed"] = run(model_dir, records, f"{out}/adalomo_resumed", adalomo,
                                              resume_from=f"{out}/adalomo/checkpoints/step-3")
-    else:
+    elif mode == "kill":
         results["after_restart"] = run(model_dir, records, f"{out}/killed", DP2 + ["checkpoint_every_n_steps=2"],
-                                       extra=[KillOnce()])
+                                       extra=[KillTwice()])
+    else:
+        results["after_restart"] = run(model_dir, records, f"{out}/stalled",
+                                       DP2 + ["checkpoint_every_n_steps=2", "dist_timeout_s=5"], extra=[StallOnce()])
     if dist.get_rank() == 0:
         with open(f"{out}/{mode}.json", "w") as f:
             json.dump(results, f)

@@ -12,13 +12,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 RECORDS = [{"tokens": [(5 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for i in range(24)]
 
 
-def _launch(mode, model_dir, records, out, *torchrun_args):
-    # Restarted workers must not share the launcher's rendezvous store: they could read a
-    # peer address left by the killed attempt (PyTorch issue 135712). README says the same.
-    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+def _launch(mode, model_dir, records, out, *torchrun_args, output=None):
+    # torchrun's defaults: restarted workers share its store (no TORCH_DISABLE_SHARE_RDZV_TCP_STORE).
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"}
+    env["OMP_NUM_THREADS"] = "1"
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                     *torchrun_args, os.path.join(HERE, "resume_worker.py"), mode, model_dir, records, out],
-                   check=True, env=env, timeout=300, capture_output=True)
+                   check=True, env=env, timeout=300, stdout=output, stderr=subprocess.STDOUT)
     with open(os.path.join(out, f"{mode}.json")) as f:
         return json.load(f)
 
@@ -48,16 +48,33 @@ def test_resume_on_another_layout_and_bit_exact_dp2(tmp_path):
     assert len(single) == 3 and max(abs(a - b) for a, b in zip(single, got["tp2"][3:])) <= 1e-9
 
 
-def test_killed_rank_restarts_and_resumes(tmp_path):
+def test_killed_ranks_restart_twice_and_resume(tmp_path):
     from resume_worker import run
 
     model_dir, records = _setup(tmp_path)
     out = str(tmp_path / "runs")
-    got = _launch("kill", model_dir, records, out, "--max-restarts=1")
-    # The restarted attempt resumed from step 2 (the last checkpoint before the kill at step 3).
-    assert len(got["after_restart"]) == 4
+    got = _launch("kill", model_dir, records, out, "--max-restarts=2")
+    # The last attempt resumed from step 4 (the last checkpoint before the kill at step 5).
+    assert len(got["after_restart"]) == 2
     straight = run(model_dir, records, str(tmp_path / "straight"), ["dp_size=1", "train_micro_batch_size=2"])
     assert len(straight) == 6 and abs(got["after_restart"][-1] - straight[-1]) <= 1e-9
     with open(os.path.join(out, "killed", "metrics.csv")) as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
-    assert steps == [1, 2, 3, 4, 5, 6]  # step 3's row from the killed attempt was replaced, not duplicated
+    assert steps == [1, 2, 3, 4, 5, 6]  # rows of steps the killed attempts logged were replaced, not duplicated
+
+
+def test_stalled_rank_becomes_an_error_and_a_restart(tmp_path):
+    """A rank that stops answering (sleeps inside step 4's collectives) makes its peer fail after
+    dist_timeout_s with one line naming the step; torchrun restarts the job, which finishes."""
+    from resume_worker import run
+
+    model_dir, records = _setup(tmp_path)
+    out = str(tmp_path / "runs")
+    log = tmp_path / "launch.log"
+    with open(log, "w") as output:
+        got = _launch("stall", model_dir, records, out, "--max-restarts=1", output=output)
+    text = log.read_text()
+    assert "PeerFailure: step 4: a collective timed out waiting for a peer (dist_timeout_s=5): " in text, text[-3000:]
+    assert len(got["after_restart"]) == 4  # resumed from step 2
+    straight = run(model_dir, records, str(tmp_path / "straight"), ["dp_size=1", "train_micro_batch_size=2"])
+    assert abs(got["after_restart"][-1] - straight[-1]) <= 1e-9
