@@ -149,6 +149,9 @@ class CollieConfig:
     # A checkpoint that cannot be written (full disk, no permission): "stop" training, or
     # "warn" and try again at the next checkpoint. Either way `latest` stays on a complete one.
     checkpoint_errors: str = "stop"
+    # Stage checkpoints in host memory and write them in the background (training stalls only
+    # for the staging); `latest` moves once a write has completed.
+    checkpoint_async: bool = False
     # What a NaN/inf loss does: "stop" training, or "skip" that step's update.
     nan_policy: str = "stop"
     # Seconds a collective may wait for its peers before it fails (None: PyTorch's default, 10

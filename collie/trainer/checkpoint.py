@@ -103,46 +103,71 @@ def _states(trainer, model_only: bool, loading: bool = False) -> dict:
 
 
 def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: bool = False,
-         mark_latest: bool = True) -> str:
-    """Write a checkpoint (every rank calls this); returns its path."""
+         mark_latest: bool = True, background=None) -> str:
+    """Write a checkpoint (every rank calls this); returns its path. With `background` (a
+    `BackgroundWriter`) only the state is staged here and the tensors are written in the
+    background; the checkpoint gets its name and `latest` once that write has completed."""
     if path is None:
         if not trainer.config.output_dir:
             raise ValueError("output_dir: set it (or pass a path) to save checkpoints")
         path = os.path.join(checkpoints_dir(trainer.config.output_dir), f"step-{trainer.global_step}")
     tmp = path + ".tmp"
     rank = _rank()
+    if background is not None:
+        background.wait()  # one checkpoint in flight at a time
     if rank == 0 and os.path.exists(tmp):
         shutil.rmtree(tmp)  # left by a save that was killed
     _barrier()
-    failure: Optional[BaseException] = None
-    try:
-        _write(trainer, tmp, rank, model_only)
-    except (OSError, CheckpointException) as e:
-        if not _is_storage_error(e):
-            raise
-        failure = e
+    failure = _storage_failure(lambda: _write_files(trainer, tmp, rank, model_only))
+    if failure is None and background is None:
+        failure = _storage_failure(lambda: dcp.save(_states(trainer, model_only), checkpoint_id=tmp,
+                                                    no_dist=_no_dist()))
     # Every rank learns whether any rank failed: they all stop (or go on) together.
     if _any_rank(failure is not None):
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         _barrier()
-        cause = _storage_cause(failure) if failure is not None else "failed on another rank"
-        raise CheckpointWriteError(f"{path}: the checkpoint could not be written ({cause}); the partial one was "
-                                   "removed and `latest` still names the previous checkpoint")
+        raise write_error(path, failure)
+    if background is not None:
+        background.start(_states(trainer, model_only), tmp, path, mark_latest, max_to_keep)
+        return path
     _barrier()
     if rank == 0:
-        if os.path.exists(path):
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        if mark_latest:
-            _write_marker(os.path.dirname(path), os.path.basename(path))
-            _prune(os.path.dirname(path), max_to_keep)
+        finalize(tmp, path, mark_latest, max_to_keep)
     _barrier()
     return path
 
 
-def _write(trainer, tmp: str, rank: int, model_only: bool) -> None:
-    dcp.save(_states(trainer, model_only), checkpoint_id=tmp, no_dist=_no_dist())
+def finalize(tmp: str, path: str, mark_latest: bool, max_to_keep: int) -> None:
+    """Give a complete checkpoint its name, then (last) point `latest` at it (rank 0)."""
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    if mark_latest:
+        _write_marker(os.path.dirname(path), os.path.basename(path))
+        _prune(os.path.dirname(path), max_to_keep)
+
+
+def write_error(path: str, failure: Optional[BaseException]) -> CheckpointWriteError:
+    cause = _storage_cause(failure) if failure is not None else "failed on another rank"
+    return CheckpointWriteError(f"{path}: the checkpoint could not be written ({cause}); the partial one was "
+                                "removed and `latest` still names the previous checkpoint")
+
+
+def _storage_failure(write) -> Optional[BaseException]:
+    """Run `write`; return the file-system error it raised (others propagate)."""
+    try:
+        write()
+    except (OSError, CheckpointException) as e:
+        if not is_storage_error(e):
+            raise
+        return e
+    return None
+
+
+def _write_files(trainer, tmp: str, rank: int, model_only: bool) -> None:
+    """Everything but the tensors: RNG state per rank; trainer state, config, tokenizer (rank 0)."""
+    os.makedirs(tmp, exist_ok=True)
     if not model_only:
         torch.save({"rng": rng_state()}, os.path.join(tmp, f"rank-{rank}.pt"))
     if rank == 0:
@@ -159,10 +184,10 @@ def _write(trainer, tmp: str, rank: int, model_only: bool) -> None:
             trainer.tokenizer.save_pretrained(tmp)
 
 
-def _is_storage_error(error: BaseException) -> bool:
+def is_storage_error(error: BaseException) -> bool:
     """An OSError from the file system (DCP wraps each rank's in a CheckpointException)."""
     if isinstance(error, CheckpointException):
-        return all(_is_storage_error(failure) for failure, _ in error.failures.values())
+        return all(is_storage_error(failure) for failure, _ in error.failures.values())
     return isinstance(error, OSError)
 
 

@@ -33,6 +33,7 @@ from collie.monitors.monitors import Monitor, StepStats, default_monitors
 from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
 from collie.peft.attach import PeftRun, attach_peft
 from collie.trainer import checkpoint
+from collie.trainer.background_checkpoint import BackgroundWriter
 from collie.trainer.callbacks import Callback, CallbackList
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
 from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class, updates_in_backward
@@ -95,6 +96,7 @@ class Trainer:
         # Set when a preemption signal stopped training after a checkpoint (`train` returned early).
         self.preempted = False
         self._preemption: Optional[PreemptionWatch] = None
+        self._background = BackgroundWriter() if config.checkpoint_async else None
         self.sinks: list[Sink] = []
         self._flops_per_token: Optional[float] = None
 
@@ -142,6 +144,7 @@ class Trainer:
                 sink.close()
         if not self.preempted:
             self.callbacks.fire("on_train_end", self)
+        self._complete_background_checkpoint(wait=True)  # train() returns with every checkpoint complete
 
     def evaluate(self) -> dict:
         self.callbacks.fire("on_evaluate_begin", self)
@@ -166,9 +169,14 @@ class Trainer:
             self.runtime.barrier()
         self.callbacks.fire("on_save_model", self, path)
 
-    def save_checkpoint(self, path: Optional[str] = None, max_to_keep: int = 0, model_only: bool = False) -> str:
-        """A DCP checkpoint under `output_dir/checkpoints/step-N` (or `path`); `latest` names it."""
-        path = checkpoint.save(self, path, max_to_keep=max_to_keep, model_only=model_only)
+    def save_checkpoint(self, path: Optional[str] = None, max_to_keep: int = 0, model_only: bool = False,
+                        wait: bool = False) -> str:
+        """A DCP checkpoint under `output_dir/checkpoints/step-N` (or `path`); `latest` names it.
+        With `checkpoint_async` it is written in the background unless `wait` is set."""
+        path = checkpoint.save(self, path, max_to_keep=max_to_keep, model_only=model_only,
+                               background=self._background)
+        if wait and self._background is not None:
+            self._background.wait()
         self.callbacks.fire("on_save_checkpoint", self, path)
         return path
 
@@ -206,6 +214,7 @@ class Trainer:
                 for sink in self.sinks:
                     sink.write(row)
                 self._guarded(self.callbacks.fire, "on_train_batch_end", self, result.loss)
+                self._guarded(self._complete_background_checkpoint)
                 if self._guarded(self._preempted) or self._done():
                     break
             if self.batch_in_epoch == per_epoch:
@@ -224,13 +233,24 @@ class Trainer:
                 raise
             raise failure from e
 
+    def _complete_background_checkpoint(self, wait: bool = False) -> None:
+        """Finish a checkpoint written in the background once its write is done (or `wait`)."""
+        if self._background is None:
+            return
+        try:
+            self._background.wait() if wait else self._background.poll()
+        except checkpoint.CheckpointWriteError as e:
+            if self.config.checkpoint_errors != "warn":
+                raise
+            log.warning("%s; training goes on and the next checkpoint tries again (checkpoint_errors=warn)", e)
+
     def _preempted(self) -> bool:
         """After a preemption signal (on any rank): checkpoint, say where, stop."""
         name = self._preemption.agreed_signal(self.runtime.device) if self._preemption is not None else None
         if name is None:
             return False
         if self.config.output_dir:
-            path = self.save_checkpoint(max_to_keep=self.config.max_to_keep)
+            path = self.save_checkpoint(max_to_keep=self.config.max_to_keep, wait=True)
             where = f"checkpoint {path} written; run the same command to resume"
         else:
             where = "no checkpoint written (no output_dir)"

@@ -80,6 +80,11 @@ def main() -> None:
         results["dp2"] = run(model_dir, records, f"{out}/dp2", DP2 + ["checkpoint_every_n_steps=3"])
         results["dp2_resumed"] = run(model_dir, records, f"{out}/dp2_resumed", DP2,
                                      resume_from=f"{out}/dp2/checkpoints/step-3")
+        # Checkpoints written in the background (their own gloo group) resume the same way.
+        results["dp2_async"] = run(model_dir, records, f"{out}/dp2_async",
+                                   DP2 + ["checkpoint_every_n_steps=3", "checkpoint_async=true"])
+        results["dp2_async_resumed"] = run(model_dir, records, f"{out}/dp2_async_resumed", DP2,
+                                           resume_from=f"{out}/dp2_async/checkpoints/step-3")
         adalomo = DP2 + ["optimizer.name=adalomo"]
         results["adalomo_dp2"] = run(model_dir, records, f"{out}/adalomo", adalomo + ["checkpoint_every_n_steps=3"])
         results["adalomo_dp2_resumed"] = run(model_dir, records, f"{out}/adalomo_resumed", adalomo,

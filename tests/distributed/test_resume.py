@@ -40,6 +40,7 @@ def test_resume_on_another_layout_and_bit_exact_dp2(tmp_path):
     assert len(got["tp2"]) == 6 and len(got["tp2_to_dp2"]) == 3
     assert max(abs(a - b) for a, b in zip(got["tp2_to_dp2"], got["tp2"][3:])) <= 1e-9
     assert got["dp2_resumed"] == got["dp2"][3:]  # bit-exact
+    assert got["dp2_async"] == got["dp2"] and got["dp2_async_resumed"] == got["dp2"][3:]
     assert got["adalomo_dp2_resumed"] == got["adalomo_dp2"][3:]
     assert got["adalomo_dp2"] != got["dp2"]
     # The tp2 checkpoint also resumes in a single process (no process group at all).

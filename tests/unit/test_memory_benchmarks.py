@@ -107,3 +107,11 @@ def test_lora_memory_dry_run_and_goal_verdicts() -> None:
     assert lora_memory.goal_line({"collie_lora": 1.0, "collie_lora_bf16": 0.61}) == (
         "goals: collie_lora <= 1.00x: met (1.00x); collie_lora_bf16 <= 0.60x: not met (0.61x)")
     assert lora_memory.goal_line({}).endswith("collie_lora_bf16 <= 0.60x: not measured")
+
+
+def test_checkpoint_stall_dry_run_ratio_is_the_quotient() -> None:
+    lines = _dry_run("checkpoint_stall.py")
+    stalls = {line.split()[0]: float(line.split()[1]) for line in lines if line.endswith(" s")}
+    ratio = float(lines[-1].split(":")[1])
+    assert set(stalls) == {"sync", "async"} and stalls["sync"] > 0
+    assert abs(ratio - stalls["async"] / stalls["sync"]) <= 0.0005 + 0.0005 / stalls["sync"] * (1 + ratio)
