@@ -178,10 +178,13 @@ def run_generate(args) -> str:
     model.eval()
     # Prompt tuning: positions before the text for the trained prompt.
     input_ids = torch.tensor([[tokenizer.pad_token_id or 0] * reserved + tokenizer(args.prompt)["input_ids"]])
-    generator = torch.Generator().manual_seed(args.seed)
+    sampling = {"generator": torch.Generator().manual_seed(args.seed)}
+    if not isinstance(model, CollieModel):  # transformers' own class (collie.models.auto) seeds globally
+        torch.manual_seed(args.seed)
+        sampling = {"attention_mask": torch.ones_like(input_ids), "pad_token_id": tokenizer.eos_token_id}
     out = model.generate(input_ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         eos_token_id=tokenizer.eos_token_id, generator=generator)
+                         eos_token_id=tokenizer.eos_token_id, **sampling)
     return tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
 
 

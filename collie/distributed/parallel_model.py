@@ -81,6 +81,20 @@ class ParallelModel:
             from collie.distributed.pipeline import save_pipelined
 
             save_pipelined(self.module, self.spec, path, self.runtime, tokenizer)
-        else:
+        elif self.spec.supports_model_parallel:
             self.module.save_pretrained(path, tokenizer=tokenizer)
+        else:
+            _save_transformers_model(self.module, path, self.runtime, tokenizer)
         self.runtime.barrier()
+
+
+def _save_transformers_model(module: torch.nn.Module, path: str, runtime, tokenizer) -> None:
+    """transformers' own class (collie.models.auto): its whole state gathered (every rank takes
+    part), written by rank 0 with transformers' save_pretrained."""
+    from collie.models.base import full_tensor
+
+    state = {name: full_tensor(tensor) for name, tensor in module.state_dict().items()}
+    if runtime.env.rank == 0:
+        module.save_pretrained(path, state_dict=state)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path)

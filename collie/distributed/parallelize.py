@@ -27,7 +27,7 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
     is still empty, on the meta device); each rank then reads only its own shards.
     `replicate_wrapper=False` leaves replicated data parallel (zero_stage 0) to an optimizer
     that averages gradients itself inside backward (LOMO/AdaLomo)."""
-    check_layout(spec.dims(model.config), config)
+    check_layout(spec, spec.dims(model.config), config, getattr(model.config, "model_type", ""))
     if config.pp_size > 1:
         from collie.distributed.pipeline import local_stages, split_for_stages, stage_layer_ranges
 
@@ -45,7 +45,7 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
             p.requires_grad_(name not in frozen)
     model.compute_dtype = compute_dtype(config, runtime.device, next(model.parameters()).dtype)
     if config.checkpointing:
-        apply_activation_checkpointing(spec.blocks(model))
+        apply_activation_checkpointing(spec, model)
     fsdp = runtime.dp_size > 1 and (config.zero_stage > 0 or needs_fsdp_for_replication(config))
     if weights_from is not None and not fsdp:
         _load_shards(model, weights_from, runtime, config)  # DDP broadcasts real weights when it wraps
@@ -78,8 +78,12 @@ def compute_dtype(config, device: torch.device, storage: torch.dtype) -> Optiona
     return storage
 
 
-def check_layout(dims, config) -> None:
+def check_layout(spec, dims, config, model_type: str = "") -> None:
     """Layouts the model's shape cannot support, each with the field to change."""
+    if not spec.supports_model_parallel and (config.tp_size > 1 or config.pp_size > 1):
+        field = "tp_size" if config.tp_size > 1 else "pp_size"
+        raise ConfigError(f"{field}: collie has no model family for {model_type or 'this model type'!r}, so it runs "
+                          "as transformers' own class: data parallel and ZeRO only (use tp_size=1 and pp_size=1)")
     if dims.heads % config.tp_size or dims.kv_heads % config.tp_size:
         raise ConfigError(f"tp_size: {config.tp_size} must divide the attention heads ({dims.heads}) and "
                           f"key/value heads ({dims.kv_heads})")
@@ -94,10 +98,11 @@ def check_layout(dims, config) -> None:
                           "pipeline parallel yet (use tp_size=1 and pp_size=1 for this model)")
 
 
-def apply_activation_checkpointing(blocks: torch.nn.ModuleDict) -> None:
+def apply_activation_checkpointing(spec, model: torch.nn.Module) -> None:
     """Recompute each decoder block in backward instead of storing its activations."""
-    for name, block in list(blocks.items()):
-        blocks[name] = checkpoint_wrapper(block, preserve_rng_state=False)
+    blocks = spec.blocks(model)
+    for key, block in spec.block_items(model):
+        blocks[key] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
 def needs_fsdp_for_replication(config) -> bool:
@@ -128,7 +133,7 @@ def apply_data_parallel(model: torch.nn.Module, spec, dp_mesh, config) -> None:
     dtype = autocast_dtype(config, torch.device(dp_mesh.device_type))
     if dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-    for block in spec.blocks(model).values():
+    for _, block in spec.block_items(model):
         fully_shard(block, **kwargs)
     if config.pp_size > 1:
         # Pipeline stages run submodules directly, never the model's own forward: the embedding

@@ -116,8 +116,10 @@ class CollieModel(GenerationMixin, nn.Module):
 
         return_freed_memory_to_os()  # reading frees a buffer per tensor: give the pages back
         hf_config = load_hf_config(path)
-        model_cls = _model_class(cls, hf_config, path)
         dtype = dtype or param_dtype(config)
+        if not spec_for(hf_config).supports_model_parallel:
+            return _load_transformers_model(cls, path, hf_config, config, dtype)
+        model_cls = _model_class(cls, hf_config, path)
         if config is not None:
             config.model_config, config.model = hf_config, path
         if config is not None and config.low_cpu_mem_usage and _launched_processes() > 1 and \
@@ -211,6 +213,17 @@ def _model_class(cls: type, hf_config, path: Optional[str] = None) -> type:
         source = repr(path) if path else "the config"
         raise ValueError(f"{source} holds a {hf_config.model_type!r} model, not a {cls.__name__}")
     return model_cls
+
+
+def _load_transformers_model(cls: type, path: str, hf_config, config, dtype: torch.dtype) -> nn.Module:
+    """A model type collie has no family for, as transformers' own class (see collie.models.auto)."""
+    from collie.models.auto.spec import load_auto
+
+    if cls is not CollieModel:
+        raise ValueError(f"{path!r} holds a {hf_config.model_type!r} model, not a {cls.__name__}")
+    if config is not None:
+        config.model_config, config.model = hf_config, path
+    return load_auto(path, dtype)
 
 
 def _launched_processes() -> int:

@@ -6,6 +6,7 @@ from typing import Optional
 
 from torch import nn
 
+from collie.models.auto.spec import AUTO, is_causal_lm_type
 from collie.models.chatglm.spec import CHATGLM, GLM
 from collie.models.internlm.spec import INTERNLM
 from collie.models.internlm2.spec import INTERNLM2
@@ -21,8 +22,11 @@ def spec_for(hf_config) -> ModelSpec:
     for spec in FAMILIES:
         if model_type in spec.model_types:
             return spec
+    if is_causal_lm_type(model_type):
+        return AUTO  # transformers' own class: data parallel and ZeRO only
     known = sorted(t for spec in FAMILIES for t in spec.model_types)
-    raise ValueError(f"model_type {model_type!r} is not supported (supported: {', '.join(known)})")
+    raise ValueError(f"model_type {model_type!r} is not supported (collie's families: {', '.join(known)}; "
+                     "or any causal LM transformers ships)")
 
 
 def config_class_for(model_type: Optional[str]) -> Optional[type]:

@@ -54,10 +54,18 @@ class ModelSpec:
     blocks_attr: str = "layers"
     edge_attrs: dict[str, str] = field(default_factory=lambda: {"embedding": "embed_tokens",
                                                                 "final_norm": "norm", "head": "lm_head"})
+    # Whether the family can be split by tensor and pipeline parallel (collie's own models can).
+    supports_model_parallel: bool = True
 
     # -- accessors the engine uses ---------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleDict:
         return getattr(model, self.blocks_attr)
+
+    def block_items(self, model: nn.Module) -> list[tuple[Any, nn.Module]]:
+        """(key, block) pairs; `self.blocks(model)[key] = new` replaces a block (a ModuleDict
+        keyed by index for collie's models, a ModuleList for transformers' own)."""
+        blocks = self.blocks(model)
+        return list(blocks.items()) if isinstance(blocks, nn.ModuleDict) else list(enumerate(blocks))
 
     def edge(self, model: nn.Module, which: str) -> Optional[nn.Module]:
         """The embedding, final norm or head (None on a pipeline stage without it)."""

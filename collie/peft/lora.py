@@ -66,12 +66,14 @@ def add_lora(model: nn.Module, spec, settings: LoraSettings,
     everything else; returns (rank, alpha) by adapted module name. `ranks` gives them per
     module instead (an adapter read from files)."""
     hf_of = hf_module_names(model, spec)
+    blocks = spec.blocks(model)
+    blocks_path = next(name for name, module in model.named_modules() if module is blocks)
     adapted, seen = {}, set()
-    for index, block in spec.blocks(model).items():
+    for index, block in spec.block_items(model):
         for sub_name, module in list(block.named_modules()):
             if not isinstance(module, nn.Linear):
                 continue
-            name = f"{spec.blocks_attr}.{index}.{sub_name}"
+            name = f"{blocks_path}.{index}.{sub_name}"
             hf_name = hf_of.get(name, name)
             seen.update({sub_name.rsplit(".", 1)[-1], hf_name.rsplit(".", 1)[-1]})
             if ranks is not None:

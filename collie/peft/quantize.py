@@ -112,7 +112,7 @@ def quantize_frozen_linears(model: nn.Module, spec, settings: QuantSettings, dev
 
     from collie.peft.lora import LoraLinear
 
-    for block in spec.blocks(model).values():
+    for _, block in spec.block_items(model):
         for name, module in list(block.named_modules()):
             # Trainable layers (the adapters' A and B) stay in full precision.
             if not isinstance(module, (nn.Linear, LoraLinear)) or module.weight.requires_grad or is_4bit(module.weight):
