@@ -44,8 +44,9 @@ def load_hf_config(path: str):
     with open(config_file) as f:
         model_type = json.load(f).get("model_type")
     # Families transformers does not ship are read with collie's config class, never remote code.
-    from collie.models.registry import config_class_for
+    from collie.models.registry import config_class_for, spec_for_type
 
+    spec_for_type(model_type)  # an unknown type fails here, in collie's words
     config_cls = config_class_for(model_type)
     if config_cls is not None:
         return config_cls.from_pretrained(path, local_files_only=True)

@@ -18,7 +18,10 @@ FAMILIES: list[ModelSpec] = [LLAMA, QWEN2, MISTRAL, INTERNLM, INTERNLM2, CHATGLM
 
 def spec_for(hf_config) -> ModelSpec:
     """The spec of the family an HF config belongs to."""
-    model_type = getattr(hf_config, "model_type", None)
+    return spec_for_type(getattr(hf_config, "model_type", None))
+
+
+def spec_for_type(model_type: Optional[str]) -> ModelSpec:
     for spec in FAMILIES:
         if model_type in spec.model_types:
             return spec

@@ -14,9 +14,9 @@ from helpers import save_tiny_hf_model, tiny_llama_config
 def test_layouts_the_model_cannot_take():
     dims = LLAMA.dims(tiny_llama_config())  # 4 heads, 2 key/value heads, 2 layers
     with pytest.raises(ConfigError, match=r"tp_size: 4 must divide the attention heads \(4\) and key/value heads \(2\)"):
-        check_layout(dims, CollieConfig(tp_size=4))
+        check_layout(LLAMA, dims, CollieConfig(tp_size=4))
     with pytest.raises(ConfigError, match="pp_size: 3 stages but the model has only 2 layers"):
-        check_layout(dims, CollieConfig(pp_size=3))
+        check_layout(LLAMA, dims, CollieConfig(pp_size=3))
 
 
 def test_missing_or_unknown_model_and_tokenizer(tmp_path):
@@ -28,9 +28,13 @@ def test_missing_or_unknown_model_and_tokenizer(tmp_path):
         CollieModel.from_pretrained(str(tmp_path))
     save_tiny_hf_model(str(tmp_path / "m"))
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    config["model_type"] = "gpt2"
+    config["model_type"] = "not_a_model"
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="model_type 'gpt2' is not supported"):
+    with pytest.raises(ValueError, match="model_type 'not_a_model' is not supported"):
+        CollieModel.from_pretrained(str(tmp_path / "m"))
+    # A type transformers knows, whose weights are not in the checkpoint: refused, not warned about.
+    (tmp_path / "m" / "config.json").write_text(json.dumps(dict(config, model_type="gpt2")))
+    with pytest.raises(ValueError, match="missing keys for a 'gpt2' model: "):
         CollieModel.from_pretrained(str(tmp_path / "m"))
     (tmp_path / "m" / "model.safetensors").unlink()
     (tmp_path / "m" / "config.json").write_text(json.dumps(dict(config, model_type="llama")))

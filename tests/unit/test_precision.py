@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from collie.distributed.parallelize import apply_activation_checkpointing
 from collie.models.llama import LlamaForCausalLM
+from collie.models.llama.spec import LLAMA
 from collie.optim import Lomo
 from helpers import tiny_llama_config
 
@@ -63,7 +64,7 @@ def test_gradients_reach_stored_parameters_in_bf16_and_hooks_fire() -> None:
 def test_checkpointing_matches_fp32_gradients() -> None:
     model = _bf16_model()
     reference = copy.deepcopy(model).float()
-    apply_activation_checkpointing(model.layers)
+    apply_activation_checkpointing(LLAMA, model)
     model.compute_dtype = torch.float32
     _loss(model).backward()
     _loss(reference).backward()
@@ -97,7 +98,7 @@ def test_checkpointing_keeps_no_upcast_weights_for_backward() -> None:
     fp32 copies alive for backward, and backward's recomputation casts them again, so every
     matrix multiply, recomputed ones included, runs in fp32."""
     model, _ = _pair()
-    apply_activation_checkpointing(model.layers)
+    apply_activation_checkpointing(LLAMA, model)
     layer_shapes = {tuple(p.shape) for p in model.layers.parameters() if p.ndim == 2}
     forward = _Casts(layer_shapes)
     with forward:
@@ -114,7 +115,7 @@ def test_checkpointing_keeps_no_upcast_weights_for_backward() -> None:
 
 def test_lomo_updates_bf16_model_in_place() -> None:
     model, _ = _pair()
-    apply_activation_checkpointing(model.layers)
+    apply_activation_checkpointing(LLAMA, model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     Lomo(model, lr=1e-2).backward(_loss(model))
     for name, p in model.named_parameters():

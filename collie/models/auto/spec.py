@@ -88,6 +88,13 @@ def load_auto(path: str, dtype: torch.dtype) -> nn.Module:
 
     # transformers 4.56 renamed `torch_dtype` to `dtype`.
     key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False, **{key: dtype})
+    model, info = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                                       output_loading_info=True, **{key: dtype})
+    # transformers only warns about weights that do not fit; a training run must not start from them.
+    for what in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        names = sorted(str(n) for n in info.get(what) or [])
+        if names:
+            raise ValueError(f"{path}: {what.replace('_', ' ')} for a {model.config.model_type!r} model: "
+                             f"{', '.join(names[:5])}")
     model.config.use_cache = False  # training: no KV cache (generation turns it on by itself)
     return model
