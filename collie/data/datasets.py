@@ -2,7 +2,9 @@
 
 Formats (detected per record): `{"text"}` (loss on every token), `{"input", "output"}`
 (loss only on the output), `{"instruction", "input"?, "output"}` (Alpaca: the standard
-Alpaca prompt, loss only on the output), `{"tokens", "labels"?}` (already tokenized).
+Alpaca prompt, loss only on the output), `{"messages": [...]}` (a chat, rendered with the
+tokenizer's chat template, loss on the assistant turns), `{"tokens", "labels"?}` (already
+tokenized).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from typing import Any, Optional, Union
 
 from torch.utils.data import Dataset
 
+from collie.data.chat import chat_tokens
 from collie.data.records import DataError, RecordSource, load_records
 from collie.models.loss import IGNORE_INDEX
 
-_FORMATS = "'text', 'input' + 'output', 'instruction' + 'output', or 'tokens' (+ optional 'labels')"
+_FORMATS = "'text', 'input' + 'output', 'instruction' + 'output', 'messages', or 'tokens' (+ optional 'labels')"
 _ALPACA_HEAD = ("Below is an instruction that describes a task{}. Write a response that appropriately "
                 "completes the request.\n\n### Instruction:\n{}\n\n")
 
@@ -82,6 +85,8 @@ class CollieDatasetForTraining(_RecordDataset):
         elif kind == "text":
             input_ids = self._encode(record["text"], origin, "text", True) + eos
             labels = list(input_ids)
+        elif kind == "chat":
+            input_ids, labels = chat_tokens(self.tokenizer, record["messages"], origin)
         else:
             prompt = self._encode(prompt_text(record), origin, "input", True)
             answer = self._encode(record["output"], origin, "output", False) + eos
@@ -125,6 +130,8 @@ def prompt_text(record: dict) -> str:
 def record_format(record: dict) -> Optional[str]:
     if "tokens" in record:
         return "tokens"
+    if "messages" in record:
+        return "chat"
     if "output" in record and ("input" in record or "instruction" in record):
         return "input_output"
     if "text" in record:

@@ -67,7 +67,7 @@ class Evaluator:
         try:
             with torch.no_grad(), self.forward_context():
                 for start in range(0, len(indices), batch_size):
-                    batch = self.collate_fn([self.dataset[i] for i in indices[start:start + batch_size]])
+                    batch = self.prepare([self.dataset[i] for i in indices[start:start + batch_size]])
                     result = self.eval_fn(self, batch) if self.eval_fn else self.eval_batch(batch)
                     for metric in self.metrics.values():
                         metric.update(result)
@@ -78,6 +78,10 @@ class Evaluator:
             metric.reduce(self.runtime.dp_group if self.runtime else None)
             results.update(metric.get_metric())
         return results
+
+    def prepare(self, items: list[dict]):
+        """The batch `eval_batch` receives: the items, padded."""
+        return self.collate_fn(items)
 
     def eval_batch(self, batch: dict) -> dict:
         raise NotImplementedError

@@ -68,10 +68,7 @@ class DecodeMetric(BaseMetric):
             self.samples.append({"prompt": prompt, "pred": pred, "target": target})
 
     def reduce(self, group) -> None:
-        if dist.is_initialized():
-            gathered: list = [None] * dist.get_world_size(group)
-            dist.all_gather_object(gathered, self.samples, group=group)
-            self.samples = [sample for part in gathered for sample in part]
+        self.samples = gather_lists(self.samples, group)
 
     def get_metric(self) -> dict:
         # "samples" is not a number: sinks skip it, the console shows it.
@@ -80,3 +77,13 @@ class DecodeMetric(BaseMetric):
             return {"samples": list(self.samples)}
         hits = sum(self.normalise(s["pred"]) == self.normalise(s["target"]) for s in scored)
         return {"exact_match": hits / len(scored), "samples": list(self.samples)}
+
+
+def gather_lists(items: list, group: Optional[dist.ProcessGroup]) -> list:
+    """Every data-parallel rank's list, concatenated in rank order (the list itself without
+    a process group)."""
+    if not dist.is_initialized():
+        return list(items)
+    gathered: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, items, group=group)
+    return [item for part in gathered for item in part]

@@ -10,7 +10,8 @@ import torch.distributed as dist
 
 from collie import CollieConfig
 from collie.data import CollieDatasetForTraining
-from collie.evaluate import EvaluatorForPerplexity, PPLMetric
+from collie.data import CollieDatasetForClassification
+from collie.evaluate import AccuracyMetric, EvaluatorForClassification, EvaluatorForPerplexity, PPLMetric
 from collie.models import registry
 from collie.models.base import CollieModel
 from collie.trainer import Callback, Trainer
@@ -89,10 +90,24 @@ class Losses(Callback):
         self.values.append(loss)
 
 
-# export path -> perplexity and greedy tokens after training, from the layout's own evaluator
-# model (a PipelinedModel under pipeline parallel).
+# export path -> perplexity, greedy tokens and classification predictions after training, from
+# the layout's own evaluator model (a PipelinedModel under pipeline parallel).
 EVALS: dict[str, dict] = {}
 PROMPT = [[5, 17, 42, 9]]
+CHOICES = [{"input": "ab c", "options": ["de", "f", "ghi"], "target": 0}, {"input": "xyz", "output": "yes"},
+           {"input": "q", "output": "no"}, {"input": "long prompt", "output": "yes"}]
+
+
+class CharTokenizer:
+    eos_token_id = pad_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [1 + ord(c) % 250 for c in text]}
+
+
+class Predictions(AccuracyMetric):
+    def get_metric(self):
+        return {**super().get_metric(), "preds": [p for p, _ in self.pairs]}
 
 
 def run(model_dir: str, records: str, overrides: list[str], export: str = "") -> list[float]:
@@ -113,6 +128,13 @@ def run(model_dir: str, records: str, overrides: list[str], export: str = "") ->
     if export:
         trainer.save_model(export)
         result = {"ppl": trainer.evaluate()["ppl"]}
+        classify = EvaluatorForClassification(model, config, CollieDatasetForClassification(
+            CHOICES, CharTokenizer(), options=["yes", "no"]), {"acc": Predictions()}, length_normalised=True)
+        classify.bind(trainer.parallel)
+        gathered = classify.evaluate()["preds"]  # rank by rank: rank r scored items r, r + dp, ...
+        dp = trainer.runtime.dp_size
+        order = [i for rank in range(dp) for i in range(rank, len(CHOICES), dp)]
+        result["classes"] = [gathered[order.index(i)] for i in range(len(CHOICES))]
         if not config.sequence_parallel:  # token-by-token decoding cannot split the sequence
             result["tokens"] = evaluator.model.generate(torch.tensor(PROMPT), max_new_tokens=6).tolist()
         EVALS[export] = result

@@ -92,6 +92,8 @@ def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_lay
         assert ("tokens" in evaluation) != ("sequence_parallel=true" in layouts[name]), name
         if "tokens" in evaluation:
             assert evaluation["tokens"] == references["eval"]["tokens"], name
+        # Classification by option likelihood: the same prediction for every item.
+        assert evaluation["classes"] == references["eval"]["classes"], name
     assert set(losses) == set(layouts)
     for name, values in losses.items():
         assert _max_diff(values, references["adamw"]) <= TOLERANCE, (name, values)
