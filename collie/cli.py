@@ -1,4 +1,4 @@
-"""`collie train | init-model | generate | convert` (also `python -m collie …`, also under torchrun)."""
+"""`collie train | eval | init-model | generate | convert` (also `python -m collie …`, also under torchrun)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     init.add_argument("--dtype", default="float32", choices=list(DTYPES))
     init.add_argument("--family", default=None, help="model family (default: llama), e.g. internlm2")
 
+    evaluate = commands.add_parser("eval", help="run the config's evaluators on a model or checkpoint")
+    evaluate.add_argument("model", help="an HF model directory or a collie checkpoint (…/checkpoints/step-N)")
+    evaluate.add_argument("config", help="YAML file whose data.eval_file (and generation_samples) say what to run")
+    evaluate.add_argument("overrides", nargs="*", help="key=value, as for train (e.g. tp_size=2)")
+    evaluate.add_argument("--out", default="eval.json", help="where the results go (JSON; default eval.json)")
+
     gen = commands.add_parser("generate", help="continue a prompt with a saved model")
     gen.add_argument("model_dir", help="an HF model directory, or LoRA adapters in peft's format")
     gen.add_argument("prompt")
@@ -58,6 +64,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.command == "train":
             run_train(args.config, args.overrides)
+        elif args.command == "eval":
+            from collie.evaluate.command import run_eval
+
+            run_eval(args.model, args.config, args.overrides, args.out)
         elif args.command == "init-model":
             from collie.init_model import init_model
 
@@ -92,10 +102,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run_train(config_path: str, overrides: list[str]) -> None:
-    from collie.data import CollieDatasetForGeneration, CollieDatasetForTraining
-    from collie.data.datasets import generation_records
+    from collie.data import CollieDatasetForTraining
     from collie.distributed.env import init_distributed
-    from collie.evaluate import DecodeMetric, EvaluatorForGeneration, EvaluatorForPerplexity, PPLMetric
     from collie.models.base import CollieModel, load_tokenizer
     from collie.trainer import Trainer
 
@@ -114,21 +122,32 @@ def run_train(config_path: str, overrides: list[str]) -> None:
     tokenizer = load_tokenizer(config.tokenizer or model_dir, config.trust_remote_code)
     model = CollieModel.from_pretrained(model_dir, config=config)
     train_ds = CollieDatasetForTraining(config.data.train_file, tokenizer, max_length=config.data.max_length)
-    evaluators = []
-    if config.data.eval_file:
-        eval_ds = CollieDatasetForTraining(config.data.eval_file, tokenizer, max_length=config.data.max_length)
-        evaluators.append(EvaluatorForPerplexity(model, config, eval_ds, {"ppl": PPLMetric()}))
-        if config.data.generation_samples:
-            prompts = CollieDatasetForGeneration(generation_records(eval_ds, config.data.generation_samples),
-                                                 tokenizer, max_length=config.data.max_length)
-            evaluators.append(EvaluatorForGeneration(model, config, prompts, {"decode": DecodeMetric()},
-                                                     max_new_tokens=config.data.max_new_tokens))
+    evaluators = configured_evaluators(model, config, tokenizer)
     if env.is_main:
         config.save(os.path.join(config.output_dir, "config.yaml"))
     trainer = Trainer(model, config, train_dataset=train_ds, evaluators=evaluators, tokenizer=tokenizer)
     trainer.train()
     if not trainer.preempted:  # a preempted run resumes from its checkpoint instead
         trainer.save_model(os.path.join(config.output_dir, "final"))
+
+
+def configured_evaluators(model, config: CollieConfig, tokenizer) -> list:
+    """Perplexity on data.eval_file, and greedy generation of its first data.generation_samples
+    input/output records (exact match)."""
+    from collie.data import CollieDatasetForGeneration, CollieDatasetForTraining
+    from collie.data.datasets import generation_records
+    from collie.evaluate import DecodeMetric, EvaluatorForGeneration, EvaluatorForPerplexity, PPLMetric
+
+    if not config.data.eval_file:
+        return []
+    eval_ds = CollieDatasetForTraining(config.data.eval_file, tokenizer, max_length=config.data.max_length)
+    evaluators = [EvaluatorForPerplexity(model, config, eval_ds, {"ppl": PPLMetric()})]
+    if config.data.generation_samples:
+        prompts = CollieDatasetForGeneration(generation_records(eval_ds, config.data.generation_samples),
+                                             tokenizer, max_length=config.data.max_length)
+        evaluators.append(EvaluatorForGeneration(model, config, prompts, {"decode": DecodeMetric()},
+                                                 max_new_tokens=config.data.max_new_tokens))
+    return evaluators
 
 
 def seed_checkpoint(config: CollieConfig, env) -> str:

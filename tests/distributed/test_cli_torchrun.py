@@ -39,3 +39,18 @@ def test_quickstart_under_torchrun_with_tensor_parallel(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "tp2" / "final")
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[1, 5, 9]])).logits).all()
+
+
+def test_eval_command_under_torchrun_matches_one_process(tmp_path):
+    import json
+
+    args = [f"data.train_file={DATA}", f"data.eval_file={DATA}", "logging=[]"]
+    assert main(["train", QUICKSTART, "max_steps=2", f"output_dir={tmp_path / 'run'}", *args]) == 0
+    final = str(tmp_path / "run" / "final")
+    assert main(["eval", final, QUICKSTART, *args, "--out", str(tmp_path / "single.json")]) == 0
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                    "collie", "eval", final, QUICKSTART, "tp_size=2", *args, "--out", str(tmp_path / "tp2.json")],
+                   check=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300, cwd=ROOT)
+    single, tp2 = (json.loads((tmp_path / name).read_text()) for name in ("single.json", "tp2.json"))
+    assert abs(tp2["ppl"] / single["ppl"] - 1) <= 1e-5
+    assert len(tp2["samples"]) == len(single["samples"]) == 3  # (fp32 greedy tokens could tie: not compared)

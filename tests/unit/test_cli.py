@@ -163,3 +163,24 @@ def test_lora_run_resumes_exports_merges_and_generates(tmp_path, capsys):
 
     assert main(["convert", final, "--to-hf", str(tmp_path / "x"), "--base", base]) == 2
     assert "--merge-lora: use it with --to-hf" in capsys.readouterr().err
+
+
+def test_eval_command_on_an_export_and_on_a_checkpoint(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", QUICKSTART, "max_steps=6", f"output_dir={out}", f"data.train_file={TRAIN_FILE}",
+                 f"data.eval_file={TRAIN_FILE}", "eval_per_n_steps=6", "checkpoint_every_n_steps=6",
+                 "logging=[csv]"]) == 0
+    logged = float(_rows(os.path.join(out, "metrics.csv"))[-1]["ppl"])
+    capsys.readouterr()
+    common = [QUICKSTART, f"data.eval_file={TRAIN_FILE}", "logging=[]"]
+    assert main(["eval", os.path.join(out, "final"), *common, "--out", str(tmp_path / "final.json")]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["metric", "value"] and "exact_match" in table
+    from_export = json.loads((tmp_path / "final.json").read_text())
+    assert abs(from_export["ppl"] / logged - 1) <= 1e-6 and len(from_export["samples"]) == 3
+    checkpoint = os.path.join(out, "checkpoints", "step-6")
+    assert main(["eval", checkpoint, *common, "--out", str(tmp_path / "ckpt.json")]) == 0
+    from_checkpoint = json.loads((tmp_path / "ckpt.json").read_text())
+    assert from_checkpoint["ppl"] == from_export["ppl"] and from_checkpoint["model"] == checkpoint
+    assert main(["eval", os.path.join(out, "final"), QUICKSTART, "data.eval_file=null"]) == 2
+    assert "data.eval_file: `collie eval` needs an evaluation file" in capsys.readouterr().err
