@@ -18,7 +18,8 @@ class BaseMetric:
         raise NotImplementedError
 
     def reduce(self, group: Optional[dist.ProcessGroup]) -> None:
-        """Combine this rank's accumulators with the other data-parallel ranks'."""
+        """Combine this rank's accumulators with the other data-parallel ranks' (`group`; None
+        when there is a single replica: tensor/pipeline ranks hold the same results)."""
 
     def get_metric(self) -> dict:
         raise NotImplementedError
@@ -42,7 +43,7 @@ class PPLMetric(BaseMetric):
         self.tokens += int(result["tokens"])
 
     def reduce(self, group) -> None:
-        if dist.is_initialized():
+        if group is not None:
             totals = torch.tensor([self.nll, float(self.tokens)], dtype=torch.float64)
             dist.all_reduce(totals, group=group)
             self.nll, self.tokens = float(totals[0]), int(totals[1])
@@ -80,9 +81,9 @@ class DecodeMetric(BaseMetric):
 
 
 def gather_lists(items: list, group: Optional[dist.ProcessGroup]) -> list:
-    """Every data-parallel rank's list, concatenated in rank order (the list itself without
-    a process group)."""
-    if not dist.is_initialized():
+    """Every data-parallel rank's list, concatenated in rank order (the list itself when there
+    is a single replica, `group` None)."""
+    if group is None:
         return list(items)
     gathered: list = [None] * dist.get_world_size(group)
     dist.all_gather_object(gathered, items, group=group)
