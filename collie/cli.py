@@ -122,6 +122,10 @@ def run_train(config_path: str, overrides: list[str]) -> None:
     tokenizer = load_tokenizer(config.tokenizer or model_dir, config.trust_remote_code)
     model = CollieModel.from_pretrained(model_dir, config=config)
     train_ds = CollieDatasetForTraining(config.data.train_file, tokenizer, max_length=config.data.max_length)
+    if config.data.packing:
+        from collie.data.packing import PackedDataset
+
+        train_ds = PackedDataset(train_ds, config.data.max_length)
     evaluators = configured_evaluators(model, config, tokenizer)
     if env.is_main:
         config.save(os.path.join(config.output_dir, "config.yaml"))

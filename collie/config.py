@@ -69,6 +69,8 @@ class DataConfig:
     generation_samples: int = 0
     max_new_tokens: int = 32
     padding_side: str = "right"
+    # Pack short training samples into rows of max_length (per-document attention and positions).
+    packing: bool = False
 
 
 @dataclass

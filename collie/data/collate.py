@@ -41,7 +41,9 @@ class ColliePadder:
             longest = min(longest, self.max_length)
         batch: dict = {
             "input_ids": self._stack([item["input_ids"] for item in items], longest, self.pad_token_id),
-            "attention_mask": self._stack([[1] * len(item["input_ids"]) for item in items], longest, 0),
+            # Packed rows (collie.data.packing) number their documents instead of marking them with ones.
+            "attention_mask": self._stack([item.get("document_ids") or [1] * len(item["input_ids"])
+                                           for item in items], longest, 0),
         }
         if "labels" in items[0]:
             # A sequence's first label is never a target (nothing precedes it), but after left
@@ -51,7 +53,7 @@ class ColliePadder:
         if self.virtual_tokens:
             batch = self._reserve_prompt(batch)
         for key in items[0]:
-            if key not in batch:
+            if key not in batch and key != "document_ids":
                 batch[key] = [item[key] for item in items]
         return batch
 

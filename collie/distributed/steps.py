@@ -37,7 +37,7 @@ def _count(micro_batches: list[dict], dp_sum: Callable[[list[float]], list[float
     """The step's token counts: summed over micro-batches and data-parallel ranks first, so
     the loss is a mean over the global batch's tokens whatever the layout."""
     counts = [count_loss_tokens(mb["labels"], ignore_index) for mb in micro_batches]
-    real = sum(int(mb["attention_mask"].sum()) for mb in micro_batches)
+    real = sum(int((mb["attention_mask"] > 0).sum()) for mb in micro_batches)  # packed masks hold document numbers
     loss_tokens, real_tokens = dp_sum([float(sum(counts)), float(real)])
     return _Counts(counts, loss_tokens, int(real_tokens))
 

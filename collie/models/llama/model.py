@@ -149,11 +149,24 @@ class LlamaForCausalLM(CollieModel):
 
 def default_position_ids(batch: int, seq: int, past: int, attention_mask: Optional[torch.Tensor],
                          device: torch.device) -> torch.Tensor:
-    """Positions count real tokens only, so left-padded prompts start at 0 (as HF generate)."""
+    """Positions count real tokens only, so left-padded prompts start at 0 (as HF generate);
+    in a packed row (document numbers in the mask) they restart at every document."""
     if attention_mask is None:
         return torch.arange(past, past + seq, device=device).unsqueeze(0).expand(batch, -1)
-    positions = attention_mask.long().cumsum(-1) - 1
+    real = (attention_mask > 0).long()
+    positions = real.cumsum(-1) - 1
+    if is_packed(attention_mask):
+        # Subtract the count of real tokens before each token's document.
+        starts = torch.cat([torch.ones_like(attention_mask[:, :1], dtype=torch.bool),
+                            attention_mask[:, 1:] != attention_mask[:, :-1]], dim=1)
+        before = torch.where(starts, positions, torch.zeros_like(positions)).cummax(-1).values
+        positions = positions - before
     return positions.clamp(min=0)[:, past:past + seq]
+
+
+def is_packed(attention_mask: torch.Tensor) -> bool:
+    """A mask holding document numbers (data.packing) rather than ones and zeros (one host sync)."""
+    return bool((attention_mask > 1).any())
 
 
 def attention_bias_mask(attention_mask: Optional[torch.Tensor], q_len: int, past: int, device: torch.device,
@@ -165,6 +178,7 @@ def attention_bias_mask(attention_mask: Optional[torch.Tensor], q_len: int, past
     positions (the token itself included), as Mistral does."""
     total = past + q_len
     windowed = sliding_window is not None and total > sliding_window
+    # (A packed row with several documents is never "right padding only": its numbers increase.)
     if past == 0 and not windowed and (attention_mask is None or only_right_padding(attention_mask)):
         return None
     q_pos = torch.arange(past, total, device=device)[:, None]
@@ -175,6 +189,8 @@ def attention_bias_mask(attention_mask: Optional[torch.Tensor], q_len: int, past
     allowed = allowed[None, None]
     if attention_mask is not None:
         valid = attention_mask[:, None, None, :total].bool()
+        if past == 0 and is_packed(attention_mask):  # packed documents: each sees only itself
+            valid = valid & (attention_mask[:, None, :q_len, None] == attention_mask[:, None, None, :total])
         # The diagonal stays open so that rows of padding tokens never softmax over nothing.
         allowed = (allowed & valid) | (k_pos == q_pos)[None, None]
     return allowed
