@@ -113,14 +113,12 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 
 
 def test_chat_records_take_the_loss_on_assistant_turns_only():
-    import os
-
     from transformers import AutoTokenizer
 
     from collie.data import CollieDatasetForTraining
-    from conftest import SHARED
+    from collie.init_model import bundled_tokenizer_path
 
-    tokenizer = AutoTokenizer.from_pretrained(os.path.join(SHARED, "gpt2-tokenizer"))
+    tokenizer = AutoTokenizer.from_pretrained(bundled_tokenizer_path())
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name?"},
                 {"role": "assistant", "content": "Collie."}]
