@@ -31,7 +31,7 @@ PP_PARTITION_METHODS = ("uniform", "parameters")
 PP_SCHEDULES = ("gpipe", "1f1b", "interleaved1f1b")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPE_CHOICES = ("auto", *DTYPES)
-SINKS = ("console", "csv", "tensorboard")
+SINKS = ("console", "csv", "tensorboard", "plot", "wandb")
 PADDING_SIDES = ("left", "right")
 INIT_METHODS = ("normal", "xavier_normal", "kaiming_normal", "none")
 # Fields that hold live objects (an HF config, a peft config) rather than YAML data.
@@ -163,7 +163,8 @@ class CollieConfig:
     # Tokenizers/configs that ship their own Python code run it only when this is set.
     trust_remote_code: bool = False
     log_every_n_steps: int = 1
-    logging: list[str] = field(default_factory=lambda: ["console", "csv", "tensorboard"])
+    # console, csv (metrics.csv), tensorboard, plot (loss.png), wandb (optional package).
+    logging: list[str] = field(default_factory=lambda: ["console", "csv", "tensorboard", "plot"])
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     data: DataConfig = field(default_factory=DataConfig)

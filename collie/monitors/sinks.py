@@ -1,4 +1,5 @@
-"""Where monitor rows go: a rich progress bar, metrics.csv, TensorBoard. Rank 0 only."""
+"""Where monitor rows go: a rich progress bar, metrics.csv, TensorBoard (and loss.png, W&B in
+their own modules). Rank 0 only."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ class Sink:
 
     def message(self, text: str) -> None:
         pass
+
+    def checkpointed(self) -> None:
+        """A checkpoint was just written."""
 
     def close(self) -> None:
         pass

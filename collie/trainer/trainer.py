@@ -30,6 +30,7 @@ from collie.models.base import is_meta
 from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.models.registry import spec_of
 from collie.monitors.monitors import Monitor, StepStats, default_monitors
+from collie.monitors.plot_sink import LossCurveSink
 from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
 from collie.peft.attach import PeftRun, attach_peft
 from collie.trainer import checkpoint
@@ -177,6 +178,8 @@ class Trainer:
                                background=self._background)
         if wait and self._background is not None:
             self._background.wait()
+        for sink in self.sinks:
+            sink.checkpointed()
         self.callbacks.fire("on_save_checkpoint", self, path)
         return path
 
@@ -376,6 +379,14 @@ class Trainer:
             self.sinks.append(csv_sink)
         if cfg.output_dir and "tensorboard" in cfg.logging:
             self.sinks.append(TensorBoardSink(os.path.join(cfg.output_dir, "tensorboard")))
+        if cfg.output_dir and "plot" in cfg.logging:
+            # Resumed: the curve continues from the rows metrics.csv kept.
+            kept = next((s.rows for s in self.sinks if isinstance(s, CSVSink)), [])
+            self.sinks.append(LossCurveSink(os.path.join(cfg.output_dir, "loss.png"), kept))
+        if "wandb" in cfg.logging:
+            from collie.monitors.wandb_sink import WandbSink
+
+            self.sinks.append(WandbSink(cfg.output_dir, cfg.to_dict(), resumed))
 
     def _show_samples(self, results: dict) -> None:
         samples = results.get("samples")
