@@ -119,6 +119,29 @@ def train_transformers_peft_lora(shape: str, seq: int, steps: int, lora: dict) -
     return _train_transformers(get_peft_model(model, config), seq, steps)
 
 
+def train_transformers_lomo_optim(shape: str, seq: int, steps: int, name: str) -> list[float]:
+    """The LOMO authors' own package (`lomo-optim`: Lomo or AdaLomo) on transformers'
+    LlamaForCausalLM (fp32, gradient checkpointing), as its README runs it: `fused_backward`."""
+    import lomo_optim
+    from transformers import LlamaForCausalLM as HFLlama
+
+    if device().type == "cpu":
+        # lomo-optim puts its state with `.cuda()`; on a CPU-only machine that must stay put.
+        # A shim for this benchmark process only.
+        torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    model = HFLlama(shape_model_config(shape)).to(device()).train()
+    model.gradient_checkpointing_enable()
+    lr = 1e-3
+    optimizer = getattr(lomo_optim, name)(model, lr=lr)
+    times = []
+    for record in random_records(model.config.vocab_size, seq, steps):
+        ids = torch.tensor([record["tokens"]], device=device())
+        start = time.perf_counter()
+        optimizer.fused_backward(model(input_ids=ids, labels=ids, use_cache=False).loss, lr)
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def _train_transformers(model, seq: int, steps: int) -> list[float]:
     config = model.config
     model = model.to(device()).train()

@@ -1,5 +1,7 @@
 """Full-parameter fine-tuning memory: collie (AdamW, LOMO, AdaLomo; fp32 and bf16 storage)
-vs transformers' LlamaForCausalLM with AdamW.
+vs transformers' LlamaForCausalLM with AdamW, and vs the LOMO authors' `lomo-optim` package
+(Lomo, AdaLomo on transformers, fp32; its `.cuda()` calls are shimmed on CPU, in its own
+process only) with collie/lomo-optim ratios.
 
 ~1B LLaMA shape (`1b` in collie/models/shapes.py: hidden 2048, 16 layers, 16 heads, MLP 5632,
 vocab 32000), seq 512, batch 1, activation checkpointing, 3 optimizer steps on random tokens.
@@ -31,7 +33,7 @@ import torch
 
 from _rss import (build_collie_model, checkpoint_dir, device, report, run_child, shape_model_config,
                   start_anon_sampling, train_collie, train_collie_from_disk, train_transformers_adamw,
-                  train_transformers_adamw_from, write_checkpoint)
+                  train_transformers_adamw_from, train_transformers_lomo_optim, write_checkpoint)
 
 BASELINE = "transformers_adamw"
 # name -> (collie optimizer, storage dtype); None marks the transformers baseline.
@@ -43,6 +45,8 @@ RUNS: dict[str, tuple[str, torch.dtype] | None] = {
     "collie_lomo_bf16": ("lomo", torch.bfloat16),
     "collie_adalomo_bf16": ("adalomo", torch.bfloat16),
 }
+# The LOMO authors' package on transformers (fp32), and the collie run each is compared with.
+AUTHORS = {"lomo_optim_lomo": ("Lomo", "collie_lomo"), "lomo_optim_adalomo": ("AdaLomo", "collie_adalomo")}
 # goal name -> (max ratio, runs judged, preferred first)
 GOALS = {"LOMO": (0.30, ("collie_lomo_bf16", "collie_lomo")),
          "AdaLomo": (0.35, ("collie_adalomo_bf16", "collie_adalomo"))}
@@ -57,7 +61,9 @@ def collie_run(name: str, shape: str, seq: int, steps: int) -> list[float]:
 def child(name: str, args: argparse.Namespace) -> None:
     start_anon_sampling()
     extra = {}
-    if args.from_disk and RUNS[name] is None:
+    if name in AUTHORS:
+        times = train_transformers_lomo_optim(args.shape, args.seq, args.steps, AUTHORS[name][0])
+    elif args.from_disk and RUNS[name] is None:
         times = train_transformers_adamw_from(checkpoint_dir(args.from_disk, args.shape, torch.float32), args.seq,
                                               args.steps)
     elif args.from_disk:
@@ -85,17 +91,18 @@ def goal_line(ratios: dict[str, float]) -> str:
 
 
 def parent(args: argparse.Namespace) -> None:
-    names = args.only.split(",") if args.only else list(RUNS)
-    unknown = [n for n in names if n not in RUNS]
+    choices = [*RUNS, *AUTHORS]
+    names = args.only.split(",") if args.only else [*RUNS, *(a for a in AUTHORS if not args.from_disk)]
+    unknown = [n for n in names if n not in choices]
     if unknown:
-        raise SystemExit(f"--only: unknown run(s) {', '.join(unknown)}; choose from {', '.join(RUNS)}")
+        raise SystemExit(f"--only: unknown run(s) {', '.join(unknown)}; choose from {', '.join(choices)}")
     if BASELINE in names:  # the baseline first, so every later row has its ratio
         names.remove(BASELINE)
         names.insert(0, BASELINE)
     script = os.path.abspath(__file__)
     child_args = ["--shape", args.shape, "--seq", str(args.seq), "--steps", str(args.steps)]
     if args.from_disk:
-        for dtype in {torch.float32} | {RUNS[name][1] for name in names if RUNS[name] is not None}:
+        for dtype in {torch.float32} | {RUNS[name][1] for name in names if RUNS.get(name) is not None}:
             write_checkpoint(args.from_disk, args.shape, dtype)
         child_args += ["--from-disk", args.from_disk]
     source = f"loaded from {args.from_disk} by `collie train`" if args.from_disk else "built in-process"
@@ -106,9 +113,10 @@ def parent(args: argparse.Namespace) -> None:
           (f"{'GPU peak':>11}" if device().type == "cuda" else ""), flush=True)
     base: float | None = None
     ratios: dict[str, float] = {}
+    peaks: dict[str, float] = {}
     for name in names:
         result = run_child(script, name, child_args)
-        rss = result["peak_rss_gib"]
+        rss = peaks[name] = result["peak_rss_gib"]
         if name == BASELINE:
             base = rss
         ratio = rss / base if base else None
@@ -123,6 +131,9 @@ def parent(args: argparse.Namespace) -> None:
             cells += f"{result['cuda_peak_gib']:>7.2f} GiB"
         print(cells, flush=True)
     print(goal_line(ratios), flush=True)
+    for authors, (_, ours) in AUTHORS.items():
+        if authors in peaks and ours in peaks:
+            print(f"{ours} / {authors}: {peaks[ours] / peaks[authors]:.2f}x (goal <= 0.90x)", flush=True)
 
 
 def main() -> None:
@@ -134,7 +145,7 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="tiny shape, seq 32, 1 step")
     parser.add_argument("--from-disk", metavar="DIR", default="",
                         help="write the HF checkpoint to DIR, then train by loading it as a user does")
-    parser.add_argument("--run", choices=list(RUNS), help=argparse.SUPPRESS)
+    parser.add_argument("--run", choices=[*RUNS, *AUTHORS], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dry_run:
         args.shape, args.seq, args.steps = "tiny", 32, 1
