@@ -33,7 +33,7 @@ def test_bad_overrides_name_the_key(overrides, message):
     (["zero_stage=4"], "zero_stage: 4 is not one of"),
     (["train_micro_batch_size=0"], "train_micro_batch_size: must be >= 1"),
     (["scheduler.name=step"], "scheduler.name"),
-    (["logging=[console,wandb]"], "logging: 'wandb'"),
+    (["logging=[console,mlflow]"], "logging: 'mlflow' is not one of console, csv, tensorboard, plot, wandb"),
     (["optimizer.lr=0"], "optimizer.lr: must be > 0"),
     (["model=x", "init_shape=tiny"], "give one of them"),
     (["peft_config={peft_type: LORA, r: 8}"], "peft_config: takes a peft config object .* use the `peft:` section"),
