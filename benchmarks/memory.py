@@ -133,7 +133,9 @@ def parent(args: argparse.Namespace) -> None:
     print(goal_line(ratios), flush=True)
     for authors, (_, ours) in AUTHORS.items():
         if authors in peaks and ours in peaks:
-            print(f"{ours} / {authors}: {peaks[ours] / peaks[authors]:.2f}x (goal <= 0.90x)", flush=True)
+            ratio = peaks[ours] / peaks[authors]
+            verdict = "met" if ratio <= 0.90 else "not met"
+            print(f"{ours} / {authors}: {ratio:.3f}x (goal <= 0.90x: {verdict})", flush=True)
 
 
 def main() -> None:
