@@ -15,8 +15,7 @@ from collie import CollieConfig
 from collie.config import ConfigError
 from collie.data import CollieDatasetForTraining
 from collie.models.base import CollieModel
-from collie.peft.adapter_files import write_adapter
-from collie.peft.lora import adapter_modules, add_lora, merge_adapters
+from collie.peft.lora import adapter_modules, merge_adapters
 from collie.peft.attach import attach_peft
 from collie.trainer import Callback, Trainer
 from helpers import save_tiny_hf_model
