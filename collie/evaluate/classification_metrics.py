@@ -3,21 +3,12 @@ predictions an `EvaluatorForClassification` makes, over every data-parallel rank
 
 from __future__ import annotations
 
-from collie.evaluate.metrics import BaseMetric, gather_lists
+from collie.evaluate.metrics import PairMetric
 
 
-class _PredictionMetric(BaseMetric):
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.pairs: list[tuple[int, int]] = []
-
-    def update(self, result: dict) -> None:
-        self.pairs.extend(zip((int(p) for p in result["pred"]), (int(t) for t in result["target"])))
-
-    def reduce(self, group) -> None:
-        self.pairs = gather_lists(self.pairs, group)
+class _PredictionMetric(PairMetric):
+    def pairs_of(self, result: dict) -> list[tuple[int, int]]:
+        return [(int(p), int(t)) for p, t in zip(result["pred"], result["target"])]
 
 
 class AccuracyMetric(_PredictionMetric):

@@ -80,6 +80,26 @@ class DecodeMetric(BaseMetric):
         return {"exact_match": hits / len(scored), "samples": list(self.samples)}
 
 
+class PairMetric(BaseMetric):
+    """Accumulates (prediction, target) pairs, gathered over data-parallel ranks; subclasses
+    say which pairs a batch result holds (`pairs_of`) and what they score (`get_metric`)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.pairs: list[tuple] = []
+
+    def update(self, result: dict) -> None:
+        self.pairs.extend(self.pairs_of(result))
+
+    def pairs_of(self, result: dict) -> list[tuple]:
+        raise NotImplementedError
+
+    def reduce(self, group) -> None:
+        self.pairs = gather_lists(self.pairs, group)
+
+
 def gather_lists(items: list, group: Optional[dist.ProcessGroup]) -> list:
     """Every data-parallel rank's list, concatenated in rank order (the list itself when there
     is a single replica, `group` None)."""

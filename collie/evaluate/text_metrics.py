@@ -9,25 +9,15 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from collie.evaluate.metrics import BaseMetric, gather_lists
+from collie.evaluate.metrics import PairMetric
 
 
-class _PairMetric(BaseMetric):
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.pairs: list[tuple[str, str]] = []
-
-    def update(self, result: dict) -> None:
-        self.pairs.extend((pred, target) for pred, target in zip(result["pred"], result["target"])
-                          if target is not None)
-
-    def reduce(self, group) -> None:
-        self.pairs = gather_lists(self.pairs, group)
+class _TextPairMetric(PairMetric):
+    def pairs_of(self, result: dict) -> list[tuple[str, str]]:
+        return [(pred, target) for pred, target in zip(result["pred"], result["target"]) if target is not None]
 
 
-class BleuMetric(_PairMetric):
+class BleuMetric(_TextPairMetric):
     """Corpus BLEU (sacrebleu). `tokenize`: sacrebleu's tokenizer — "13a" (its default), "zh"
     for Chinese, "intl", "char", "none", ..."""
 
@@ -44,7 +34,7 @@ class BleuMetric(_PairMetric):
         return {"bleu": self.bleu.corpus_score(list(preds), [list(targets)]).score}
 
 
-class RougeMetric(_PairMetric):
+class RougeMetric(_TextPairMetric):
     """Mean ROUGE F1 over samples (rouge-score): rouge1, rouge2, rougeL by default. `tokenizer`:
     an object with `tokenize(text) -> list[str]` (rouge-score's own keeps only ASCII letters and
     digits, so Chinese needs one, e.g. splitting into characters); `use_stemmer` as in
