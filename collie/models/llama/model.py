@@ -153,13 +153,15 @@ def default_position_ids(batch: int, seq: int, past: int, attention_mask: Option
     in a packed row (document numbers in the mask) they restart at every document."""
     if attention_mask is None:
         return torch.arange(past, past + seq, device=device).unsqueeze(0).expand(batch, -1)
-    positions = (attention_mask > 0).long().cumsum(-1) - 1
-    # Subtract the count of real tokens before each token's document (nothing for a mask of
-    # ones and zeros, whose only document starts at its first real token): no host sync.
-    starts = torch.cat([torch.ones_like(attention_mask[:, :1], dtype=torch.bool),
-                        attention_mask[:, 1:] != attention_mask[:, :-1]], dim=1)
-    before = torch.where(starts, positions, torch.zeros_like(positions)).cummax(-1).values
-    return (positions - before).clamp(min=0)[:, past:past + seq]
+    real = (attention_mask > 0).long()
+    positions = real.cumsum(-1) - 1
+    if is_packed(attention_mask):
+        # Subtract the count of real tokens before each token's document.
+        starts = torch.cat([torch.ones_like(attention_mask[:, :1], dtype=torch.bool),
+                            attention_mask[:, 1:] != attention_mask[:, :-1]], dim=1)
+        before = torch.where(starts, positions, torch.zeros_like(positions)).cummax(-1).values
+        positions = positions - before
+    return positions.clamp(min=0)[:, past:past + seq]
 
 
 def is_packed(attention_mask: torch.Tensor) -> bool:
