@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from typing import Optional
 
 import torch
 
+from collie import storage
 from collie.config import CollieConfig, ConfigError
 from collie.dtypes import DTYPES
 from collie.data.records import DataError
 from collie.distributed.peer_failure import PeerFailure
-from collie.trainer.checkpoint import CheckpointError
+from collie.trainer.checkpoint import TRAINER_STATE, CheckpointError
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -76,16 +78,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif args.command == "convert":
             from collie.convert import dcp_to_hf, hf_to_dcp
 
-            if args.merge_lora or args.base:
-                if not args.to_hf or not args.merge_lora:
-                    raise ConfigError("--merge-lora: use it with --to-hf (and --base only with --merge-lora)")
-                from collie.peft.convert import merge_lora
+            if (args.merge_lora or args.base) and (not args.to_hf or not args.merge_lora):
+                raise ConfigError("--merge-lora: use it with --to-hf (and --base only with --merge-lora)")
+            # Object-store sources are read from a local copy; destinations are uploaded when complete.
+            source = storage.local_copy(args.source)
+            with storage.staged(args.to_hf or args.to_dcp, last=("config.json", TRAINER_STATE)) as out:
+                if args.merge_lora:
+                    from collie.peft.convert import merge_lora
 
-                merge_lora(args.source, args.to_hf, args.base)
-            elif args.to_hf:
-                dcp_to_hf(args.source, args.to_hf)
-            else:
-                hf_to_dcp(args.source, args.to_dcp)
+                    merge_lora(source, out, args.base and storage.local_copy(args.base))
+                elif args.to_hf:
+                    dcp_to_hf(source, out)
+                else:
+                    hf_to_dcp(source, out)
             print(f"wrote {args.to_hf or args.to_dcp}")
         else:
             print(run_generate(args))
@@ -128,7 +133,7 @@ def run_train(config_path: str, overrides: list[str]) -> None:
         train_ds = PackedDataset(train_ds, config.data.max_length)
     evaluators = configured_evaluators(model, config, tokenizer)
     if env.is_main:
-        config.save(os.path.join(config.output_dir, "config.yaml"))
+        storage.write_text(os.path.join(config.output_dir, "config.yaml"), config.to_yaml())
     trainer = Trainer(model, config, train_dataset=train_ds, evaluators=evaluators, tokenizer=tokenizer)
     trainer.train()
     if not trainer.preempted:  # a preempted run resumes from its checkpoint instead
@@ -164,9 +169,10 @@ def seed_checkpoint(config: CollieConfig, env) -> str:
     if config.init_shape is None:
         raise ConfigError("model: set `model` (an HF directory) or `init_shape` (tiny/20m/100m/1b/7b)")
     path = os.path.join(config.output_dir, "init")
-    if env.is_main and not os.path.isfile(os.path.join(path, "config.json")):
-        init_model(config.init_shape, path, config.tokenizer or bundled_tokenizer_path(), config.seed,
-                   init_method=config.init_method)
+    if env.is_main and not storage.isfile(os.path.join(path, "config.json")):
+        with storage.staged(path) as local:
+            init_model(config.init_shape, local, config.tokenizer or bundled_tokenizer_path(), config.seed,
+                       init_method=config.init_method)
     if dist.is_initialized():
         dist.barrier()
     return path
@@ -174,14 +180,13 @@ def seed_checkpoint(config: CollieConfig, env) -> str:
 
 def ensure_writable(path: str) -> None:
     try:
-        os.makedirs(path, exist_ok=True)
+        storage.makedirs(path)
         # One probe file per process: ranks check the same directory at the same time.
-        probe = os.path.join(path, f".write-test-{os.getpid()}")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
+        probe = os.path.join(path, f".write-test-{socket.gethostname()}-{os.getpid()}")
+        storage.write_text(probe, "")
+        storage.remove_file(probe)
     except OSError as e:
-        raise ConfigError(f"output_dir: {path!r} is not writable ({e.strerror})") from None
+        raise ConfigError(f"output_dir: {path!r} is not writable ({e.strerror or e})") from None
 
 
 def run_generate(args) -> str:
@@ -189,6 +194,7 @@ def run_generate(args) -> str:
     from collie.peft.adapter_files import is_adapter_dir
 
     reserved = 0
+    args.model_dir = storage.local_copy(args.model_dir)
     if is_adapter_dir(args.model_dir):  # a PEFT run's export: its adapters or prompt on their base model
         from collie.peft.convert import model_with_adapter
 

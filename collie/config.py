@@ -222,9 +222,12 @@ class CollieConfig:
         """Plain data (no live objects): what `save` writes."""
         return dataclasses.asdict(self._plain())
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str) -> None:
         with open(path, "w") as f:
-            yaml.safe_dump(self.to_dict(), f, sort_keys=False)
+            f.write(self.to_yaml())
 
     def _plain(self) -> "CollieConfig":
         return dataclasses.replace(self, **{name: None for name in _OBJECT_FIELDS})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+from collie import storage
 from collie.config import CollieConfig, ConfigError
 from collie.trainer.checkpoint import read_trainer_state
 
@@ -20,6 +21,7 @@ def run_eval(source: str, config_path: str, overrides: list[str], out: str) -> d
     config.validate()
     if not config.data.eval_file:
         raise ConfigError("data.eval_file: `collie eval` needs an evaluation file (.json or .jsonl)")
+    source = storage.local_copy(source)
     is_checkpoint = os.path.isfile(os.path.join(source, checkpoint.TRAINER_STATE))
     if is_checkpoint and os.path.isfile(os.path.join(source, "adapters.json")):
         raise ConfigError(f"{source}: a PEFT run's checkpoint; evaluate its merged model "

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from collie import storage
 from collie.distributed.shards import copy_whole_into, whole
 from collie.dtypes import DTYPES
 from collie.generation import GenerationMixin
@@ -58,6 +59,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     only when `trust_remote_code` is set."""
     from transformers import AutoTokenizer
 
+    path = storage.local_copy(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory not found: {path!r}")
     if not any(os.path.isfile(os.path.join(path, name)) for name in ("tokenizer.json", "tokenizer_config.json",
@@ -116,13 +118,14 @@ class CollieModel(GenerationMixin, nn.Module):
         from collie.host_memory import return_freed_memory_to_os
 
         return_freed_memory_to_os()  # reading frees a buffer per tensor: give the pages back
+        source, path = path, storage.local_copy(path)  # an object-store URL is read from a local copy
         hf_config = load_hf_config(path)
         dtype = dtype or param_dtype(config)
         if not spec_for(hf_config).supports_model_parallel:
             return _load_transformers_model(cls, path, hf_config, config, dtype)
         model_cls = _model_class(cls, hf_config, path)
         if config is not None:
-            config.model_config, config.model = hf_config, path
+            config.model_config, config.model = hf_config, source
         if config is not None and config.low_cpu_mem_usage and _launched_processes() > 1 and \
                 not spec_for(hf_config).dims(hf_config).tied_embeddings:
             return _on_meta(model_cls, hf_config, config, dtype)

@@ -74,6 +74,9 @@ class TensorBoardSink(Sink):
             if key != "step" and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, step)
 
+    def checkpointed(self) -> None:
+        self.writer.flush()  # the events so far belong with the checkpoint (and are uploaded with it)
+
     def close(self) -> None:
         self.writer.close()
 

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from collie import storage
 from collie.config import ConfigError
 from collie.distributed.shards import copy_whole_into
 from collie.dtypes import at_least_fp32
@@ -125,7 +126,7 @@ def _text_embeddings(model: nn.Module, spec, settings: PromptSettings, config) -
     from collie.models.hf_io import iter_hf_tensors
 
     wanted = f"{spec.edge_name('embedding')}.weight"
-    for hf_name, tensor in iter_hf_tensors(config.model):
+    for hf_name, tensor in iter_hf_tensors(storage.local_copy(config.model)):
         for name, part in spec.adapter.split(hf_name, tensor, model.config):
             if name == wanted:
                 return part[ids].float()

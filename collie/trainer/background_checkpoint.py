@@ -1,8 +1,8 @@
 """Asynchronous checkpoints (`checkpoint_async: true`): DCP stages the state in host memory and
 writes it from a background thread while training goes on; the step pays only for staging.
 
-The checkpoint is written under its `.tmp` name; only when the write has completed does rank 0
-rename it and move `latest` to it, so a kill during the background write leaves `latest` on the
+The checkpoint is written under its staging name (`.tmp`, or its own name in an object store);
+only when the write has completed does rank 0 give it its name and move `latest` to it, so a kill during the background write leaves `latest` on the
 previous checkpoint. The background collectives run in a process group of their own (gloo), so
 they never interleave with the training step's.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import shutil
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Optional
@@ -20,6 +19,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
+from collie import storage
 from collie.trainer import checkpoint
 
 log = logging.getLogger("collie")
@@ -72,7 +72,7 @@ class BackgroundWriter:
                 raise
             # DCP gathers every rank's write result: all ranks see the failure together.
             if rank == 0:
-                shutil.rmtree(job.tmp, ignore_errors=True)
+                storage.remove_tree(job.tmp)
             raise checkpoint.write_error(job.path, e) from e
         if rank == 0:
             # Rank 0 coordinates the write: its future completes only after every rank's data is on disk.

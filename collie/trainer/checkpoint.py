@@ -1,7 +1,10 @@
 """Training checkpoints (DCP: sharded, loadable on another layout) and HF export.
 
 A checkpoint is written to `<name>.tmp` and renamed when complete; the `latest` marker is
-replaced last, so a crash mid-save leaves `latest` pointing at the previous checkpoint.
+replaced last, so a crash mid-save leaves `latest` pointing at the previous checkpoint. In an
+object store (`output_dir: s3://…`), which cannot rename, the checkpoint is written under its
+own name and `latest` (one PUT, written last) is what makes it complete: a reader trusts only
+the checkpoint `latest` names.
 Each checkpoint also holds the model's `config.json` (and tokenizer), so `collie convert`
 can turn it into an HF directory on its own.
 """
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 from typing import Optional
 
 import torch
@@ -22,6 +24,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
+
+from collie import storage
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
@@ -59,12 +63,11 @@ def latest(output_dir: Optional[str]) -> Optional[str]:
     if not output_dir:
         return None
     marker = os.path.join(checkpoints_dir(output_dir), LATEST)
-    if not os.path.isfile(marker):
+    if not storage.isfile(marker):
         return None
-    with open(marker) as f:
-        name = f.read().strip()
+    name = storage.read_text(marker).strip()
     path = os.path.join(checkpoints_dir(output_dir), name)
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise CheckpointError(f"{marker} names {name!r}, which does not exist")
     return path
 
@@ -111,12 +114,12 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
         if not trainer.config.output_dir:
             raise ValueError("output_dir: set it (or pass a path) to save checkpoints")
         path = os.path.join(checkpoints_dir(trainer.config.output_dir), f"step-{trainer.global_step}")
-    tmp = path + ".tmp"
+    tmp = staging_name(path)
     rank = _rank()
     if background is not None:
         background.wait()  # one checkpoint in flight at a time
-    if rank == 0 and os.path.exists(tmp):
-        shutil.rmtree(tmp)  # left by a save that was killed
+    if rank == 0:
+        storage.remove_tree(tmp)  # left by a save that was killed
     _barrier()
     failure = _storage_failure(lambda: _write_files(trainer, tmp, rank, model_only))
     if failure is None and background is None:
@@ -125,7 +128,7 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
     # Every rank learns whether any rank failed: they all stop (or go on) together.
     if _any_rank(failure is not None):
         if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
+            storage.remove_tree(tmp)
         _barrier()
         raise write_error(path, failure)
     if background is not None:
@@ -138,11 +141,17 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
     return path
 
 
+def staging_name(path: str) -> str:
+    """Where a checkpoint is written until it is complete: `<name>.tmp` on a file system (then
+    renamed), its own name in an object store (`latest` marks it complete)."""
+    return path if storage.is_url(path) else path + ".tmp"
+
+
 def finalize(tmp: str, path: str, mark_latest: bool, max_to_keep: int) -> None:
     """Give a complete checkpoint its name, then (last) point `latest` at it (rank 0)."""
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    if tmp != path:
+        storage.remove_tree(path)
+        os.replace(tmp, path)
     if mark_latest:
         _write_marker(os.path.dirname(path), os.path.basename(path))
         _prune(os.path.dirname(path), max_to_keep)
@@ -167,7 +176,12 @@ def _storage_failure(write) -> Optional[BaseException]:
 
 def _write_files(trainer, tmp: str, rank: int, model_only: bool) -> None:
     """Everything but the tensors: RNG state per rank; trainer state, config, tokenizer (rank 0)."""
-    os.makedirs(tmp, exist_ok=True)
+    storage.makedirs(tmp)
+    with storage.staged(tmp, last=()) as local:
+        _write_local_files(trainer, local, rank, model_only)
+
+
+def _write_local_files(trainer, tmp: str, rank: int, model_only: bool) -> None:
     if not model_only:
         torch.save({"rng": rng_state()}, os.path.join(tmp, f"rank-{rank}.pt"))
     if rank == 0:
@@ -232,9 +246,10 @@ def load(trainer, path: str) -> None:
     for callback, callback_state in zip(trainer.callbacks.callbacks, saved.get("callbacks", [])):
         callback.load_state_dict(callback_state)
     own = os.path.join(path, f"rank-{_rank()}.pt")
-    if os.path.isfile(own):
+    if storage.isfile(own):
         try:
-            per_rank = torch.load(own, weights_only=True)
+            with storage.open_file(own) as f:
+                per_rank = torch.load(f, weights_only=True)
         except Exception as e:
             if not is_corruption(e):
                 raise
@@ -251,11 +266,10 @@ def load_model_only(trainer, path: str) -> None:
 
 def read_trainer_state(path: str) -> dict:
     state_file = os.path.join(path, TRAINER_STATE)
-    if not os.path.isfile(state_file):
+    if not storage.isfile(state_file):
         raise CheckpointError(f"{path}: not a collie checkpoint (no {TRAINER_STATE})")
     try:
-        with open(state_file) as f:
-            return json.load(f)
+        return json.loads(storage.read_text(state_file))
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are
         raise CheckpointError(f"{state_file}: unreadable ({e}); the checkpoint is corrupted") from e
 
@@ -264,7 +278,7 @@ def _check_compatible(path: str, state: dict) -> None:
     """Name the first tensor the checkpoint lacks or holds in another shape, instead of
     DCP's deep error, when resuming with a different model."""
     try:
-        metadata = FileSystemReader(path).read_metadata().state_dict_metadata
+        metadata = reader(path).read_metadata().state_dict_metadata
     except Exception as e:
         if not is_corruption(e):
             raise
@@ -277,6 +291,15 @@ def _check_compatible(path: str, state: dict) -> None:
         if tuple(saved.size) != tuple(tensor.shape):
             raise CheckpointError(f"{path}: {name} has shape {tuple(saved.size)}, the model has "
                                   f"{tuple(tensor.shape)}; it is a checkpoint of another model shape")
+
+
+def reader(path: str):
+    """DCP's reader for a checkpoint directory or URL."""
+    if storage.is_url(path):
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+        return FsspecReader(path)
+    return FileSystemReader(path)
 
 
 def _dcp_load(path: str, state: dict, partial: bool = False) -> None:
@@ -318,16 +341,13 @@ def set_rng_state(state: dict) -> None:
 
 
 def _write_marker(root: str, name: str) -> None:
-    tmp = os.path.join(root, LATEST + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(name + "\n")
-    os.replace(tmp, os.path.join(root, LATEST))
+    storage.write_text(os.path.join(root, LATEST), name + "\n")
 
 
 def _prune(root: str, max_to_keep: int) -> None:
     if max_to_keep <= 0:
         return
-    steps = sorted((int(n.split("-")[1]), n) for n in os.listdir(root)
+    steps = sorted((int(n.split("-")[1]), n) for n in storage.listdir(root)
                    if n.startswith("step-") and not n.endswith(".tmp"))
     for _, name in steps[:-max_to_keep]:
-        shutil.rmtree(os.path.join(root, name))
+        storage.remove_tree(os.path.join(root, name))

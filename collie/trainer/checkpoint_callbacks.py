@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from typing import Optional
 
+from collie import storage
 from collie.trainer import checkpoint
 from collie.trainer.callbacks import Callback
 
@@ -101,8 +101,8 @@ class TopKCheckpointCallback(_MetricWatcher):
         self.kept.append((value, trainer.global_step, path))
         self.kept.sort(key=lambda item: item[0], reverse=self.mode == "max")
         for _, _, dropped in self.kept[self.top_k:]:
-            if trainer.runtime.is_main and os.path.isdir(dropped):
-                shutil.rmtree(dropped)
+            if trainer.runtime.is_main:
+                storage.remove_tree(dropped)
         self.kept = self.kept[:self.top_k]
 
     def state_dict(self) -> dict:

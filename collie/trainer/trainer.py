@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
+from collie import storage
 from collie.config import CollieConfig, ConfigError
 from collie.data.sampler import GlobalBatchSampler
 from collie.distributed.clip import clip_grad_norm, clip_grad_value
@@ -31,6 +32,7 @@ from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.models.registry import spec_of
 from collie.monitors.monitors import Monitor, StepStats, default_monitors
 from collie.monitors.plot_sink import LossCurveSink
+from collie.monitors.run_files import RunFiles
 from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
 from collie.peft.attach import PeftRun, attach_peft
 from collie.trainer import checkpoint
@@ -98,6 +100,8 @@ class Trainer:
         self.preempted = False
         self._preemption: Optional[PreemptionWatch] = None
         self._background = BackgroundWriter() if config.checkpoint_async else None
+        # (step, path) of the last full checkpoint in output_dir: a preemption right after it reuses it.
+        self._checkpointed: Optional[tuple[int, str]] = None
         self.sinks: list[Sink] = []
         self._flops_per_token: Optional[float] = None
 
@@ -161,21 +165,26 @@ class Trainer:
         """The model (and tokenizer) in Hugging Face format; a PEFT run writes its adapters or
         prompt in peft's format (`PeftModel.from_pretrained(base, path)` loads them)."""
         tokenizer = self.tokenizer if self.runtime.is_main else None
-        if self.peft is None:
-            self.parallel.export(path, tokenizer)
-        else:
-            self.peft.save(path, self.model, self.spec, self.runtime, base_model=self.config.model)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(path)
-            self.runtime.barrier()
+        # An object-store destination: written locally, uploaded by rank 0 (config.json last).
+        with storage.staged(path, upload=self.runtime.is_main) as local:
+            if self.peft is None:
+                self.parallel.export(local, tokenizer)
+            else:
+                self.peft.save(local, self.model, self.spec, self.runtime, base_model=self.config.model)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(local)
+        self.runtime.barrier()
         self.callbacks.fire("on_save_model", self, path)
 
     def save_checkpoint(self, path: Optional[str] = None, max_to_keep: int = 0, model_only: bool = False,
                         wait: bool = False) -> str:
         """A DCP checkpoint under `output_dir/checkpoints/step-N` (or `path`); `latest` names it.
         With `checkpoint_async` it is written in the background unless `wait` is set."""
+        default_location = path is None
         path = checkpoint.save(self, path, max_to_keep=max_to_keep, model_only=model_only,
                                background=self._background)
+        if default_location and not model_only:
+            self._checkpointed = (self.global_step, path)
         if wait and self._background is not None:
             self._background.wait()
         for sink in self.sinks:
@@ -252,7 +261,11 @@ class Trainer:
         name = self._preemption.agreed_signal(self.runtime.device) if self._preemption is not None else None
         if name is None:
             return False
-        if self.config.output_dir:
+        if self._checkpointed is not None and self._checkpointed[0] == self.global_step:
+            # This step was just checkpointed: the signal's grace period is not spent writing it again.
+            self._complete_background_checkpoint(wait=True)
+            where = f"checkpoint {self._checkpointed[1]} written; run the same command to resume"
+        elif self.config.output_dir:
             path = self.save_checkpoint(max_to_keep=self.config.max_to_keep, wait=True)
             where = f"checkpoint {path} written; run the same command to resume"
         else:
@@ -371,22 +384,24 @@ class Trainer:
         cfg = self.config
         if "console" in cfg.logging:
             self.sinks.append(ConsoleSink(self.total_steps, self.global_step, cfg.log_every_n_steps))
-        if cfg.output_dir and "csv" in cfg.logging:
-            os.makedirs(cfg.output_dir, exist_ok=True)
-            csv_sink = CSVSink(os.path.join(cfg.output_dir, "metrics.csv"), resume=resumed)
+        files = RunFiles(cfg.output_dir, resumed) if cfg.output_dir else None
+        if files is not None and "csv" in cfg.logging:
+            csv_sink = CSVSink(os.path.join(files.local, "metrics.csv"), resume=resumed)
             if resumed:
                 csv_sink.truncate_after(self.global_step)
             self.sinks.append(csv_sink)
-        if cfg.output_dir and "tensorboard" in cfg.logging:
-            self.sinks.append(TensorBoardSink(os.path.join(cfg.output_dir, "tensorboard")))
-        if cfg.output_dir and "plot" in cfg.logging:
+        if files is not None and "tensorboard" in cfg.logging:
+            self.sinks.append(TensorBoardSink(os.path.join(files.local, "tensorboard")))
+        if files is not None and "plot" in cfg.logging:
             # Resumed: the curve continues from the rows metrics.csv kept.
             kept = next((s.rows for s in self.sinks if isinstance(s, CSVSink)), [])
-            self.sinks.append(LossCurveSink(os.path.join(cfg.output_dir, "loss.png"), kept))
+            self.sinks.append(LossCurveSink(os.path.join(files.local, "loss.png"), kept))
         if "wandb" in cfg.logging:
             from collie.monitors.wandb_sink import WandbSink
 
-            self.sinks.append(WandbSink(cfg.output_dir, cfg.to_dict(), resumed))
+            self.sinks.append(WandbSink(files.local if files else None, cfg.to_dict(), resumed))
+        if files is not None and files.remote:
+            self.sinks.append(files)  # last: uploads what the sinks above have just written
 
     def _show_samples(self, results: dict) -> None:
         samples = results.get("samples")
@@ -423,4 +438,4 @@ def _weights_source(model: torch.nn.Module, config: CollieConfig) -> Optional[st
     if not config.model:
         raise ConfigError("model: the model has no weights yet (meta device) and config.model names no "
                           "directory to load them from; build it with from_pretrained(path, config=config)")
-    return config.model
+    return storage.local_copy(config.model)

@@ -5,6 +5,8 @@ reshard MODEL RECORDS OUT — checkpoints written under tp2 resume under dp2; dp
 kill MODEL RECORDS OUT    — under `--max-restarts=2` and torchrun's defaults (its shared store), rank 1
                             SIGKILLs itself after step 3 on the first attempt, rank 0 after step 5 on
                             the second; each restart resumes from `latest`, the third attempt finishes.
+object_store MODEL RECORDS OUT — `kill` with the model, output_dir and export in an object store
+                            (MODEL and OUT are s3:// URLs).
 stall MODEL RECORDS OUT   — rank 1 sleeps forever after step 3 on the first attempt; with dist_timeout_s
                             rank 0's next collective fails, torchrun restarts both, the job finishes.
 """
@@ -17,7 +19,7 @@ import time
 
 import torch.distributed as dist
 
-from collie import CollieConfig
+from collie import CollieConfig, storage
 from collie.data import CollieDatasetForTraining
 from collie.models.base import CollieModel
 from collie.trainer import Callback, Trainer
@@ -89,15 +91,19 @@ def main() -> None:
         results["adalomo_dp2"] = run(model_dir, records, f"{out}/adalomo", adalomo + ["checkpoint_every_n_steps=3"])
         results["adalomo_dp2_resumed"] = run(model_dir, records, f"{out}/adalomo_resumed", adalomo,
                                              resume_from=f"{out}/adalomo/checkpoints/step-3")
-    elif mode == "kill":
-        results["after_restart"] = run(model_dir, records, f"{out}/killed", DP2 + ["checkpoint_every_n_steps=2"],
-                                       extra=[KillTwice()])
+    elif mode in ("kill", "object_store"):
+        losses = Losses()
+        trainer = trainer_for(model_dir, records, f"{out}/killed", DP2 + ["checkpoint_every_n_steps=2"],
+                              [losses, KillTwice()])
+        trainer.train()
+        results["after_restart"] = losses.values
+        if mode == "object_store":
+            trainer.save_model(f"{out}/killed/final")
     else:
         results["after_restart"] = run(model_dir, records, f"{out}/stalled",
                                        DP2 + ["checkpoint_every_n_steps=2", "dist_timeout_s=5"], extra=[StallOnce()])
     if dist.get_rank() == 0:
-        with open(f"{out}/{mode}.json", "w") as f:
-            json.dump(results, f)
+        storage.write_text(f"{out}/{mode}.json", json.dumps(results))
     dist.destroy_process_group()
 
 

@@ -6,7 +6,12 @@ import os
 import subprocess
 import sys
 
+import torch
 from helpers import save_tiny_hf_model
+from transformers import AutoModelForCausalLM
+
+from collie import storage
+from collie.cli import main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RECORDS = [{"tokens": [(5 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for i in range(24)]
@@ -19,8 +24,7 @@ def _launch(mode, model_dir, records, out, *torchrun_args, output=None):
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                     *torchrun_args, os.path.join(HERE, "resume_worker.py"), mode, model_dir, records, out],
                    check=True, env=env, timeout=300, stdout=output, stderr=subprocess.STDOUT)
-    with open(os.path.join(out, f"{mode}.json")) as f:
-        return json.load(f)
+    return json.loads(storage.read_text(f"{out}/{mode}.json"))
 
 
 def _setup(tmp_path):
@@ -62,6 +66,30 @@ def test_killed_ranks_restart_twice_and_resume(tmp_path):
     with open(os.path.join(out, "killed", "metrics.csv")) as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
     assert steps == [1, 2, 3, 4, 5, 6]  # rows of steps the killed attempts logged were replaced, not duplicated
+
+
+def test_killed_ranks_resume_from_object_storage(tmp_path, s3_bucket):
+    """The model, output_dir and export in S3 (moto on 127.0.0.1): two kills, two restarts from
+    the `latest` in the store, the uninterrupted run's final loss; transformers loads the export."""
+    from resume_worker import run
+
+    model_dir, records = _setup(tmp_path)
+    storage.upload_dir(model_dir, f"{s3_bucket}/seed", last=("config.json",))
+    out = f"{s3_bucket}/runs"
+    got = _launch("object_store", f"{s3_bucket}/seed", records, out, "--max-restarts=2")
+    assert len(got["after_restart"]) == 2
+    straight = run(model_dir, records, str(tmp_path / "straight"), ["dp_size=1", "train_micro_batch_size=2"])
+    assert abs(got["after_restart"][-1] - straight[-1]) <= 1e-9
+    run_dir = f"{out}/killed"
+    with storage.open_file(f"{run_dir}/metrics.csv", "r") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
+    assert storage.read_text(f"{run_dir}/checkpoints/latest").strip() == "step-6"
+    # The export equals the last checkpoint converted (in the store, to the store).
+    assert main(["convert", f"{run_dir}/checkpoints/step-6", "--to-hf", f"{out}/converted"]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(storage.local_copy(f"{run_dir}/final"), dtype=torch.float64)
+    converted = AutoModelForCausalLM.from_pretrained(storage.local_copy(f"{out}/converted"), dtype=torch.float64)
+    for (name, ours), (_, theirs) in zip(exported.state_dict().items(), converted.state_dict().items(), strict=True):
+        assert torch.equal(ours, theirs), name
 
 
 def test_stalled_rank_becomes_an_error_and_a_restart(tmp_path):
