@@ -1,4 +1,4 @@
-"""`collie train | eval | init-model | generate | convert` (also `python -m collie …`, also under torchrun)."""
+"""`collie train | eval | serve | init-model | generate | convert` (also `python -m collie …`, also under torchrun)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
 
+    from collie.serve.command import add_arguments as serve_arguments
+
+    serve_arguments(commands.add_parser("serve", help="an OpenAI-compatible HTTP server for a model"))
+
     conv = commands.add_parser("convert", help="DCP checkpoint → HF directory, or HF → DCP (model only)")
     conv.add_argument("source", help="a checkpoint directory (…/checkpoints/step-N) or an HF model directory")
     target = conv.add_mutually_exclusive_group(required=True)
@@ -70,6 +74,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             from collie.evaluate.command import run_eval
 
             run_eval(args.model, args.config, args.overrides, args.out)
+        elif args.command == "serve":
+            from collie.serve.command import run_serve
+
+            run_serve(args)
         elif args.command == "init-model":
             from collie.init_model import init_model
 

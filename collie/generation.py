@@ -37,7 +37,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
         finished = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):
             logits = logits.to(at_least_fp32(logits.dtype))
-            next_token = _choose(logits, do_sample, temperature, top_k, top_p, generator)
+            next_token = choose_next(logits, do_sample, temperature, top_k, top_p, generator)
             next_token = torch.where(finished, torch.full_like(next_token, pad), next_token)
             tokens.append(next_token[:, None])
             if len(eos):
@@ -51,8 +51,10 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
     return torch.cat(tokens, dim=1)
 
 
-def _choose(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
-            generator: Optional[torch.Generator]) -> torch.Tensor:
+def choose_next(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
+                generator: Optional[torch.Generator]) -> torch.Tensor:
+    """The next token of each row of `logits` [batch, vocab]: argmax, or a sample after
+    temperature, top-k and top-p (nucleus) filtering."""
     if not do_sample:
         return logits.argmax(dim=-1)
     logits = logits / temperature

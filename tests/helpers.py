@@ -96,3 +96,48 @@ def assert_saves_back(ours, out_dir, checkpoint: dict) -> dict:
     assert all(torch.equal(saved[name], checkpoint[name]) for name in checkpoint)
     with open(os.path.join(out_dir, "config.json")) as f:
         return json.load(f)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    """`collie serve …` (or torchrun running it) in a subprocess, up once /health answers."""
+
+    def __init__(self, argv: list, port: int, log_path: str, timeout: float = 120) -> None:
+        import os
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(log_path, "w")
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        self.process = subprocess.Popen([sys.executable, *argv], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.process.returncode}): {open(log_path).read()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"the server did not come up: {open(log_path).read()[-3000:]}")
+
+    def stop(self) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=120)
+        self.log.close()
+        return code

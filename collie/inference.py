@@ -1,0 +1,72 @@
+"""A saved model made ready to run under the configured layout, for commands that do not train
+(`collie eval`, `collie serve`): an HF directory, a collie checkpoint (its weights, any layout
+it was written under), or peft adapters on their base model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Optional
+
+from collie import storage
+from collie.config import CollieConfig, ConfigError
+
+
+@dataclass
+class LoadedModel:
+    model: object  # runs forward(input_ids, attention_mask=, kv_cache=) on every rank of the layout
+    forward_context: Callable[[], ContextManager]
+    tokenizer: object
+    hf_config: object
+    # Prompt tuning: positions to keep before each prompt for the trained prompt.
+    reserved_positions: int = 0
+    trainer: Optional[object] = None
+
+
+def load_for_inference(source: str, config: CollieConfig,
+                       evaluators_for: Optional[Callable] = None) -> LoadedModel:
+    """Every rank calls this. `evaluators_for(model, tokenizer)` builds evaluators to bind to the layout."""
+    from collie.distributed.env import init_distributed
+    from collie.models.base import CollieModel, load_hf_config, load_tokenizer
+    from collie.peft.adapter_files import is_adapter_dir
+    from collie.trainer import Trainer, checkpoint
+
+    source = storage.local_copy(source)
+    is_checkpoint = os.path.isfile(os.path.join(source, checkpoint.TRAINER_STATE))
+    if is_checkpoint and os.path.isfile(os.path.join(source, "adapters.json")):
+        raise ConfigError(f"{source}: a PEFT run's checkpoint; use its merged model "
+                          "(collie convert CKPT --merge-lora --to-hf DIR)")
+    env = init_distributed(config.dist_timeout_s)
+    if is_adapter_dir(source):
+        return _adapters(source, config, env.world_size)
+    config.init_shape = None
+    tokenizer = load_tokenizer(config.tokenizer or source, config.trust_remote_code)
+    if is_checkpoint:
+        checkpoint.read_trainer_state(source)
+        # The architecture from the checkpoint's config.json; the weights from its DCP files below.
+        config.model_config, config.model = load_hf_config(source), None
+        model = CollieModel.from_config(config)
+    else:
+        model = CollieModel.from_pretrained(source, config=config)
+    evaluators = evaluators_for(model, tokenizer) if evaluators_for else []
+    trainer = Trainer(model, config, evaluators=evaluators, tokenizer=tokenizer, monitors=[])
+    if is_checkpoint:
+        checkpoint.load_model_only(trainer, source)
+    return LoadedModel(trainer.parallel.eval_model, trainer.parallel.forward_context, tokenizer,
+                       config.model_config, trainer.parallel.virtual_tokens, trainer)
+
+
+def _adapters(source: str, config: CollieConfig, world_size: int) -> LoadedModel:
+    import contextlib
+
+    from collie.models.base import load_tokenizer
+    from collie.peft.convert import model_with_adapter
+
+    if world_size > 1:
+        raise ConfigError(f"{source}: peft adapters are served by one process; for a parallel layout merge them "
+                          "first (collie convert ADAPTERS --merge-lora --to-hf DIR)")
+    model, base, reserved = model_with_adapter(source)
+    has_tokenizer = os.path.isfile(os.path.join(source, "tokenizer_config.json"))
+    tokenizer = load_tokenizer(config.tokenizer or (source if has_tokenizer else base), config.trust_remote_code)
+    model.eval()
+    return LoadedModel(model, contextlib.nullcontext, tokenizer, model.config, reserved)

@@ -1,0 +1,201 @@
+"""The HTTP side: FastAPI routes speaking OpenAI's API (`/v1/models`, `/v1/completions`,
+`/v1/chat/completions`, streaming as server-sent events) plus `/health`, in front of an `Engine`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import AsyncIterator, Callable, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from collie.serve.engine import Engine, Event, Job, Overloaded
+from collie.serve.protocol import APIError, ChatRequest, CompletionRequest, check_sampling, parse, rows_for
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to what fits
+
+
+class ServedModel:
+    """What the routes need to know about the model besides the engine."""
+
+    def __init__(self, name: str, tokenizer, context_length: int, step: Callable[[], Optional[int]] = lambda: None,
+                 reserved_positions: int = 0) -> None:
+        self.name, self.tokenizer, self.context_length = name, tokenizer, context_length
+        self.step = step  # the training step the weights come from (serving during training)
+        self.reserved_positions = reserved_positions  # prompt tuning: positions before the text
+
+    def encode(self, text: str) -> list[int]:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return [pad] * self.reserved_positions + self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def chat_prompt(self, request: ChatRequest) -> list[int]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise APIError(400, f"model {self.name!r} has no chat template (its tokenizer sets none); use "
+                                "/v1/completions", "messages")
+        if not request.messages:
+            raise APIError(400, "messages: must not be empty", "messages")
+        turns = [{"role": m.role, "content": m.text()} for m in request.messages]
+        text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return [pad] * self.reserved_positions + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def build_app(engine: Engine, served: ServedModel) -> FastAPI:
+    app = FastAPI(title="collie", docs_url=None, redoc_url=None)
+    created = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def api_error(_request, error: APIError):
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request, error: RequestValidationError):
+        return JSONResponse(APIError(400, str(error.errors()[0].get("msg", "invalid request"))).body(), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request, error: HTTPException):
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        return JSONResponse(APIError(error.status_code, str(error.detail), kind=kind).body(),
+                            status_code=error.status_code)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": served.name, "queued": engine.queued(), "decoding": engine.busy_rows,
+                "step": served.step()}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": served.name, "object": "model", "created": created,
+                                            "owned_by": "collie"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = parse(await request.body(), CompletionRequest)
+        _check_model(body.model, served)
+        check_sampling(body, engine.max_batch_size)
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not texts:
+            raise APIError(400, "prompt: must not be empty", "prompt")
+        prompts = [served.encode(text) for text in texts]
+        rows = rows_for(body, prompts, served.context_length, engine.max_batch_size, COMPLETIONS_DEFAULT_MAX_TOKENS)
+        return await _answer(engine, served, body, rows, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = parse(await request.body(), ChatRequest)
+        _check_model(body.model, served)
+        check_sampling(body, engine.max_batch_size)
+        rows = rows_for(body, [served.chat_prompt(body)], served.context_length, engine.max_batch_size, None)
+        return await _answer(engine, served, body, rows, chat=True)
+
+    return app
+
+
+def _check_model(name: str, served: ServedModel) -> None:
+    if name != served.name:
+        raise APIError(404, f"model {name!r} does not exist; this server serves {served.name!r}", "model",
+                       "model_not_found")
+
+
+async def _answer(engine: Engine, served: ServedModel, body, rows, chat: bool):
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event] = asyncio.Queue()
+    job = Job(rows, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+    try:
+        engine.submit(job)
+    except Overloaded as e:
+        raise APIError(503, str(e), kind="server_overloaded", code="server_overloaded") from None
+    answer = _Answer(served.name, len(rows), chat, body.n)
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(answer.stream(job, events, include_usage), media_type="text/event-stream")
+    try:
+        while not answer.complete():
+            answer.take(await events.get())
+    except asyncio.CancelledError:
+        job.cancelled = True
+        raise
+    return answer.whole()
+
+
+class _Answer:
+    """Collects a job's events into OpenAI's response objects (whole, or as stream chunks)."""
+
+    def __init__(self, model: str, choices: int, chat: bool, n: int) -> None:
+        self.model, self.chat, self.n = model, chat, n
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        self.created = int(time.time())
+        self.texts = [""] * choices
+        self.finish: list[Optional[str]] = [None] * choices
+        self.prompt_tokens = [0] * choices
+        self.completion_tokens = [0] * choices
+
+    def take(self, event: Event) -> None:
+        if event.kind == "error":
+            raise APIError(500, event.text, kind="server_error")
+        if event.kind == "text":
+            self.texts[event.index] += event.text
+        else:
+            self.finish[event.index] = event.finish_reason
+            self.prompt_tokens[event.index] = event.prompt_tokens
+            self.completion_tokens[event.index] = event.completion_tokens
+
+    def complete(self) -> bool:
+        return all(reason is not None for reason in self.finish)
+
+    def usage(self) -> dict:
+        # Rows go prompt by prompt, n each: a prompt answered n times is counted once, as OpenAI does.
+        prompt = sum(self.prompt_tokens[::self.n])
+        completion = sum(self.completion_tokens)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def whole(self) -> dict:
+        if self.chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
+                        "logprobs": None} for i, (text, reason) in enumerate(zip(self.texts, self.finish))]
+        else:
+            choices = [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
+                       for i, (text, reason) in enumerate(zip(self.texts, self.finish))]
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices, "usage": self.usage()}
+
+    def _chunk(self, choices: list[dict], usage: Optional[dict] = None) -> str:
+        chunk = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                 "created": self.created, "model": self.model, "choices": choices}
+        if usage is not None:
+            chunk["usage"] = usage
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    def _choice(self, index: int, text: Optional[str], reason: Optional[str]) -> dict:
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            return {"index": index, "delta": delta, "finish_reason": reason, "logprobs": None}
+        return {"index": index, "text": text or "", "finish_reason": reason, "logprobs": None}
+
+    async def stream(self, job: Job, events: asyncio.Queue, include_usage: bool) -> AsyncIterator[str]:
+        try:
+            if self.chat:
+                for index in range(len(self.texts)):
+                    yield self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
+                                        "finish_reason": None, "logprobs": None}])
+            while not self.complete():
+                event = await events.get()
+                if event.kind == "error":  # the status line has gone out: an error event, as OpenAI sends
+                    yield f"data: {json.dumps(APIError(500, event.text, kind='server_error').body())}\n\n"
+                    return
+                self.take(event)
+                if event.kind == "text":
+                    yield self._chunk([self._choice(event.index, event.text, None)])
+                else:
+                    yield self._chunk([self._choice(event.index, None, event.finish_reason)])
+            if include_usage:
+                yield self._chunk([], self.usage())
+            yield "data: [DONE]\n\n"
+        finally:
+            if not self.complete():
+                job.cancelled = True  # the client went away: stop decoding for it

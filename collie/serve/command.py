@@ -1,0 +1,92 @@
+"""`collie serve MODEL_OR_CHECKPOINT [key=value …]`: the OpenAI API over HTTP (uvicorn), on one
+process or under torchrun with `tp_size` / `pp_size` (rank 0 listens, every rank decodes).
+
+Listens on 127.0.0.1 unless `--host` says otherwise. SIGTERM or Ctrl-C stops taking requests,
+answers the ones in flight, then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from typing import Optional
+
+from collie.config import CollieConfig
+
+log = logging.getLogger("collie")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="an HF model directory, a collie checkpoint, peft adapters, or their URL")
+    parser.add_argument("overrides", nargs="*", help="config overrides: tp_size=2 param_dtype=bfloat16 …")
+    parser.add_argument("--config", help="a collie YAML config (layout, dtypes, tokenizer)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model-name", help="the model id clients ask for (default: the directory's name)")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="rows decoded together")
+    parser.add_argument("--max-queue", type=int, default=64, help="rows waiting before requests get 503")
+
+
+def model_name(source: str, given: Optional[str]) -> str:
+    return given or os.path.basename(os.path.normpath(source.split("://", 1)[-1])) or "model"
+
+
+def run_serve(args) -> None:
+    import uvicorn
+
+    from collie.inference import load_for_inference
+    from collie.serve.app import ServedModel, build_app
+    from collie.serve.engine import Engine, decode
+    from collie.serve.lockstep import Lockstep
+
+    if args.max_batch_size < 1 or args.max_queue < 1:
+        raise ValueError("--max-batch-size and --max-queue: must be at least 1")
+    config = CollieConfig.load(args.config, args.overrides)
+    config.validate()
+    loaded = load_for_inference(args.model, config)
+    world_size = loaded.trainer.runtime.env.world_size if loaded.trainer is not None else 1
+    lockstep = Lockstep() if world_size > 1 else None
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.forward_context, args.max_batch_size,
+                    args.max_queue, lockstep=lockstep)
+    if lockstep is not None and lockstep.rank != 0:
+        lockstep.follow(lambda prompts, max_new, choose: decode(loaded.model, loaded.forward_context, prompts,
+                                                                max_new, engine.pad_id, choose))
+        return
+    served = ServedModel(model_name(args.model, args.model_name), loaded.tokenizer,
+                         context_length(loaded.hf_config, loaded.tokenizer), reserved_positions=loaded.reserved_positions)
+    server = uvicorn.Server(uvicorn.Config(build_app(engine, served), host=args.host, port=args.port,
+                                           log_level="warning", access_log=False))
+    failure: list[BaseException] = []
+
+    def decode_forever() -> None:
+        try:
+            engine.serve_forever()
+        except BaseException as e:  # the ranks can no longer decode together: stop serving
+            failure.append(e)
+            server.should_exit = True
+
+    decoder = threading.Thread(target=decode_forever, name="collie-decode", daemon=True)
+    decoder.start()
+    log.info("serving %r at http://%s:%d/v1 (%d process(es)); SIGTERM or Ctrl-C drains and stops",
+             served.name, args.host, args.port, world_size)
+    # uvicorn drains on SIGTERM / Ctrl-C, then raises the signal again under the handler found at
+    # start: this one lets the ranks stop together and the process exit 0.
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: None)
+    server.run()  # returns once the requests in flight are answered
+    engine.stop()
+    decoder.join()
+    if failure:
+        raise failure[0]
+
+
+def context_length(hf_config, tokenizer) -> int:
+    """The positions the model was built for (its config), else what the tokenizer says."""
+    for name in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
+        value = getattr(hf_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return int(min(tokenizer.model_max_length, 1 << 20))
