@@ -40,6 +40,8 @@ def load_for_inference(source: str, config: CollieConfig,
     if is_adapter_dir(source):
         return _adapters(source, config, env.world_size)
     config.init_shape = None
+    # Nothing is trained: the pipeline schedule's micro-batch count only has to be valid.
+    config.gradient_accumulation_steps = max(config.gradient_accumulation_steps, config.pp_size)
     tokenizer = load_tokenizer(config.tokenizer or source, config.trust_remote_code)
     if is_checkpoint:
         checkpoint.read_trainer_state(source)

@@ -81,6 +81,7 @@ def run_serve(args) -> None:
     decoder.join()
     if failure:
         raise failure[0]
+    log.info("stopped: every request was answered")
 
 
 def context_length(hf_config, tokenizer) -> int:
