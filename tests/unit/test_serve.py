@@ -232,3 +232,18 @@ def test_text_is_never_sent_half_a_character_or_a_partial_stop():
     euro = "€".encode()
     text = IncrementalText(_Chars(), stop=[])
     assert [text.add(256 + b)[0] for b in euro] == ["", "", "€"]
+
+
+def test_throughput_benchmark_dry_run_prints_the_ratio():
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, os.path.join("benchmarks", "serve_throughput.py"), "--dry-run",
+                             "--port", str(free_port())], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    batched, single = (float(line.split()[-1]) for line in lines if line.startswith(("4 concurrent", "one at a time")))
+    ratio = float(lines[-1].removeprefix("batched / one at a time: ").removesuffix("x"))
+    assert abs(ratio - batched / single) <= 0.02 * ratio  # the columns are rounded
