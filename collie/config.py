@@ -74,6 +74,18 @@ class DataConfig:
 
 
 @dataclass
+class ServeSection:
+    """The OpenAI endpoint (and a Gradio page) answering from the weights being trained; requests
+    are taken between steps. Off unless `port` is set."""
+    port: Optional[int] = None
+    host: str = "127.0.0.1"
+    max_batch_size: int = 8
+    max_queue: int = 64
+    # A local Gradio page (prompt box, settings, answer, the step it came from) on this port.
+    gradio_port: Optional[int] = None
+
+
+@dataclass
 class PeftSection:
     """Parameter-efficient fine-tuning from YAML (`peft.type=lora peft.r=8`); `peft_config`
     takes the same as a `peft` library config object."""
@@ -169,6 +181,7 @@ class CollieConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     peft: PeftSection = field(default_factory=PeftSection)
+    serve: ServeSection = field(default_factory=ServeSection)
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -262,6 +275,10 @@ class CollieConfig:
         if self.dist_timeout_s is not None and self.dist_timeout_s <= 0:
             raise ConfigError(f"dist_timeout_s: must be > 0 seconds, got {self.dist_timeout_s}")
         _at_least("data.max_length", self.data.max_length, 2)
+        _at_least("serve.max_batch_size", self.serve.max_batch_size, 1)
+        _at_least("serve.max_queue", self.serve.max_queue, 1)
+        if self.serve.gradio_port is not None and self.serve.port is None:
+            raise ConfigError("serve.gradio_port: the Gradio page talks to the OpenAI endpoint; set serve.port too")
         if self.sequence_parallel and self.data.max_length % self.tp_size:
             raise ConfigError(f"data.max_length: sequence parallel splits sequences evenly over tp_size "
                               f"({self.tp_size}) ranks, so it must be a multiple of it, got {self.data.max_length}")

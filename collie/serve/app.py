@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 import uuid
-from typing import AsyncIterator, Callable, Optional
+from typing import AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,10 +23,8 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; cha
 class ServedModel:
     """What the routes need to know about the model besides the engine."""
 
-    def __init__(self, name: str, tokenizer, context_length: int, step: Callable[[], Optional[int]] = lambda: None,
-                 reserved_positions: int = 0) -> None:
+    def __init__(self, name: str, tokenizer, context_length: int, reserved_positions: int = 0) -> None:
         self.name, self.tokenizer, self.context_length = name, tokenizer, context_length
-        self.step = step  # the training step the weights come from (serving during training)
         self.reserved_positions = reserved_positions  # prompt tuning: positions before the text
 
     def encode(self, text: str) -> list[int]:
@@ -66,7 +64,7 @@ def build_app(engine: Engine, served: ServedModel) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": served.name, "queued": engine.queued(), "decoding": engine.busy_rows,
-                "step": served.step()}
+                "step": engine.step()}
 
     @app.get("/v1/models")
     async def models():
@@ -128,6 +126,7 @@ class _Answer:
 
     def __init__(self, model: str, choices: int, chat: bool, n: int) -> None:
         self.model, self.chat, self.n = model, chat, n
+        self.step: Optional[int] = None
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.texts = [""] * choices
@@ -135,9 +134,15 @@ class _Answer:
         self.prompt_tokens = [0] * choices
         self.completion_tokens = [0] * choices
 
+    @property
+    def fingerprint(self) -> dict:
+        """Serving during training: the step whose weights answered (OpenAI's field for the backend's version)."""
+        return {"system_fingerprint": f"collie-step-{self.step}"} if self.step is not None else {}
+
     def take(self, event: Event) -> None:
         if event.kind == "error":
             raise APIError(500, event.text, kind="server_error")
+        self.step = event.step
         if event.kind == "text":
             self.texts[event.index] += event.text
         else:
@@ -162,11 +167,12 @@ class _Answer:
             choices = [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
                        for i, (text, reason) in enumerate(zip(self.texts, self.finish))]
         return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "choices": choices, "usage": self.usage()}
+                "created": self.created, "model": self.model, "choices": choices, "usage": self.usage(),
+                **self.fingerprint}
 
     def _chunk(self, choices: list[dict], usage: Optional[dict] = None) -> str:
         chunk = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                 "created": self.created, "model": self.model, "choices": choices}
+                 "created": self.created, "model": self.model, "choices": choices, **self.fingerprint}
         if usage is not None:
             chunk["usage"] = usage
         return f"data: {json.dumps(chunk)}\n\n"
@@ -179,16 +185,18 @@ class _Answer:
 
     async def stream(self, job: Job, events: asyncio.Queue, include_usage: bool) -> AsyncIterator[str]:
         try:
-            if self.chat:
-                for index in range(len(self.texts)):
-                    yield self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
-                                        "finish_reason": None, "logprobs": None}])
+            started = False
             while not self.complete():
                 event = await events.get()
                 if event.kind == "error":  # the status line has gone out: an error event, as OpenAI sends
                     yield f"data: {json.dumps(APIError(500, event.text, kind='server_error').body())}\n\n"
                     return
                 self.take(event)
+                if self.chat and not started:
+                    for index in range(len(self.texts)):
+                        yield self._chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None, "logprobs": None}])
+                started = True
                 if event.kind == "text":
                     yield self._chunk([self._choice(event.index, event.text, None)])
                 else:

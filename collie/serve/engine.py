@@ -51,6 +51,7 @@ class Event:
     finish_reason: Optional[str] = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    step: Optional[int] = None  # serving during training: the step whose weights decoded it
 
 
 class Job:
@@ -64,8 +65,8 @@ class Job:
 
 class _Row:
     def __init__(self, job: Job, index: int, settings: RowSettings, tokenizer, eos: set[int],
-                 unseeded: torch.Generator) -> None:
-        self.job, self.index, self.settings, self.eos = job, index, settings, eos
+                 unseeded: torch.Generator, step: Optional[int]) -> None:
+        self.job, self.index, self.settings, self.eos, self.step = job, index, settings, eos, step
         self.text = IncrementalText(tokenizer, settings.stop)
         self.generated = 0
         self.done = False
@@ -90,13 +91,13 @@ class _Row:
         if self.generated >= self.settings.max_tokens:
             return self._finish("length", piece + self.text.flush())
         if piece:
-            self.job.events(Event("text", self.index, piece))
+            self.job.events(Event("text", self.index, piece, step=self.step))
 
     def _finish(self, reason: str, piece: str) -> None:
         if piece:
-            self.job.events(Event("text", self.index, piece))
-        self.job.events(Event("finish", self.index, finish_reason=reason,
-                              prompt_tokens=len(self.settings.prompt_ids), completion_tokens=self.generated))
+            self.job.events(Event("text", self.index, piece, step=self.step))
+        self.job.events(Event("finish", self.index, finish_reason=reason, prompt_tokens=len(self.settings.prompt_ids),
+                              completion_tokens=self.generated, step=self.step))
         self.done = True
 
 
@@ -127,8 +128,9 @@ def decode(model, forward_context: Callable[[], ContextManager], prompts: list[l
 class Engine:
     def __init__(self, model, tokenizer, forward_context: Callable[[], ContextManager] = contextlib.nullcontext,
                  max_batch_size: int = 16, max_queue: int = 64, batch_wait_s: float = 0.005,
-                 lockstep=None) -> None:
+                 lockstep=None, step: Callable[[], Optional[int]] = lambda: None) -> None:
         self.model, self.tokenizer, self.forward_context = model, tokenizer, forward_context
+        self.step = step
         self.max_batch_size, self.max_queue, self.batch_wait_s = max_batch_size, max_queue, batch_wait_s
         self.lockstep = lockstep
         eos = tokenizer.eos_token_id
@@ -193,7 +195,8 @@ class Engine:
             return jobs
 
     def run_batch(self, jobs: list[Job]) -> None:
-        rows = [_Row(job, i, settings, self.tokenizer, self.eos, self.unseeded)
+        step = self.step()
+        rows = [_Row(job, i, settings, self.tokenizer, self.eos, self.unseeded, step)
                 for job in jobs for i, settings in enumerate(job.rows)]
         prompts = [row.settings.prompt_ids for row in rows]
         max_new = max(row.settings.max_tokens for row in rows)

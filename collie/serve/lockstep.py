@@ -30,17 +30,22 @@ class Lockstep:
     def send_stop(self) -> None:
         dist.broadcast_object_list([("stop", None, 0)], src=0, group=self.group)
 
+    def send_idle(self) -> None:
+        """Nothing more to decode for now (serving during training: back to the next step)."""
+        dist.broadcast_object_list([("idle", None, 0)], src=0, group=self.group)
+
     # -- the other ranks --
-    def follow(self, run_batch) -> None:
-        """Decode what rank 0 sends until it says stop; `run_batch(prompts, max_new, choose)`.
-        SIGTERM (torchrun passes it to every rank) is left to rank 0, which drains its requests
-        first and then sends stop."""
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    def follow(self, run_batch, until: str = "stop") -> None:
+        """Decode what rank 0 sends (`run_batch(prompts, max_new, choose)`) until it says stop, or
+        with until="idle" until it says idle (or stop). A server's SIGTERM (torchrun passes it to
+        every rank) is left to rank 0, which drains its requests first and then sends stop."""
+        if until == "stop":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while True:
             command = [None]
             dist.broadcast_object_list(command, src=0, group=self.group)
             kind, prompts, max_new = command[0]
-            if kind == "stop":
+            if kind == "stop" or kind == until:
                 return
             run_batch(prompts, max_new, self._receive_tokens(len(prompts)))
 

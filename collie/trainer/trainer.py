@@ -91,6 +91,12 @@ class Trainer:
         if config.checkpoint_every_n_steps:
             callbacks.append(CheckpointCallback(every_n_steps=config.checkpoint_every_n_steps,
                                                 max_to_keep=config.max_to_keep))
+        if config.serve.port is not None:
+            from collie.serve.during_training import ServeCallback
+
+            serve = config.serve
+            callbacks.append(ServeCallback(serve.port, serve.host, serve.max_batch_size, serve.max_queue,
+                                           gradio_port=serve.gradio_port))
         self.callbacks = CallbackList(callbacks)
         self.global_step = 0
         self.epoch = 0

@@ -1,0 +1,97 @@
+"""Talk to the model while it trains: the same OpenAI endpoint as `collie serve`, answering from
+the weights of the step just finished, under any layout (`serve.port` in the config, or this
+callback). Requests wait in the queue and are decoded between two steps — at most one batch per
+step — in eval mode and without gradients, with the engine's own random generator: training's
+numbers are the same with or without serving.
+
+Rank 0 runs the HTTP server in a thread; at every step boundary it tells the other ranks whether
+there is a batch to decode (`Lockstep`), so all ranks decode it together and go back to training.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Optional
+
+from collie.trainer.callbacks import Callback
+
+log = logging.getLogger("collie")
+
+
+class ServeCallback(Callback):
+    def __init__(self, port: int, host: str = "127.0.0.1", max_batch_size: int = 8, max_queue: int = 64,
+                 model_name: Optional[str] = None, gradio_port: Optional[int] = None) -> None:
+        self.port, self.host, self.model_name, self.gradio_port = port, host, model_name, gradio_port
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.engine = None
+        self.lockstep = None
+        self._server = None
+        self._thread: Optional[threading.Thread] = None
+        self._gradio = None
+
+    def on_train_begin(self, trainer) -> None:
+        from collie.serve.app import ServedModel, build_app
+        from collie.serve.command import context_length, model_name
+        from collie.serve.engine import Engine
+        from collie.serve.lockstep import Lockstep
+
+        parallel = trainer.parallel
+        self.lockstep = Lockstep() if trainer.runtime.env.world_size > 1 else None
+        self.engine = Engine(parallel.eval_model, trainer.tokenizer, parallel.forward_context, self.max_batch_size,
+                             self.max_queue, batch_wait_s=0.0, lockstep=self.lockstep,
+                             step=lambda: trainer.global_step)
+        if not trainer.runtime.is_main:
+            return
+        if trainer.tokenizer is None:
+            raise ValueError("serve: serving during training needs the Trainer's tokenizer")
+        import uvicorn
+
+        name = model_name(trainer.config.model or trainer.config.output_dir or "model", self.model_name)
+        served = ServedModel(name, trainer.tokenizer, context_length(trainer.config.model_config, trainer.tokenizer),
+                             reserved_positions=parallel.virtual_tokens)
+        self._server = uvicorn.Server(uvicorn.Config(build_app(self.engine, served), host=self.host, port=self.port,
+                                                     log_level="warning", access_log=False))
+        self._thread = threading.Thread(target=self._server.run, name="collie-serve-http", daemon=True)
+        self._thread.start()
+        log.info("serving %r at http://%s:%d/v1 while training (answered between steps)", name, self.host, self.port)
+        if self.gradio_port is not None:
+            from collie.serve.gradio_page import GradioProvider
+
+            self._gradio = GradioProvider(f"http://127.0.0.1:{self.port}/v1", name, port=self.gradio_port,
+                                          host=self.host)
+            self._gradio.start()
+
+    def on_train_batch_end(self, trainer, loss) -> None:
+        self._serve_waiting(trainer)
+
+    def on_train_end(self, trainer) -> None:
+        if trainer.runtime.is_main:
+            self.engine.stop()  # from now on new requests are refused (503) while the server closes
+        self._serve_waiting(trainer, everything=True)  # the final weights answer what is queued
+        if self._gradio is not None:
+            self._gradio.stop()
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=60)
+
+    def _serve_waiting(self, trainer, everything: bool = False) -> None:
+        """Every rank calls this between two steps: one batch of what waits (or all of it)."""
+        model = trainer.parallel.eval_model
+        was_training = model.training
+        model.eval()
+        try:
+            if trainer.runtime.is_main:
+                jobs = self.engine.next_batch(block=False)
+                while jobs:
+                    self.engine.run_batch(jobs)
+                    jobs = self.engine.next_batch(block=False) if everything else None
+                if self.lockstep is not None:
+                    self.lockstep.send_idle()
+            else:
+                from collie.serve.engine import decode
+
+                self.lockstep.follow(lambda prompts, max_new, choose: decode(
+                    model, trainer.parallel.forward_context, prompts, max_new, self.engine.pad_id, choose), until="idle")
+        finally:
+            model.train(was_training)
