@@ -7,6 +7,7 @@ import torch
 from transformers import LlamaConfig
 
 from collie.models.llama.hf_adapter import LlamaHFAdapter
+from collie.trainer import Callback
 
 
 def tiny_llama_config(**overrides) -> LlamaConfig:
@@ -141,3 +142,38 @@ class ServerProcess:
         code = self.process.wait(timeout=120)
         self.log.close()
         return code
+
+
+class Losses(Callback):
+    """A Trainer callback that records each step's loss."""
+
+    def __init__(self):
+        self.values = []
+
+    def on_train_batch_end(self, trainer, loss):
+        self.values.append(loss)
+
+
+class AskAt(Callback):
+    """A Trainer callback (serving during training): at step `step`, `ask()` runs in a thread and
+    training waits until its request is queued — the endpoint takes requests between steps, so it
+    is answered at this very step boundary. Rank 0 only; the other ranks go on to decode it."""
+
+    def __init__(self, step: int, ask, health_url: str):
+        self.step, self.ask, self.health_url = step, ask, health_url
+        self.thread = None
+
+    def on_train_batch_end(self, trainer, loss):
+        import threading
+        import time
+
+        import httpx
+
+        if trainer.global_step != self.step or not trainer.runtime.is_main:
+            return
+        self.thread = threading.Thread(target=self.ask)
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while httpx.get(self.health_url).json()["queued"] < 1:
+            assert time.monotonic() < deadline, "the request never reached the server"
+            time.sleep(0.05)

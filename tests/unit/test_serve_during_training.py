@@ -4,50 +4,21 @@ training losses are the same as without serving."""
 
 import os
 import shutil
-import threading
-import time
 
 import httpx
 import pytest
 import torch
-from helpers import free_port
+from helpers import AskAt, Losses, free_port
 
 from collie import CollieConfig
 from collie.cli import main
 from collie.data import CollieDatasetForTraining
 from collie.models.base import CollieModel, load_tokenizer
-from collie.trainer import Callback, Trainer
+from collie.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_FILE = os.path.join(ROOT, "examples", "data", "collie_qa.jsonl")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-class Losses(Callback):
-    def __init__(self):
-        self.values = []
-
-    def on_train_batch_end(self, trainer, loss):
-        self.values.append(loss)
-
-
-class AskAt(Callback):
-    """At step `step`, `ask()` runs in a thread; training waits until its request is queued (the
-    endpoint takes requests between steps, so it is answered at this very step boundary)."""
-
-    def __init__(self, step: int, ask, health_url: str):
-        self.step, self.ask, self.health_url = step, ask, health_url
-        self.thread = None
-
-    def on_train_batch_end(self, trainer, loss):
-        if trainer.global_step != self.step:
-            return
-        self.thread = threading.Thread(target=self.ask)
-        self.thread.start()
-        deadline = time.monotonic() + 120
-        while httpx.get(self.health_url).json()["queued"] < 1:
-            assert time.monotonic() < deadline, "the request never reached the server"
-            time.sleep(0.05)
 
 
 def _train(model_dir, out, callbacks=(), overrides=()) -> list[float]:
