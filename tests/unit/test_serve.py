@@ -247,3 +247,36 @@ def test_throughput_benchmark_dry_run_prints_the_ratio():
     batched, single = (float(line.split()[-1]) for line in lines if line.startswith(("4 concurrent", "one at a time")))
     ratio = float(lines[-1].removeprefix("batched / one at a time: ").removesuffix("x"))
     assert abs(ratio - batched / single) <= 0.02 * ratio  # the columns are rounded
+
+
+def test_peft_adapters_are_served_on_their_base_model(tmp_path):
+    """An adapter directory written by peft itself: the engine's greedy answer is peft's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from collie import CollieConfig
+    from collie.inference import load_for_inference
+    from collie.serve.engine import Engine, Job, RowSettings
+
+    base = str(tmp_path / "base")
+    assert main(["init-model", "--shape", "tiny", base]) == 0
+    torch.manual_seed(0)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # as if trained: B is no longer zero
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    loaded = load_for_inference(str(tmp_path / "adapter"), CollieConfig())
+    ids = loaded.tokenizer(PROMPTS[0])["input_ids"]
+    events = []
+    Engine(loaded.model, loaded.tokenizer, loaded.forward_context).run_batch(
+        [Job([RowSettings(ids, 8, temperature=0.0)], events.append)])
+    served = "".join(e.text for e in events if e.kind == "text")
+    with torch.no_grad():
+        out = peft_model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False,
+                                  eos_token_id=loaded.tokenizer.eos_token_id, pad_token_id=0)[0, len(ids):].tolist()
+    eos = loaded.tokenizer.eos_token_id
+    assert served == loaded.tokenizer.decode(out[:out.index(eos)] if eos in out else out, skip_special_tokens=True)
+    assert events[-1].kind == "finish"
