@@ -280,3 +280,26 @@ def test_peft_adapters_are_served_on_their_base_model(tmp_path):
     eos = loaded.tokenizer.eos_token_id
     assert served == loaded.tokenizer.decode(out[:out.index(eos)] if eos in out else out, skip_special_tokens=True)
     assert events[-1].kind == "finish"
+
+
+def test_a_failed_batch_fails_its_requests_and_the_engine_goes_on(model_dir):
+    """A batch whose forward raises answers its requests with an error; the next batch is served."""
+    from collie.serve.engine import Engine, Job, RowSettings
+
+    model = CollieModel.from_pretrained(model_dir).eval()
+    tokenizer = load_tokenizer(model_dir)
+    real_forward, calls = model.forward, [0]
+
+    def forward(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("out of memory (injected)")
+        return real_forward(*args, **kwargs)
+
+    model.forward = forward
+    engine = Engine(model, tokenizer)
+    failed, served = [], []
+    engine.run_batch([Job([RowSettings([1, 5, 9], 4, temperature=0.0)], failed.append)])
+    engine.run_batch([Job([RowSettings([1, 5, 9], 4, temperature=0.0)], served.append)])
+    assert [e.kind for e in failed] == ["error"] and "out of memory (injected)" in failed[0].text
+    assert served[-1].kind == "finish" and served[-1].completion_tokens >= 1
