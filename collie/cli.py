@@ -55,6 +55,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     serve_arguments(commands.add_parser("serve", help="an OpenAI-compatible HTTP server for a model"))
 
+    expand = commands.add_parser("expand-vocab", help="add tokens to a model's tokenizer; grow its embedding and head")
+    expand.add_argument("model_dir", help="an HF model directory (with its tokenizer)")
+    expand.add_argument("out_dir")
+    expand.add_argument("--tokens-file", required=True, help="the tokens to add, one per line (UTF-8)")
+    expand.add_argument("--special", action="store_true", help="add them as special tokens (never split)")
+
     conv = commands.add_parser("convert", help="DCP checkpoint → HF directory, or HF → DCP (model only)")
     conv.add_argument("source", help="a checkpoint directory (…/checkpoints/step-N) or an HF model directory")
     target = conv.add_mutually_exclusive_group(required=True)
@@ -83,6 +89,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
             init_model(args.shape, args.out_dir, args.tokenizer, args.seed, DTYPES[args.dtype], family=args.family)
             print(f"wrote a random {args.shape} model to {args.out_dir}")
+        elif args.command == "expand-vocab":
+            print(run_expand_vocab(args))
         elif args.command == "convert":
             from collie.convert import dcp_to_hf, hf_to_dcp
 
@@ -195,6 +203,24 @@ def ensure_writable(path: str) -> None:
         storage.remove_file(probe)
     except OSError as e:
         raise ConfigError(f"output_dir: {path!r} is not writable ({e.strerror or e})") from None
+
+
+def run_expand_vocab(args) -> str:
+    from collie.models import hf_io
+    from collie.models.base import CollieModel, load_tokenizer
+    from collie.models.vocabulary import expand_vocabulary
+
+    with open(args.tokens_file, encoding="utf-8") as f:
+        tokens = [line.rstrip("\n") for line in f if line.strip()]
+    source = storage.local_copy(args.model_dir)
+    tokenizer = load_tokenizer(source)
+    model = CollieModel.from_pretrained(source, dtype=hf_io.stored_dtype(source))
+    before = len(tokenizer)
+    added = expand_vocabulary(model, tokenizer, tokens, special=args.special)
+    with storage.staged(args.out_dir) as out:
+        model.save_pretrained(out, tokenizer=tokenizer)
+    return (f"added {added} of {len(tokens)} tokens ({len(tokens) - added} were already known): vocabulary "
+            f"{before} → {len(tokenizer)}; wrote {args.out_dir}")
 
 
 def run_generate(args) -> str:

@@ -47,6 +47,14 @@ def iter_hf_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
             yield from state.items()
 
 
+def stored_dtype(path: str) -> torch.dtype:
+    """The floating-point dtype an HF directory's weights are stored in."""
+    for _, tensor in iter_hf_tensors(path):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
 def iter_safetensors(file: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of a safetensors file, in file order, each read into its own memory.
 

@@ -14,7 +14,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from collie.config import ConfigError
 from collie.models.base import CollieModel, load_hf_config, spec_for
-from collie.models.hf_io import iter_hf_tensors
+from collie.models import hf_io
 from collie.peft.adapter_files import (Ranks, is_adapter_dir, load_adapter_tensors, lora_from_record, read_adapter,
                                        read_checkpoint_record, write_adapter)
 from collie.peft.prompt_tuning import PROMPT_PARAM, attach_prompt, write_prompt
@@ -63,7 +63,7 @@ def model_with_adapter(source: str, base: Optional[str] = None,
     if not base or not os.path.isfile(os.path.join(base, "config.json")):
         raise ConfigError(f"--base: the adapters' base model {base!r} is not an HF model directory here; "
                           "name it with --base DIR")
-    model = CollieModel.from_pretrained(base, dtype=_stored_dtype(base) if stored_dtype else None)
+    model = CollieModel.from_pretrained(base, dtype=hf_io.stored_dtype(base) if stored_dtype else None)
     spec = spec_for(model.config)
     kind = record["type"] if record is not None else str(_peft_config(source).get("peft_type")).lower()
     if kind == "prompt_tuning":
@@ -113,8 +113,3 @@ def _peft_config(path: str) -> dict:
 
 
 
-def _stored_dtype(path: str) -> torch.dtype:
-    for _, tensor in iter_hf_tensors(path):
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float32
