@@ -45,3 +45,19 @@ class RMSNorm(nn.Module):
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         # Type promotion makes a half-precision weight compute in the activations' dtype.
         return self.weight * x.to(dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with a bias, normalising in at least fp32 (as RMSNorm above)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.to(at_least_fp32(dtype))
+        x = F.layer_norm(x, x.shape[-1:], eps=self.eps)
+        return self.weight * x.to(dtype) + self.bias

@@ -11,9 +11,10 @@ from collie.models.chatglm.spec import CHATGLM, GLM
 from collie.models.internlm.spec import INTERNLM
 from collie.models.internlm2.spec import INTERNLM2
 from collie.models.llama.spec import LLAMA, MISTRAL, QWEN2
+from collie.models.moss.spec import MOSS
 from collie.models.spec import ModelSpec
 
-FAMILIES: list[ModelSpec] = [LLAMA, QWEN2, MISTRAL, INTERNLM, INTERNLM2, CHATGLM, GLM]
+FAMILIES: list[ModelSpec] = [LLAMA, QWEN2, MISTRAL, INTERNLM, INTERNLM2, CHATGLM, GLM, MOSS]
 
 
 def spec_for(hf_config) -> ModelSpec:

@@ -8,6 +8,7 @@ from collie.models.base import CollieModel
 from collie.models.chatglm.config import ChatGLMConfig
 from collie.models.internlm.config import InternLMConfig
 from collie.models.internlm2.config import InternLM2Config
+from collie.models.moss.config import MossConfig
 
 SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=256,
              max_position_embeddings=256, rms_norm_eps=1e-6)
@@ -19,6 +20,7 @@ FAMILIES = {
     "internlm2": InternLM2Config(num_key_value_heads=2, bias=False, **SHAPE),
     "chatglm": ChatGLMConfig(num_layers=2, padded_vocab_size=256, hidden_size=64, ffn_hidden_size=128,
                              kv_channels=16, num_attention_heads=4, multi_query_group_num=2, rope_ratio=2.0),
+    "moss": MossConfig(vocab_size=256, n_positions=256, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128),
 }
 LAYOUTS = {
     "dp2": ["dp_size=2", "zero_stage=0", "train_micro_batch_size=1"],

@@ -96,7 +96,8 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
                                             ("mistral", "model.layers.0.self_attn.q_proj.weight"),
                                             ("chatglm", "transformer.encoder.layers.0.self_attention.query_key_value."
                                                         "bias"),
-                                            ("glm", "model.layers.0.mlp.gate_up_proj.weight")])
+                                            ("glm", "model.layers.0.mlp.gate_up_proj.weight"),
+                                            ("moss", "transformer.h.0.attn.qkv_proj.weight")])
 def test_every_family_through_the_commands(tmp_path, capsys, family, weight):
     """init-model writes the family's own layout; train, export, convert and generate keep it."""
     model_dir, out = str(tmp_path / family), str(tmp_path / "run")

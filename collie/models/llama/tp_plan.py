@@ -17,6 +17,16 @@ def llama_tp_plan(model, sequence_parallel: bool = False, loss_parallel: bool = 
     memory by tp_size outside attention and MLP. With `loss_parallel`, the LM head returns
     logits as a DTensor sharded by vocabulary, for `torch.distributed.tensor.parallel.loss_parallel`.
     """
+    return block_plan(model, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj",
+                              "mlp.up_proj"), ("self_attn.o_proj", "mlp.down_proj"),
+                      ("input_layernorm", "post_attention_layernorm"), sequence_parallel, loss_parallel)
+
+
+def block_plan(model, column: tuple[str, ...], row: tuple[str, ...], norms: tuple[str, ...],
+               sequence_parallel: bool, loss_parallel: bool) -> dict:
+    """The plan above for blocks of any layout: `column` projections split by output features,
+    `row` ones by input features, `norms` hold a slice of the sequence under sequence parallel
+    (and `self_attn` / `mlp` gather it at their entrance)."""
     between = Shard(1) if sequence_parallel else Replicate()
     plan = {}
     # A pipeline stage may lack the embedding or the head.
@@ -30,13 +40,13 @@ def llama_tp_plan(model, sequence_parallel: bool = False, loss_parallel: bool = 
             plan["norm"] = SequenceParallel()
     for name in model.layers:
         prefix = f"layers.{name}."
-        for proj in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"):
+        for proj in column:
             plan[prefix + proj] = ColwiseParallel()
-        for proj in ("self_attn.o_proj", "mlp.down_proj"):
+        for proj in row:
             plan[prefix + proj] = RowwiseParallel(output_layouts=between)
         if sequence_parallel:
-            plan[prefix + "input_layernorm"] = SequenceParallel()
-            plan[prefix + "post_attention_layernorm"] = SequenceParallel()
+            for norm in norms:
+                plan[prefix + norm] = SequenceParallel()
             # Attention and MLP see the whole sequence: gather it at their entrance.
             plan[prefix + "self_attn"] = PrepareModuleInput(input_layouts=(Shard(1), None, None, None, None),
                                                             desired_input_layouts=(Replicate(), None, None, None,
