@@ -118,8 +118,9 @@ class _StageForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return stage_output(self.model(x, attention_mask=attention_mask))
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return stage_output(self.model(x, attention_mask=attention_mask, position_ids=position_ids))
 
 
 class PipelineRunner:
@@ -142,6 +143,7 @@ class PipelineRunner:
             raise ConfigError(f"pp_virtual_stages: {config.pp_schedule} runs one stage per rank; use "
                               "pp_schedule=interleaved1f1b")
         self.runtime = runtime
+        self.spec, self.hf_config = spec, model.config
         views = stage_views(model, spec, runtime, config)
         num_stages = runtime.pp_size * config.pp_virtual_stages
         self.is_first = views[0][0] == 0
@@ -167,14 +169,17 @@ class PipelineRunner:
         holding the last stage (0 elsewhere)."""
         self.loss_weight = loss_weight
         losses: list[torch.Tensor] = []
+        # Keyword arguments reach every stage (split into micro-batches like the input).
+        kwargs = {"attention_mask": attention_mask}
+        if self.spec.position_ids is not None:  # positions that depend on the tokens: every rank has them
+            kwargs["position_ids"] = self.spec.position_ids(input_ids, attention_mask, self.hf_config)
         with self.forward_context():
             if self.is_first:
-                self.schedule.step(input_ids, target=labels if self.is_last else None, losses=losses,
-                                   attention_mask=attention_mask)
+                self.schedule.step(input_ids, target=labels if self.is_last else None, losses=losses, **kwargs)
             elif self.is_last:
-                self.schedule.step(target=labels, losses=losses, attention_mask=attention_mask)
+                self.schedule.step(target=labels, losses=losses, **kwargs)
             else:
-                self.schedule.step(attention_mask=attention_mask)
+                self.schedule.step(**kwargs)
         return float(sum(loss.detach() for loss in losses)) if losses else 0.0
 
 
@@ -191,12 +196,15 @@ class PipelinedModel(GenerationMixin, nn.Module):
         self.runtime = runtime
         self.views = dict(stage_views(stage_model, spec, runtime, config))
         self.num_stages = runtime.pp_size * config.pp_virtual_stages
+        self.spec = spec
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 kv_cache=None) -> CausalLMOutput:
         rt, group = self.runtime, self.runtime.pp_group
         batch, seq = input_ids.shape
+        if position_ids is None and self.spec.position_ids is not None:
+            position_ids = self.spec.position_ids(input_ids, attention_mask, self.config, kv_cache)
         x = None
         # Each stage's forward advances the cache; with several stages on this rank they must
         # all start from the same position.

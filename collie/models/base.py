@@ -43,12 +43,11 @@ def load_hf_config(path: str):
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"no config.json in {path!r} (expected a Hugging Face model directory)")
     with open(config_file) as f:
-        model_type = json.load(f).get("model_type")
+        fields = json.load(f)
     # Families transformers does not ship are read with collie's config class, never remote code.
-    from collie.models.registry import config_class_for, spec_for_type
+    from collie.models.registry import config_class_for
 
-    spec_for_type(model_type)  # an unknown type fails here, in collie's words
-    config_cls = config_class_for(model_type)
+    config_cls = config_class_for(fields)  # an unknown type fails here, in collie's words
     if config_cls is not None:
         return config_cls.from_pretrained(path, local_files_only=True)
     return AutoConfig.from_pretrained(path, local_files_only=True)

@@ -20,6 +20,9 @@ class KVCache:
         self.values: dict[int, torch.Tensor] = {}
         self.max_len = max_len
         self.length = 0
+        # What a model derives from the prompt and needs again at every later step (ChatGLM v1:
+        # where each prompt's answer starts).
+        self.model_state: dict = {}
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's k/v for `layer`; return all keys and values so far."""

@@ -8,23 +8,26 @@ from torch import nn
 
 from collie.models.auto.spec import AUTO, is_causal_lm_type
 from collie.models.chatglm.spec import CHATGLM, GLM
+from collie.models.chatglm_v1.spec import CHATGLM_V1
 from collie.models.internlm.spec import INTERNLM
 from collie.models.internlm2.spec import INTERNLM2
 from collie.models.llama.spec import LLAMA, MISTRAL, QWEN2
 from collie.models.moss.spec import MOSS
 from collie.models.spec import ModelSpec
 
-FAMILIES: list[ModelSpec] = [LLAMA, QWEN2, MISTRAL, INTERNLM, INTERNLM2, CHATGLM, GLM, MOSS]
+# A family with `accepts` goes before the others of its model type.
+FAMILIES: list[ModelSpec] = [LLAMA, QWEN2, MISTRAL, INTERNLM, INTERNLM2, CHATGLM_V1, CHATGLM, GLM, MOSS]
 
 
 def spec_for(hf_config) -> ModelSpec:
-    """The spec of the family an HF config belongs to."""
-    return spec_for_type(getattr(hf_config, "model_type", None))
+    """The spec of the family an HF config (object, or config.json's dict) belongs to."""
+    model_type = hf_config.get("model_type") if isinstance(hf_config, dict) else getattr(hf_config, "model_type", None)
+    return spec_for_type(model_type, hf_config)
 
 
-def spec_for_type(model_type: Optional[str]) -> ModelSpec:
+def spec_for_type(model_type: Optional[str], hf_config=None) -> ModelSpec:
     for spec in FAMILIES:
-        if model_type in spec.model_types:
+        if model_type in spec.model_types and (spec.accepts is None or spec.accepts(hf_config)):
             return spec
     if is_causal_lm_type(model_type):
         return AUTO  # transformers' own class: data parallel and ZeRO only
@@ -33,12 +36,9 @@ def spec_for_type(model_type: Optional[str]) -> ModelSpec:
                      "or any causal LM transformers ships)")
 
 
-def config_class_for(model_type: Optional[str]) -> Optional[type]:
-    """collie's own config class for a family transformers does not ship, else None."""
-    for spec in FAMILIES:
-        if model_type in spec.model_types and spec.config_cls is not None:
-            return spec.config_cls
-    return None
+def config_class_for(fields: dict) -> Optional[type]:
+    """collie's own config class for config.json's `fields`, if transformers does not ship the family."""
+    return spec_for(fields).config_cls
 
 
 def spec_of(model: nn.Module) -> ModelSpec:

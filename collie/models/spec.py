@@ -56,6 +56,13 @@ class ModelSpec:
                                                                 "final_norm": "norm", "head": "lm_head"})
     # Whether the family can be split by tensor and pipeline parallel (collie's own models can).
     supports_model_parallel: bool = True
+    # Families sharing a `model_type` (ChatGLM v1 and 2/3): whether a config (config.json's dict
+    # or a config object) is this family's. None: every config of its model types.
+    accepts: Optional[Callable[[Any], bool]] = None
+    # (input_ids, attention_mask, hf_config, kv_cache) -> position_ids, for a family whose positions
+    # depend on the tokens (ChatGLM v1): computed where the ids are and handed to every pipeline
+    # stage. None: positions follow from the attention mask alone.
+    position_ids: Optional[Callable[..., Any]] = None
 
     # -- accessors the engine uses ---------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleDict:

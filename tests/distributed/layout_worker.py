@@ -163,7 +163,8 @@ def main() -> None:
             for layout, overrides in family_layouts.LAYOUTS.items():
                 for optimizer, settings in family_layouts.OPTIMIZERS.items():
                     results[f"{family}/{layout}/{optimizer}"] = run(family_layouts.seed_dir(model_dir, family),
-                                                                    records, overrides + settings)
+                                                                    family_layouts.records_for(family, records),
+                                                                    overrides + settings)
     results.update({f"eval/{name}": EVALS[f"{out}.{name}"] for name in layouts})
     if dist.get_rank() == 0:
         with open(out, "w") as f:

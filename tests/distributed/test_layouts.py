@@ -40,9 +40,11 @@ def seed(tmp_path_factory):
         references[optimizer] = run(model_dir, str(records), ["dp_size=1", *settings])
     references["fp32"] = run(model_dir, str(records), ["dp_size=1", FP32])
     family_layouts.write_family_seeds(model_dir)
+    family_layouts.write_family_records(str(records))
     for family in family_layouts.FAMILIES:
         for optimizer, settings in family_layouts.OPTIMIZERS.items():
-            references[f"{family}/{optimizer}"] = run(family_layouts.seed_dir(model_dir, family), str(records),
+            references[f"{family}/{optimizer}"] = run(family_layouts.seed_dir(model_dir, family),
+                                                      family_layouts.records_for(family, str(records)),
                                                       ["dp_size=1", *settings])
     return root, model_dir, str(records), references
 

@@ -97,7 +97,8 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
                                             ("chatglm", "transformer.encoder.layers.0.self_attention.query_key_value."
                                                         "bias"),
                                             ("glm", "model.layers.0.mlp.gate_up_proj.weight"),
-                                            ("moss", "transformer.h.0.attn.qkv_proj.weight")])
+                                            ("moss", "transformer.h.0.attn.qkv_proj.weight"),
+                                            ("chatglm_v1", "transformer.layers.0.attention.query_key_value.weight")])
 def test_every_family_through_the_commands(tmp_path, capsys, family, weight):
     """init-model writes the family's own layout; train, export, convert and generate keep it."""
     model_dir, out = str(tmp_path / family), str(tmp_path / "run")
@@ -107,7 +108,8 @@ def test_every_family_through_the_commands(tmp_path, capsys, family, weight):
                  "checkpoint_every_n_steps=2"]) == 0
     final = load_file(os.path.join(out, "final", "model.safetensors"))
     assert weight in final and load_file(os.path.join(model_dir, "model.safetensors")).keys() == final.keys()
-    assert json.load(open(os.path.join(out, "final", "config.json")))["model_type"] == family
+    model_type = "chatglm" if family == "chatglm_v1" else family  # ChatGLM-6B shares ChatGLM2's model_type
+    assert json.load(open(os.path.join(out, "final", "config.json")))["model_type"] == model_type
     assert main(["convert", os.path.join(out, "checkpoints", "step-2"), "--to-hf", str(tmp_path / "hf")]) == 0
     converted = load_file(tmp_path / "hf" / "model.safetensors")
     assert converted.keys() == final.keys() and all(torch.equal(converted[k], final[k]) for k in final)
@@ -122,7 +124,7 @@ def test_every_family_through_the_commands(tmp_path, capsys, family, weight):
 
 def test_init_model_names_unknown_families_and_shapes(tmp_path, capsys):
     assert main(["init-model", "--family", "gpt9", "--shape", "tiny", str(tmp_path / "x")]) == 2
-    assert "family: 'gpt9' is not one of llama, qwen2, mistral, internlm, internlm2, chatglm, glm" in \
+    assert "family: 'gpt9' is not one of llama, qwen2, mistral, internlm, internlm2, chatglm_v1, chatglm, glm, moss" in \
         capsys.readouterr().err
     assert main(["init-model", "--shape", "3t", str(tmp_path / "x")]) == 2
     assert "shape: '3t' is not one of" in capsys.readouterr().err

@@ -43,7 +43,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin, self.rope_interleaved), apply_rope(k, cos, sin, self.rope_interleaved)
+        q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         repeats = q.shape[1] // k.shape[1]
@@ -54,6 +54,9 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=mask is None)  # None only without cached keys: plain causal is exact
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return apply_rope(x, cos, sin, self.rope_interleaved)
 
 
 class MLP(nn.Module):
@@ -103,17 +106,14 @@ class LlamaForCausalLM(CollieModel):
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 kv_cache: Optional[KVCache] = None) -> CausalLMOutput:
         # Sizes from the input, not from h: under sequence parallel h holds a slice of the sequence.
-        batch, seq = input_ids.shape[:2]
+        seq = input_ids.shape[1]
         h = self.embed_tokens(input_ids) if self.embed_tokens is not None else input_ids
         if self.embed_tokens is not None and self.compute_dtype is not None:
             h = h.to(self.compute_dtype)  # activations carry the compute dtype from here on
         past = kv_cache.length if kv_cache is not None else 0
         if self.prompt is not None and past == 0:
             h = self.prompt(h)  # prompt tuning: the prompt takes the reserved first positions
-        if position_ids is None:
-            position_ids = default_position_ids(batch, seq, past, attention_mask, input_ids.device)
-        cos, sin = rope_cos_sin(self._frequencies(position_ids), position_ids, h.dtype)
-        mask = attention_bias_mask(attention_mask, seq, past, input_ids.device, self.args.sliding_window)
+        cos, sin, mask = self.rotary_and_mask(input_ids, attention_mask, position_ids, kv_cache, h.dtype)
         for layer in self.layers.values():
             h = layer(h, cos, sin, mask, kv_cache)
         if kv_cache is not None:
@@ -125,6 +125,17 @@ class LlamaForCausalLM(CollieModel):
         logits = self.lm_head(h)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, kv_cache=kv_cache)
+
+    def rotary_and_mask(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                        position_ids: Optional[torch.Tensor], kv_cache: Optional[KVCache], dtype: torch.dtype):
+        """The rotary tables (cos, sin) and the attention mask of this forward. `input_ids` gives
+        the sizes only (a later pipeline stage receives hidden states in its place)."""
+        batch, seq = input_ids.shape[:2]
+        past = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            position_ids = default_position_ids(batch, seq, past, attention_mask, input_ids.device)
+        cos, sin = rope_cos_sin(self._frequencies(position_ids), position_ids, dtype)
+        return cos, sin, attention_bias_mask(attention_mask, seq, past, input_ids.device, self.args.sliding_window)
 
     def _frequencies(self, position_ids: torch.Tensor) -> torch.Tensor:
         if self._inv_freq.device != position_ids.device:
