@@ -22,12 +22,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from collie.models.base import CollieModel
 from collie.models.kv_cache import KVCache
-from collie.models.layers import LayerNorm, Linear
+from collie.models.layers import LayerNorm
 from collie.models.llama.args import LlamaArgs
 from collie.models.llama.model import Attention, LlamaForCausalLM, is_packed
-from collie.models.llama.rope import apply_rope, inverse_frequencies, rope_cos_sin
+from collie.models.llama.rope import apply_rope, rope_cos_sin
 from collie.models.moss.model import GeluMLP
 
 _CACHE_KEY = "chatglm_v1_prompt"
@@ -67,17 +66,9 @@ class GLMBlock(nn.Module):
 
 
 class ChatGLMv1ForCausalLM(LlamaForCausalLM):
-    def __init__(self, config) -> None:
-        CollieModel.__init__(self)
-        self.config = config
-        self.args = args = glm_v1_args(config)
-        self.embed_tokens = nn.Embedding(args.vocab, args.hidden)
-        self.layers = nn.ModuleDict({str(i): GLMBlock(args, i) for i in range(args.layers)})
-        self.norm = LayerNorm(args.hidden, args.rms_eps)
-        self.lm_head = Linear(args.hidden, args.vocab, bias=False)
-        self.prompt = None
-        # Each stream rotates half a head: its table covers a quarter of the head's dims per sin/cos half.
-        self._inv_freq = inverse_frequencies(args.rotary_dim, args.rope_theta, {})
+    read_args = staticmethod(glm_v1_args)
+    block_cls = GLMBlock
+    norm_cls = LayerNorm
 
     def rotary_and_mask(self, input_ids, attention_mask, position_ids, kv_cache, dtype):
         seq = input_ids.shape[1]

@@ -84,16 +84,24 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(CollieModel):
-    """Decoder-only LLaMA. `forward(input_ids, attention_mask, labels, position_ids, kv_cache)`."""
+    """Decoder-only LLaMA. `forward(input_ids, attention_mask, labels, position_ids, kv_cache)`.
+
+    Networks that differ only in their blocks and norms (MOSS, ChatGLM v1) subclass it and set
+    the class attributes below; the forward pass, positions, masks and KV cache are shared."""
+
+    read_args = staticmethod(llama_args)
+    block_cls: type = DecoderLayer  # (args, layer index) -> a block
+    norm_cls: type = RMSNorm  # (dim, eps) -> the final norm
+    head_bias = False
 
     def __init__(self, config) -> None:
         super().__init__()
         self.config = config
-        self.args = args = llama_args(config)
+        self.args = args = self.read_args(config)
         self.embed_tokens = nn.Embedding(args.vocab, args.hidden)
-        self.layers = nn.ModuleDict({str(i): DecoderLayer(args, i) for i in range(args.layers)})
-        self.norm = RMSNorm(args.hidden, args.rms_eps)
-        self.lm_head = Linear(args.hidden, args.vocab, bias=False)
+        self.layers = nn.ModuleDict({str(i): self.block_cls(args, i) for i in range(args.layers)})
+        self.norm = self.norm_cls(args.hidden, args.rms_eps)
+        self.lm_head = Linear(args.hidden, args.vocab, bias=self.head_bias)
         if args.tied_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         # Prompt tuning's trained embeddings for the positions the padder reserves (collie.peft).

@@ -10,11 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collie.models.base import CollieModel
 from collie.models.layers import LayerNorm, Linear
 from collie.models.llama.args import LlamaArgs
 from collie.models.llama.model import Attention, LlamaForCausalLM
-from collie.models.llama.rope import inverse_frequencies
 
 # CodeGen computes q/k/v in this many model-parallel groups (fixed in its code): see hf_adapter.
 MP_GROUPS = 4
@@ -61,15 +59,7 @@ class ParallelBlock(nn.Module):
 
 
 class MossForCausalLM(LlamaForCausalLM):
-    def __init__(self, config) -> None:
-        CollieModel.__init__(self)
-        self.config = config
-        self.args = args = moss_args(config)
-        self.embed_tokens = nn.Embedding(args.vocab, args.hidden)
-        self.layers = nn.ModuleDict({str(i): ParallelBlock(args, i) for i in range(args.layers)})
-        self.norm = LayerNorm(args.hidden, args.rms_eps)
-        self.lm_head = Linear(args.hidden, args.vocab, bias=True)
-        if args.tied_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
-        self.prompt = None
-        self._inv_freq = inverse_frequencies(args.rotary_dim, args.rope_theta, args.rope_scaling)
+    read_args = staticmethod(moss_args)
+    block_cls = ParallelBlock
+    norm_cls = LayerNorm
+    head_bias = True
