@@ -130,7 +130,12 @@ class CollieConfig:
     train_micro_batch_size: int = 1
     gradient_accumulation_steps: int = 1
     eval_batch_size: int = 1
-    checkpointing: bool = False
+    # Activation checkpointing: "none"; "full" recomputes whole blocks in backward; "selective"
+    # keeps the matmul and attention outputs and recomputes only the cheap ops between them
+    # (norms, activations, rotary, casts). true / false mean full / none.
+    checkpointing: Any = "none"
+    # With full or selective: checkpoint only every n-th block (1: all of them).
+    checkpointing_every: int = 1
     use_flash: bool = True
     dropout: float = 0.0
     init_method: str = "normal"
@@ -275,6 +280,8 @@ class CollieConfig:
         if self.dist_timeout_s is not None and self.dist_timeout_s <= 0:
             raise ConfigError(f"dist_timeout_s: must be > 0 seconds, got {self.dist_timeout_s}")
         _at_least("data.max_length", self.data.max_length, 2)
+        _choice("checkpointing", checkpointing_mode(self.checkpointing), CHECKPOINTING)
+        _at_least("checkpointing_every", self.checkpointing_every, 1)
         _at_least("serve.max_batch_size", self.serve.max_batch_size, 1)
         _at_least("serve.max_queue", self.serve.max_queue, 1)
         if self.serve.gradio_port is not None and self.serve.port is None:
@@ -344,6 +351,18 @@ class CollieConfig:
 def _choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+CHECKPOINTING = ("none", "full", "selective")
+
+
+def checkpointing_mode(value: Any) -> str:
+    """none / full / selective, from the config value (true and false mean full and none)."""
+    if value is True:
+        return "full"
+    if value is False or value is None:
+        return "none"
+    return str(value).lower()
 
 
 def _at_least(name: str, value: int, low: int) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.tensor.parallel import parallelize_module
 
-from collie.config import ConfigError
+from collie.config import ConfigError, checkpointing_mode
 from collie.distributed.parallel_model import ParallelModel
 from collie.dtypes import DTYPES
 from collie.forward_context import autocast_dtype
@@ -44,8 +44,9 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
         for name, p in model.named_parameters():
             p.requires_grad_(name not in frozen)
     model.compute_dtype = compute_dtype(config, runtime.device, next(model.parameters()).dtype)
-    if config.checkpointing:
-        apply_activation_checkpointing(spec, model)
+    mode = checkpointing_mode(config.checkpointing)
+    if mode != "none":
+        apply_activation_checkpointing(spec, model, selective=mode == "selective", every=config.checkpointing_every)
     fsdp = runtime.dp_size > 1 and (config.zero_stage > 0 or needs_fsdp_for_replication(config))
     if weights_from is not None and not fsdp:
         _load_shards(model, weights_from, runtime, config)  # DDP broadcasts real weights when it wraps
@@ -98,11 +99,40 @@ def check_layout(spec, dims, config, model_type: str = "") -> None:
                           "pipeline parallel yet (use tp_size=1 and pp_size=1 for this model)")
 
 
-def apply_activation_checkpointing(spec, model: torch.nn.Module) -> None:
-    """Recompute each decoder block in backward instead of storing its activations."""
+def apply_activation_checkpointing(spec, model: torch.nn.Module, selective: bool = False, every: int = 1) -> None:
+    """Recompute decoder blocks in backward instead of storing their activations: every `every`-th
+    block (by its index in the whole model, so pipeline stages agree), wholly or — `selective` —
+    all but the outputs of matmuls, attention and collectives, which are kept (recomputing them
+    is what costs; the ops between them are cheap and their outputs as large)."""
     blocks = spec.blocks(model)
-    for key, block in spec.block_items(model):
-        blocks[key] = checkpoint_wrapper(block, preserve_rng_state=False)
+    kwargs = {"context_fn": _keep_matmul_outputs} if selective else {}
+    for position, (key, block) in enumerate(spec.block_items(model)):
+        index = int(key) if str(key).isdigit() else position
+        if index % every == 0:
+            blocks[key] = checkpoint_wrapper(block, preserve_rng_state=False, **kwargs)
+
+
+def _kept_ops() -> set:
+    ops = torch.ops.aten
+    names = ["mm", "addmm", "bmm", "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu"]
+    kept = {getattr(ops, name).default for name in names if hasattr(ops, name)}
+    functional = getattr(torch.ops, "_c10d_functional", None)
+    for name in ("all_reduce", "reduce_scatter_tensor", "all_gather_into_tensor", "wait_tensor"):
+        if functional is not None and hasattr(functional, name):
+            kept.add(getattr(functional, name).default)  # a collective is never run twice
+    return kept
+
+
+def _keep_matmul_outputs():
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    kept = _kept_ops()
+
+    def policy(_ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in kept else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
 
 
 def needs_fsdp_for_replication(config) -> bool:

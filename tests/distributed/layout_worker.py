@@ -31,12 +31,13 @@ LAYOUTS = {
     "tp2": ["dp_size=1", "tp_size=2"],
     # CoLLiE's API order: the user builds the optimizer before the Trainer shards the model.
     "zero3_dp2_user_optimizer": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1"],
-    "tp2_user_optimizer": ["dp_size=1", "tp_size=2", "checkpointing=true"],
+    "tp2_user_optimizer": ["dp_size=1", "tp_size=2", "checkpointing=selective"],
     "tp2_sequence_parallel": ["dp_size=1", "tp_size=2", "sequence_parallel=true"],
     "tp2_sp_loss_parallel_left": ["dp_size=1", "tp_size=2", "sequence_parallel=true", "loss_parallel=true", LEFT],
     "pp2_gpipe_left": ["dp_size=1", "pp_size=2", "pp_schedule=gpipe", LEFT],
     "pp2_1f1b": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b"],
-    "pp2_1f1b_user_optimizer": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b", "checkpointing=true"],
+    "pp2_1f1b_user_optimizer": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b", "checkpointing=true",
+                                "checkpointing_every=2"],
     "pp2_interleaved": ["dp_size=1", "pp_size=2", "pp_schedule=interleaved1f1b", "pp_virtual_stages=2",
                         "pp_partition_method=parameters"],
 }
