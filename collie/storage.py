@@ -144,9 +144,11 @@ def upload_dir(local_dir: str, url: str, last: Sequence[str] = ()) -> None:
 
 
 @contextlib.contextmanager
-def staged(path: str, upload: bool = True, last: Sequence[str] = ("config.json",)) -> Iterator[str]:
+def staged(path: str, upload: bool = True, last: Sequence[str] = ("config.json",),
+           replace: bool = True) -> Iterator[str]:
     """A local directory to write `path`'s files into: `path` itself when it is local; for a URL a
-    temporary directory uploaded on success (by the processes with `upload`), `last` files last."""
+    temporary directory uploaded on success (by the processes with `upload`), `last` files last.
+    `replace` first removes what `path` held (not when several processes add files to it)."""
     if not is_url(path):
         yield local_form(path)
         return
@@ -154,7 +156,8 @@ def staged(path: str, upload: bool = True, last: Sequence[str] = ("config.json",
     try:
         yield local
         if upload:
-            remove_tree(path)  # what an earlier write left there is not part of this one
+            if replace:
+                remove_tree(path)  # what an earlier write left there is not part of this one
             upload_dir(local, path, last)
     finally:
         shutil.rmtree(local, ignore_errors=True)
@@ -182,7 +185,10 @@ def local_copy(path: str) -> str:
     partial = tempfile.mkdtemp(prefix=os.path.basename(target) + ".part-", dir=cache)
     root = inner.rstrip("/")
     for name in listing:
-        local = os.path.join(partial, os.path.relpath(name, root))
+        relative = os.path.relpath(name, root)
+        if relative.startswith("..") or os.path.isabs(relative):
+            raise ValueError(f"{path}: the object {name!r} lies outside the directory; refusing to copy it")
+        local = os.path.join(partial, relative)
         os.makedirs(os.path.dirname(local), exist_ok=True)
         fs.get_file(name, local)
     try:

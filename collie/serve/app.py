@@ -23,8 +23,12 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; cha
 class ServedModel:
     """What the routes need to know about the model besides the engine."""
 
-    def __init__(self, name: str, tokenizer, context_length: int, reserved_positions: int = 0) -> None:
+    def __init__(self, name: str, tokenizer, context_length: int, reserved_positions: int = 0,
+                 default_max_tokens: int = 1024) -> None:
         self.name, self.tokenizer, self.context_length = name, tokenizer, context_length
+        # A chat request without max_tokens gets this many at most (or what fits): the KV cache of
+        # a batch is sized by its longest budget, so "the whole context" is not the default.
+        self.default_max_tokens = default_max_tokens
         self.reserved_positions = reserved_positions  # prompt tuning: positions before the text
 
     def encode(self, text: str) -> list[int]:
@@ -81,15 +85,16 @@ def build_app(engine: Engine, served: ServedModel) -> FastAPI:
             raise APIError(400, "prompt: must not be empty", "prompt")
         prompts = [served.encode(text) for text in texts]
         rows = rows_for(body, prompts, served.context_length, engine.max_batch_size, COMPLETIONS_DEFAULT_MAX_TOKENS)
-        return await _answer(engine, served, body, rows, chat=False)
+        return await _answer(engine, served, body, rows, chat=False, request=request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = parse(await request.body(), ChatRequest)
         _check_model(body.model, served)
         check_sampling(body, engine.max_batch_size)
-        rows = rows_for(body, [served.chat_prompt(body)], served.context_length, engine.max_batch_size, None)
-        return await _answer(engine, served, body, rows, chat=True)
+        rows = rows_for(body, [served.chat_prompt(body)], served.context_length, engine.max_batch_size,
+                        served.default_max_tokens)
+        return await _answer(engine, served, body, rows, chat=True, request=request)
 
     return app
 
@@ -100,7 +105,7 @@ def _check_model(name: str, served: ServedModel) -> None:
                        "model_not_found")
 
 
-async def _answer(engine: Engine, served: ServedModel, body, rows, chat: bool):
+async def _answer(engine: Engine, served: ServedModel, body, rows, chat: bool, request: Request):
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()
     job = Job(rows, lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
@@ -113,8 +118,17 @@ async def _answer(engine: Engine, served: ServedModel, body, rows, chat: bool):
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(answer.stream(job, events, include_usage), media_type="text/event-stream")
     try:
+        checked = loop.time()
         while not answer.complete():
-            answer.take(await events.get())
+            try:
+                answer.take(await asyncio.wait_for(events.get(), timeout=1.0))
+            except asyncio.TimeoutError:
+                pass
+            if loop.time() - checked >= 1.0:  # about once a second: is anybody still waiting for it?
+                checked = loop.time()
+                if await request.is_disconnected():
+                    job.cancelled = True  # the engine stops decoding its rows at the next token
+                    return JSONResponse(APIError(499, "the client closed the request").body(), status_code=499)
     except asyncio.CancelledError:
         job.cancelled = True
         raise

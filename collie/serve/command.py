@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", help="the model id clients ask for (default: the directory's name)")
     parser.add_argument("--max-batch-size", type=int, default=16, help="rows decoded together")
     parser.add_argument("--max-queue", type=int, default=64, help="rows waiting before requests get 503")
+    parser.add_argument("--default-max-tokens", type=int, default=1024,
+                        help="a chat request without max_tokens gets at most this many (default 1024)")
 
 
 def model_name(source: str, given: Optional[str]) -> str:
@@ -42,8 +44,8 @@ def run_serve(args) -> None:
     from collie.serve.engine import Engine, decode
     from collie.serve.lockstep import Lockstep
 
-    if args.max_batch_size < 1 or args.max_queue < 1:
-        raise ValueError("--max-batch-size and --max-queue: must be at least 1")
+    if min(args.max_batch_size, args.max_queue, args.default_max_tokens) < 1:
+        raise ValueError("--max-batch-size, --max-queue and --default-max-tokens: must be at least 1")
     config = CollieConfig.load(args.config, args.overrides)
     config.validate()
     loaded = load_for_inference(args.model, config)
@@ -56,7 +58,8 @@ def run_serve(args) -> None:
                                                                 max_new, engine.pad_id, choose))
         return
     served = ServedModel(model_name(args.model, args.model_name), loaded.tokenizer,
-                         context_length(loaded.hf_config, loaded.tokenizer), reserved_positions=loaded.reserved_positions)
+                         context_length(loaded.hf_config, loaded.tokenizer), reserved_positions=loaded.reserved_positions,
+                         default_max_tokens=args.default_max_tokens)
     server = uvicorn.Server(uvicorn.Config(build_app(engine, served), host=args.host, port=args.port,
                                            log_level="warning", access_log=False))
     failure: list[BaseException] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Optional
 
 from collie.trainer.callbacks import Callback
@@ -36,6 +37,8 @@ class ServeCallback(Callback):
         from collie.serve.engine import Engine
         from collie.serve.lockstep import Lockstep
 
+        if trainer.tokenizer is None:
+            raise ValueError("serve: serving during training needs the Trainer's tokenizer")
         parallel = trainer.parallel
         self.lockstep = Lockstep() if trainer.runtime.env.world_size > 1 else None
         self.engine = Engine(parallel.eval_model, trainer.tokenizer, parallel.forward_context, self.max_batch_size,
@@ -43,8 +46,6 @@ class ServeCallback(Callback):
                              step=lambda: trainer.global_step)
         if not trainer.runtime.is_main:
             return
-        if trainer.tokenizer is None:
-            raise ValueError("serve: serving during training needs the Trainer's tokenizer")
         import uvicorn
 
         name = model_name(trainer.config.model or trainer.config.output_dir or "model", self.model_name)
@@ -54,11 +55,17 @@ class ServeCallback(Callback):
                                                      log_level="warning", access_log=False))
         self._thread = threading.Thread(target=self._server.run, name="collie-serve-http", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:  # e.g. the port is taken
+                raise RuntimeError(f"serve.port: could not listen on {self.host}:{self.port}")
+            time.sleep(0.02)
         log.info("serving %r at http://%s:%d/v1 while training (answered between steps)", name, self.host, self.port)
         if self.gradio_port is not None:
             from collie.serve.gradio_page import GradioProvider
 
-            self._gradio = GradioProvider(f"http://127.0.0.1:{self.port}/v1", name, port=self.gradio_port,
+            api_host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+            self._gradio = GradioProvider(f"http://{api_host}:{self.port}/v1", name, port=self.gradio_port,
                                           host=self.host)
             self._gradio.start()
 

@@ -75,8 +75,10 @@ class _Row:
 
     def choose(self, logits: torch.Tensor) -> int:
         s = self.settings
-        sample = s.temperature > 0
-        return int(choose_next(logits[None], sample, s.temperature if sample else 1.0, 0, s.top_p, self.generator))
+        if s.temperature <= 0:
+            return int(logits.argmax())
+        # Sampled on the CPU with a CPU generator: a seed gives the same text on any device.
+        return int(choose_next(logits[None].cpu(), True, s.temperature, 0, s.top_p, self.generator))
 
     def accept(self, token: int) -> None:
         if self.job.cancelled:
@@ -218,10 +220,18 @@ class Engine:
         try:
             decode(self.model, self.forward_context, prompts, max_new, self.pad_id, choose)
         except Exception as e:  # a failed batch fails its requests, not the server
-            if self.lockstep is not None:
-                raise  # the other ranks are inside the same collectives: no way to go on together
             log.exception("serving: a batch of %d rows failed", len(rows))
+            error = Event("error", text=f"generation failed: {type(e).__name__}: {e}")
+            if self.lockstep is not None:
+                # The other ranks are inside the same collectives: no way to go on together.
+                # Every request still waiting is answered before the server stops.
+                with self.condition:
+                    self.stopping = True
+                    jobs = jobs + list(self.waiting)
+                    self.waiting.clear()
             for job in jobs:
-                job.events(Event("error", text=f"generation failed: {type(e).__name__}: {e}"))
+                job.events(error)
+            if self.lockstep is not None:
+                raise
         finally:
             self.busy_rows = 0

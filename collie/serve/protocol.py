@@ -112,7 +112,7 @@ def stop_sequences(request: _Request) -> list[str]:
 
 
 def rows_for(request: _Request, prompts: list[list[int]], context_length: int, max_batch_size: int,
-             default_max_tokens: Optional[int]) -> list[RowSettings]:
+             default_max_tokens: int) -> list[RowSettings]:
     """One engine row per prompt and choice; `max_tokens` checked against the model's context."""
     if len(prompts) * request.n > max_batch_size:
         raise APIError(400, f"n: {len(prompts)} prompt(s) × n={request.n} is more than this server's "
@@ -126,7 +126,7 @@ def rows_for(request: _Request, prompts: list[list[int]], context_length: int, m
         if room < 1:
             raise APIError(400, f"prompt: {len(prompt)} tokens leave no room in the model's context of "
                                 f"{context_length} tokens", "prompt", "context_length_exceeded")
-        max_tokens = requested if requested is not None else (default_max_tokens or room)
+        max_tokens = requested if requested is not None else min(default_max_tokens, room)
         if max_tokens < 1:
             raise APIError(400, f"max_tokens: must be at least 1, got {max_tokens}", "max_tokens")
         if max_tokens > room:

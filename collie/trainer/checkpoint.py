@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import uuid
 from typing import Optional
 
 import torch
@@ -114,6 +115,7 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
         if not trainer.config.output_dir:
             raise ValueError("output_dir: set it (or pass a path) to save checkpoints")
         path = os.path.join(checkpoints_dir(trainer.config.output_dir), f"step-{trainer.global_step}")
+    path = _destination(path, mark_latest)
     tmp = staging_name(path)
     rank = _rank()
     if background is not None:
@@ -139,6 +141,24 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
         finalize(tmp, path, mark_latest, max_to_keep)
     _barrier()
     return path
+
+
+def _destination(path: str, mark_latest: bool) -> str:
+    """Where the checkpoint goes: `path`, except that an object store (no rename, so a checkpoint
+    is written in place) never overwrites a complete one — the one `latest` names, or for a
+    checkpoint `latest` does not track, whatever is there — and a fresh name is used instead.
+    Rank 0 decides; every rank gets its answer."""
+    if not storage.is_url(path):
+        return path
+    choice = [path]
+    if _rank() == 0 and storage.exists(path):
+        marker = os.path.join(os.path.dirname(path), LATEST)
+        named = storage.read_text(marker).strip() if storage.isfile(marker) else None
+        if not mark_latest or named == os.path.basename(path):
+            choice = [f"{path}-{uuid.uuid4().hex[:8]}"]
+    if dist.is_initialized():
+        dist.broadcast_object_list(choice, src=0)
+    return choice[0]
 
 
 def staging_name(path: str) -> str:
@@ -177,7 +197,8 @@ def _storage_failure(write) -> Optional[BaseException]:
 def _write_files(trainer, tmp: str, rank: int, model_only: bool) -> None:
     """Everything but the tensors: RNG state per rank; trainer state, config, tokenizer (rank 0)."""
     storage.makedirs(tmp)
-    with storage.staged(tmp, last=()) as local:
+    # Every rank adds its own files (rank 0 cleared the directory before the barrier).
+    with storage.staged(tmp, last=(), replace=False) as local:
         _write_local_files(trainer, local, rank, model_only)
 
 

@@ -120,6 +120,7 @@ class LoadBestModelCallback(_MetricWatcher):
         super().__init__(monitor, mode)
         self.best: Optional[float] = None
         self.best_step: Optional[int] = None
+        self.best_path: Optional[str] = None
 
     def _path(self, trainer) -> str:
         return os.path.join(trainer.config.output_dir, "best_model_state")
@@ -128,18 +129,23 @@ class LoadBestModelCallback(_MetricWatcher):
         value = self.value(results)
         if self.better(value, self.best):
             self.best, self.best_step = value, trainer.global_step
-            checkpoint.save(trainer, self._path(trainer), model_only=True, mark_latest=False)
+            previous = self.best_path
+            # In an object store the new state gets a fresh name: the previous one stays until it is written.
+            self.best_path = checkpoint.save(trainer, self._path(trainer), model_only=True, mark_latest=False)
+            if previous not in (None, self.best_path) and trainer.runtime.is_main:
+                storage.remove_tree(previous)
 
     def on_train_end(self, trainer) -> None:
         if self.best_step is not None:
-            checkpoint.load_model_only(trainer, self._path(trainer))
+            checkpoint.load_model_only(trainer, self.best_path or self._path(trainer))
             log.info("loaded the best model (%s=%.6g at step %d)", self.monitor, self.best, self.best_step)
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_step": self.best_step}
+        return {"best": self.best, "best_step": self.best_step, "best_path": self.best_path}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.best_step = state.get("best"), state.get("best_step")
+        self.best_path = state.get("best_path")
 
 
 class EarlyStoppingCallback(_MetricWatcher):

@@ -84,6 +84,9 @@ def test_killed_ranks_resume_from_object_storage(tmp_path, s3_bucket):
     with storage.open_file(f"{run_dir}/metrics.csv", "r") as f:
         assert [int(row["step"]) for row in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
     assert storage.read_text(f"{run_dir}/checkpoints/latest").strip() == "step-6"
+    # Each rank's files are there (no rank's upload replaced another's).
+    assert {"rank-0.pt", "rank-1.pt", "trainer_state.json", ".metadata"} <= set(
+        storage.listdir(f"{run_dir}/checkpoints/step-6"))
     # The export equals the last checkpoint converted (in the store, to the store).
     assert main(["convert", f"{run_dir}/checkpoints/step-6", "--to-hf", f"{out}/converted"]) == 0
     exported = AutoModelForCausalLM.from_pretrained(storage.local_copy(f"{run_dir}/final"), dtype=torch.float64)

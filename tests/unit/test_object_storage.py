@@ -110,3 +110,26 @@ def test_file_urls_are_local_paths(tmp_path):
     assert not storage.is_url(f"file://{tmp_path}") and storage.is_url("s3://bucket/x")
     storage.write_text(f"file://{tmp_path}/marker", "x")
     assert (tmp_path / "marker").read_text() == "x" and storage.local_copy(f"file://{tmp_path}") == str(tmp_path)
+
+
+def test_a_checkpoint_in_the_store_is_never_overwritten_in_place(s3_bucket, tmp_path):
+    """Object stores cannot rename: saving again under the name `latest` holds writes a fresh
+    checkpoint and moves `latest` to it, so the old one is whole until then."""
+    from helpers import save_tiny_hf_model
+
+    from collie import CollieConfig
+    from collie.data import CollieDatasetForTraining
+    from collie.models.base import CollieModel
+    from collie.trainer import Trainer
+
+    model_dir = save_tiny_hf_model(str(tmp_path / "tiny"))
+    config = CollieConfig.load(None, ["max_steps=1", "logging=[]", f"output_dir={s3_bucket}/run"])
+    trainer = Trainer(CollieModel.from_pretrained(model_dir, config=config), config,
+                      train_dataset=CollieDatasetForTraining([{"tokens": [1, 2, 3, 4]}] * 4))
+    trainer.train()
+    first = trainer.save_checkpoint()
+    second = trainer.save_checkpoint()
+    assert first == f"{s3_bucket}/run/checkpoints/step-1" and second.startswith(first + "-")
+    assert checkpoint.latest(f"{s3_bucket}/run") == second
+    assert {"trainer_state.json", "rank-0.pt", ".metadata"} <= set(storage.listdir(first))
+    checkpoint.load(trainer, second)

@@ -36,7 +36,8 @@ def server(model_dir, tmp_path_factory):
     port = free_port()
     log = str(tmp_path_factory.mktemp("serve-log") / "server.log")
     process = ServerProcess(["-m", "collie", "serve", model_dir, "param_dtype=float64", "--port", str(port),
-                             "--model-name", "tiny", "--max-batch-size", "8", "--max-queue", "16"], port, log)
+                             "--model-name", "tiny", "--max-batch-size", "8", "--max-queue", "16",
+                             "--default-max-tokens", "8"], port, log)
     yield process
     assert process.stop() == 0
 
@@ -303,3 +304,44 @@ def test_a_failed_batch_fails_its_requests_and_the_engine_goes_on(model_dir):
     engine.run_batch([Job([RowSettings([1, 5, 9], 4, temperature=0.0)], served.append)])
     assert [e.kind for e in failed] == ["error"] and "out of memory (injected)" in failed[0].text
     assert served[-1].kind == "finish" and served[-1].completion_tokens >= 1
+
+
+def test_chat_without_max_tokens_gets_the_servers_default(client):
+    answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Tell me more"}],
+                                            temperature=0)
+    assert 1 <= answer.usage.completion_tokens <= 8
+
+
+def test_a_client_that_goes_away_stops_its_decoding(server):
+    """A plain (non-streaming) request whose client disconnects is cancelled: the engine stops
+    decoding it within seconds instead of running to max_tokens (thousands of tokens here)."""
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 4000, "temperature": 0}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=1.0)
+    deadline = time.monotonic() + 6
+    while httpx.get(f"{server.url}/health").json()["decoding"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert httpx.get(f"{server.url}/health").json()["decoding"] == 0
+
+
+def test_a_failed_batch_under_several_processes_answers_everyone_then_stops(model_dir):
+    """With other ranks in lockstep the engine cannot go on after a failed batch: every request,
+    in the batch or still queued, gets an error, and the engine takes no more."""
+    from collie.serve.engine import Engine, Job, Overloaded, RowSettings
+
+    class Channel:  # stands in for the gloo channel to the other ranks
+        def send_batch(self, prompts, max_new):
+            pass
+
+        def send_tokens(self, tokens, all_done):
+            raise RuntimeError("peer gone (injected)")
+
+    model, tokenizer = CollieModel.from_pretrained(model_dir).eval(), load_tokenizer(model_dir)
+    engine = Engine(model, tokenizer, lockstep=Channel())
+    running, queued = [], []
+    engine.submit(Job([RowSettings([1, 5, 9], 4, temperature=0.0)], queued.append))
+    with pytest.raises(RuntimeError, match="peer gone"):
+        engine.run_batch([Job([RowSettings([1, 5, 9], 4, temperature=0.0)], running.append)])
+    assert [e.kind for e in running] == ["error"] and [e.kind for e in queued] == ["error"]
+    with pytest.raises(Overloaded):
+        engine.submit(Job([RowSettings([1], 1)], queued.append))
