@@ -96,13 +96,13 @@ def random_records(vocab: int, seq: int, count: int, seed: int = 0) -> list[dict
     return [{"tokens": torch.randint(0, vocab, (seq,), generator=g).tolist()} for _ in range(count)]
 
 
-def train_transformers_adamw(shape: str, seq: int, steps: int) -> list[float]:
-    """The baseline: transformers' LlamaForCausalLM, fp32, gradient checkpointing, torch AdamW,
-    a plain loop on the same random tokens; returns the step times."""
+def train_transformers_adamw(shape: str, seq: int, steps: int, checkpointing: bool = True) -> list[float]:
+    """The baseline: transformers' LlamaForCausalLM, fp32, gradient checkpointing (unless told
+    otherwise), torch AdamW, a plain loop on the same random tokens; returns the step times."""
     from transformers import LlamaForCausalLM as HFLlama
 
     # Built straight on the device's host in fp32: one copy, as `from_pretrained` would leave it.
-    return _train_transformers(HFLlama(shape_model_config(shape)), seq, steps)
+    return _train_transformers(HFLlama(shape_model_config(shape)), seq, steps, checkpointing)
 
 
 def train_transformers_peft_lora(shape: str, seq: int, steps: int, lora: dict) -> list[float]:
@@ -142,10 +142,11 @@ def train_transformers_lomo_optim(shape: str, seq: int, steps: int, name: str) -
     return times
 
 
-def _train_transformers(model, seq: int, steps: int) -> list[float]:
+def _train_transformers(model, seq: int, steps: int, checkpointing: bool = True) -> list[float]:
     config = model.config
     model = model.to(device()).train()
-    model.gradient_checkpointing_enable()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     times = []
     for record in random_records(config.vocab_size, seq, steps):
@@ -159,8 +160,8 @@ def _train_transformers(model, seq: int, steps: int) -> list[float]:
 
 
 def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int,
-                 lora: Optional[dict] = None) -> list[float]:
-    """Train `model` for `steps` steps (batch 1, checkpointing) with collie's Trainer on random
+                 lora: Optional[dict] = None, checkpointing: str = "full") -> list[float]:
+    """Train `model` for `steps` steps (batch 1, `checkpointing`) with collie's Trainer on random
     tokens; returns the step times. A bf16-stored model computes in fp32 on CPU, one layer at
     a time (the Trainer's default compute_dtype), natively in bf16 on GPUs. `lora`: the `peft:`
     section's fields (LoRA adapters instead of full training)."""
@@ -179,7 +180,7 @@ def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int,
             self.times.append(time.perf_counter() - self.start)
 
     config = CollieConfig(model_config=model.config, train_micro_batch_size=1, max_steps=steps, logging=[],
-                          checkpointing=True)
+                          checkpointing=checkpointing)
     config.data.max_length = seq
     config.optimizer.name = optimizer
     for key, value in (lora or {}).items():

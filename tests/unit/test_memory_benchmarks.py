@@ -124,3 +124,13 @@ def test_checkpoint_stall_dry_run_ratio_is_the_quotient() -> None:
     ratio = float(lines[-1].split(":")[1])
     assert set(stalls) == {"sync", "async"} and stalls["sync"] > 0
     assert abs(ratio - stalls["async"] / stalls["sync"]) <= 0.0005 + 0.0005 / stalls["sync"] * (1 + ratio)
+
+
+def test_activation_memory_dry_run_reports_every_mode() -> None:
+    lines = _dry_run("activation_memory.py")
+    rows = _table(lines)
+    assert set(rows) == {"transformers_none", "transformers_full", "collie_none", "collie_full", "collie_selective"}
+    base = rows["transformers_none"][0]
+    assert rows["transformers_none"][1] == 1.0
+    for gib, ratio in rows.values():
+        assert abs(ratio - gib / base) <= _quotient_error(gib, base, 2)
