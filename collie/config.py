@@ -152,6 +152,10 @@ class CollieConfig:
     # Tensor parallel: keep logits sharded by vocabulary and compute the loss on the shards
     # (never gathering batch × seq × vocab logits on one rank).
     loss_parallel: bool = False
+    # > 0: the training loss is computed from the final hidden states this many tokens at a time:
+    # each chunk's logits are made, reduced and dropped, and backward recomputes them one chunk at
+    # a time, so [tokens × vocab] logits never exist whole. 0: from whole logits.
+    loss_chunk_tokens: int = 0
     pp_schedule: str = "1f1b"
     # Pipeline stages per rank (interleaved1f1b needs >= 2: rank r runs stages r, r+pp, ...).
     pp_virtual_stages: int = 1
@@ -282,6 +286,7 @@ class CollieConfig:
         _at_least("data.max_length", self.data.max_length, 2)
         _choice("checkpointing", checkpointing_mode(self.checkpointing), CHECKPOINTING)
         _at_least("checkpointing_every", self.checkpointing_every, 1)
+        _at_least("loss_chunk_tokens", self.loss_chunk_tokens, 0)
         _at_least("serve.max_batch_size", self.serve.max_batch_size, 1)
         _at_least("serve.max_queue", self.serve.max_queue, 1)
         if self.serve.gradio_port is not None and self.serve.port is None:

@@ -44,6 +44,7 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
         for name, p in model.named_parameters():
             p.requires_grad_(name not in frozen)
     model.compute_dtype = compute_dtype(config, runtime.device, next(model.parameters()).dtype)
+    model.loss_chunk_tokens = config.loss_chunk_tokens
     mode = checkpointing_mode(config.checkpointing)
     if mode != "none":
         apply_activation_checkpointing(spec, model, selective=mode == "selective", every=config.checkpointing_every)
@@ -94,6 +95,12 @@ def check_layout(spec, dims, config, model_type: str = "") -> None:
         raise ConfigError(f"pp_size: {stages} stages{virtual} but the model has only {dims.layers} layers")
     if config.loss_parallel and config.pp_size > 1:
         raise ConfigError("loss_parallel: not available with pipeline parallel yet (use pp_size=1)")
+    if config.loss_chunk_tokens and (config.pp_size > 1 or config.sequence_parallel):
+        field = "pp_size" if config.pp_size > 1 else "sequence_parallel"
+        raise ConfigError(f"loss_chunk_tokens: not available with {field} yet (set loss_chunk_tokens=0)")
+    if config.loss_chunk_tokens and not spec.supports_model_parallel:
+        raise ConfigError(f"loss_chunk_tokens: {model_type or 'this model type'!r} runs as transformers' own class, "
+                          "which computes its loss from whole logits (set loss_chunk_tokens=0)")
     if (config.tp_size > 1 or config.pp_size > 1) and dims.tied_embeddings:
         raise ConfigError("tie_word_embeddings: tied input/output embeddings cannot be split by tensor or "
                           "pipeline parallel yet (use tp_size=1 and pp_size=1 for this model)")

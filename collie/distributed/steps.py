@@ -101,6 +101,17 @@ def refresh_hessian(model: torch.nn.Module, optimizer, micro_batch: dict) -> Non
 
 def default_loss(model: torch.nn.Module, loss_fn: Callable, batch: dict,
                  forward_context: Callable[[], ContextManager]) -> torch.Tensor:
+    if chunked_loss(model, loss_fn):  # the model computes the same loss without whole logits
+        with forward_context():
+            return model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
     with forward_context():
         logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return loss_fn(logits, batch["labels"])
+
+
+def chunked_loss(model: torch.nn.Module, loss_fn: Callable) -> bool:
+    """Whether the loss is collie's next-token loss and the model computes it in chunks."""
+    from collie.models.loss import GPTLMLoss
+
+    return getattr(model, "loss_chunk_tokens", 0) > 0 and type(loss_fn) is GPTLMLoss and \
+        loss_fn.ignore_index == IGNORE_INDEX

@@ -84,6 +84,8 @@ class CollieModel(GenerationMixin, nn.Module):
     # The dtype activations are computed in (None: the parameters' dtype); parameters are cast
     # to it where they are used (`collie.models.layers`).
     compute_dtype: Optional[torch.dtype] = None
+    # > 0: a forward given labels computes its loss in chunks of this many tokens (and no logits).
+    loss_chunk_tokens: int = 0
 
     # -- construction -------------------------------------------------------
     @classmethod

@@ -34,6 +34,9 @@ LAYOUTS = {
     "tp2_user_optimizer": ["dp_size=1", "tp_size=2", "checkpointing=selective"],
     "tp2_sequence_parallel": ["dp_size=1", "tp_size=2", "sequence_parallel=true"],
     "tp2_sp_loss_parallel_left": ["dp_size=1", "tp_size=2", "sequence_parallel=true", "loss_parallel=true", LEFT],
+    # The loss a chunk of 5 tokens at a time: on vocabulary shards, and on FSDP shards.
+    "tp2_loss_parallel_chunked": ["dp_size=1", "tp_size=2", "loss_parallel=true", "loss_chunk_tokens=5"],
+    "zero3_dp2_chunked": ["dp_size=2", "zero_stage=3", "train_micro_batch_size=1", "loss_chunk_tokens=5"],
     "pp2_gpipe_left": ["dp_size=1", "pp_size=2", "pp_schedule=gpipe", LEFT],
     "pp2_1f1b": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b"],
     "pp2_1f1b_user_optimizer": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b", "checkpointing=true",

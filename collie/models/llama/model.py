@@ -22,7 +22,7 @@ from collie.models.layers import Linear, RMSNorm
 from collie.models.llama.args import LlamaArgs, llama_args
 from collie.models.llama.rope import (apply_rope, dynamic_ntk_frequencies, inverse_frequencies, rope_cos_sin,
                                       scaling_kind)
-from collie.models.loss import causal_lm_loss
+from collie.models.loss import causal_lm_loss, chunked_lm_loss
 
 
 class Attention(nn.Module):
@@ -130,6 +130,9 @@ class LlamaForCausalLM(CollieModel):
             h = self.norm(h)
         if self.lm_head is None:
             return CausalLMOutput(logits=None, hidden_states=h, kv_cache=kv_cache)
+        if labels is not None and self.loss_chunk_tokens > 0:
+            return CausalLMOutput(logits=None, loss=chunked_lm_loss(h, self.lm_head, labels, self.loss_chunk_tokens),
+                                  kv_cache=kv_cache)
         logits = self.lm_head(h)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, kv_cache=kv_cache)

@@ -1,0 +1,88 @@
+"""`loss_chunk_tokens`: the loss from the final hidden states a chunk at a time, so the
+[tokens × vocab] logits never exist whole — with the plain loss and gradients (float64)."""
+
+import copy
+
+import pytest
+import torch
+from helpers import Losses, save_tiny_hf_model, tiny_llama_config
+
+from collie import CollieConfig
+from collie.config import ConfigError
+from collie.data import CollieDatasetForTraining
+from collie.distributed.parallelize import check_layout
+from collie.distributed.steps import chunked_loss
+from collie.models.base import CollieModel
+from collie.models.llama import LlamaForCausalLM
+from collie.models.llama.spec import LLAMA
+from collie.trainer import Trainer
+
+
+def _ids_and_labels():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 256, (3, 20), generator=g)
+    labels = ids.clone()
+    labels[0, :6] = -100  # a prompt without loss
+    labels[2, 15:] = -100
+    return ids, labels
+
+
+def _largest_saved(model, ids, labels) -> int:
+    largest = [0]
+
+    def pack(tensor):
+        largest[0] = max(largest[0], tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(ids, labels=labels).loss.backward()
+    return largest[0]
+
+
+def test_chunked_loss_equals_the_plain_loss_and_never_saves_whole_logits():
+    torch.manual_seed(0)
+    plain = LlamaForCausalLM(tiny_llama_config()).double()
+    chunked = copy.deepcopy(plain)
+    chunked.loss_chunk_tokens = 7  # 57 positions: chunks of 7, the last one shorter
+    ids, labels = _ids_and_labels()
+    loss, other = plain(ids, labels=labels).loss, chunked(ids, labels=labels).loss
+    assert chunked(ids, labels=labels).logits is None
+    assert abs(loss.item() - other.item()) <= 1e-12
+    loss.backward()
+    other.backward()
+    for (name, a), b in zip(plain.named_parameters(), chunked.parameters()):
+        assert (a.grad - b.grad).abs().max() <= 1e-12, name
+    whole_logits = 3 * 19 * 256
+    fresh_plain, fresh_chunked = copy.deepcopy(plain), copy.deepcopy(chunked)
+    assert _largest_saved(fresh_plain, ids, labels) >= whole_logits
+    assert _largest_saved(fresh_chunked, ids, labels) < whole_logits
+
+
+def test_training_with_chunks_has_the_plain_losses(tmp_path):
+    model_dir = save_tiny_hf_model(str(tmp_path / "tiny"))
+    records = [{"tokens": [(5 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for i in range(16)]
+
+    def train(*overrides):
+        config = CollieConfig.load(None, ["max_steps=4", "logging=[]", "param_dtype=float64", "optimizer.lr=0.01",
+                                          "train_micro_batch_size=2", "gradient_accumulation_steps=2", *overrides])
+        losses = Losses()
+        trainer = Trainer(CollieModel.from_pretrained(model_dir, config=config), config,
+                          train_dataset=CollieDatasetForTraining(records), callbacks=[losses])
+        trainer.train()
+        # The step took the chunked route exactly when asked to.
+        assert chunked_loss(trainer.model, trainer.loss_fn) == (config.loss_chunk_tokens > 0)
+        return losses.values
+
+    plain, chunked = train(), train("loss_chunk_tokens=5")
+    assert max(abs(a - b) for a, b in zip(plain, chunked, strict=True)) <= 1e-9
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["pp_size=2", "loss_chunk_tokens=64"], "loss_chunk_tokens: not available with pp_size yet"),
+    (["tp_size=2", "sequence_parallel=true", "loss_chunk_tokens=64"],
+     "loss_chunk_tokens: not available with sequence_parallel yet"),
+])
+def test_layouts_without_chunked_loss_yet_are_one_line(overrides, message):
+    config = CollieConfig.load(None, overrides)
+    with pytest.raises(ConfigError, match=message):
+        check_layout(LLAMA, LLAMA.dims(tiny_llama_config()), config)
