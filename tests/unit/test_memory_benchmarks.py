@@ -134,3 +134,14 @@ def test_activation_memory_dry_run_reports_every_mode() -> None:
     assert rows["transformers_none"][1] == 1.0
     for gib, ratio in rows.values():
         assert abs(ratio - gib / base) <= _quotient_error(gib, base, 2)
+
+
+def test_logits_memory_dry_run_reports_every_run_and_chunking_keeps_the_loss() -> None:
+    lines = _dry_run("logits_memory.py")
+    rows = _table(lines)
+    assert set(rows) == {"transformers", "collie_whole_logits", "collie_chunked"}
+    base = rows["transformers"][0]
+    for gib, ratio in rows.values():
+        assert abs(ratio - gib / base) <= _quotient_error(gib, base, 2)
+    losses = {line.split()[0]: float(line.split()[-2]) for line in lines if line.startswith("collie_")}
+    assert abs(losses["collie_chunked"] - losses["collie_whole_logits"]) <= 1e-3
