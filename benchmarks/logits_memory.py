@@ -1,10 +1,11 @@
 """Memory of the logits: one training step (forward + backward, activation checkpointing, fp32)
 of a LLaMA with a 128k vocabulary (LLaMA-3 style), collie with `loss_chunk_tokens` against
 transformers (whole logits, its own loss) and against collie without chunking. Same weights
-shape, same tokens; no optimizer state (the step's own memory is the subject).
+shape, same tokens. Each gradient is dropped as soon as backward has made it (as LOMO's fused update
+does), so what the step holds is activations and logits — the subject here.
 
 Each run is its own process and reports its peak RSS and how far its anonymous memory rose above
-the built model during the step (activations, logits, gradients). Ratios are to transformers.
+the built model during the step. Ratios are to transformers.
 The two collie runs hold the same weights (their losses agree); transformers has its own random
 initialisation.
 
@@ -53,6 +54,8 @@ def child(name: str, args: argparse.Namespace) -> None:
         apply_activation_checkpointing(LLAMA, model)
         model.loss_chunk_tokens = args.chunk if name == "collie_chunked" else 0
         step = lambda: model(ids, labels=ids).loss  # noqa: E731
+    for param in model.parameters():  # each gradient is used and dropped as it is made, as LOMO does
+        param.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
     before = _anon_gib()
     start_anon_sampling()
     start = time.perf_counter()
