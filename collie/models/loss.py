@@ -23,13 +23,17 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
 def chunked_lm_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk_tokens: int,
                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """`causal_lm_loss(head(hidden), labels)` without whole logits: `chunk_tokens` positions at a
-    time, each chunk's logits are made, summed into the loss and dropped; backward recomputes
-    them one chunk at a time (activation checkpointing per chunk). Under loss_parallel the
-    chunks' logits are vocabulary shards, as the head makes them."""
+    time, each chunk's logits are made, summed into the loss and dropped; backward makes them
+    again one chunk at a time. A head held whole goes through `_LinearCrossEntropy` (its weight
+    gradient accumulated in place); a sharded one (tensor parallel, FSDP) is called as a module,
+    checkpointed per chunk — under loss_parallel its chunks' logits are vocabulary shards."""
     from torch.utils.checkpoint import checkpoint
 
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     y = labels[..., 1:].reshape(-1).to(h.device)
+    if _plain_head(head, h):
+        total = _LinearCrossEntropy.apply(h, head.weight, head.bias, y, chunk_tokens, ignore_index)
+        return total / (y != ignore_index).sum()
 
     def chunk_sum(h_chunk: torch.Tensor, y_chunk: torch.Tensor) -> torch.Tensor:
         logits = head(h_chunk)
@@ -42,6 +46,60 @@ def chunked_lm_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
                           use_reentrant=False, preserve_rng_state=False)
         total = part if total is None else total + part
     return total / (y != ignore_index).sum()
+
+
+def _plain_head(head: nn.Module, hidden: torch.Tensor) -> bool:
+    """A head whose weight this process holds whole (no tensor parallel, no FSDP shard, no
+    adapters), outside autocast: its gradient can be accumulated in place, chunk by chunk."""
+    from torch.distributed.tensor import DTensor
+
+    from collie.models.layers import Linear
+
+    return (type(head) in (Linear, nn.Linear) and not isinstance(head.weight, DTensor)
+            and not isinstance(hidden, DTensor) and not torch.is_autocast_enabled(hidden.device.type))
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Σ cross_entropy(h W^T + b, y) over chunks of rows, with its own backward: each chunk's
+    logits are made again, turned into their gradient in place, and the weight's gradient is
+    accumulated into one buffer — so neither whole logits nor one weight-sized gradient per
+    chunk ever exists. Logits and the accumulation are in at least fp32."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, y, chunk, ignore_index):
+        ctx.save_for_backward(h, weight, bias, y)
+        ctx.chunk, ctx.ignore_index = chunk, ignore_index
+        w = weight.to(h.dtype)
+        b = bias.to(h.dtype) if bias is not None else None
+        total = torch.zeros((), dtype=at_least_fp32(h.dtype), device=h.device)
+        for start in range(0, h.shape[0], chunk):
+            logits = F.linear(h[start:start + chunk], w, b).to(total.dtype)
+            total += F.cross_entropy(logits, y[start:start + chunk], ignore_index=ignore_index, reduction="sum")
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        h, weight, bias, y = ctx.saved_tensors
+        w = weight.to(h.dtype)
+        b = bias.to(h.dtype) if bias is not None else None
+        acc = at_least_fp32(h.dtype)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if bias is not None else None
+        for start in range(0, h.shape[0], ctx.chunk):
+            h_c, y_c = h[start:start + ctx.chunk], y[start:start + ctx.chunk]
+            grad = F.linear(h_c, w, b).to(acc).softmax(-1)  # d(loss)/d(logits) = softmax - one-hot
+            valid = y_c != ctx.ignore_index
+            rows = valid.nonzero().squeeze(-1)
+            grad[rows, y_c[rows]] -= 1.0
+            grad[~valid] = 0.0
+            grad *= grad_total.to(acc)
+            grad_h[start:start + ctx.chunk] = (grad.to(h.dtype) @ w)
+            grad_w.addmm_(grad.t(), h_c.to(acc))
+            if grad_b is not None:
+                grad_b += grad.sum(0)
+        return (grad_h, grad_w.to(weight.dtype), grad_b.to(bias.dtype) if grad_b is not None else None,
+                None, None, None)
 
 
 def count_loss_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> int:

@@ -20,10 +20,10 @@ from collie.trainer import Trainer
 
 def _ids_and_labels():
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 256, (3, 20), generator=g)
+    ids = torch.randint(0, 256, (3, 60), generator=g)
     labels = ids.clone()
     labels[0, :6] = -100  # a prompt without loss
-    labels[2, 15:] = -100
+    labels[2, 45:] = -100
     return ids, labels
 
 
@@ -43,7 +43,7 @@ def test_chunked_loss_equals_the_plain_loss_and_never_saves_whole_logits():
     torch.manual_seed(0)
     plain = LlamaForCausalLM(tiny_llama_config()).double()
     chunked = copy.deepcopy(plain)
-    chunked.loss_chunk_tokens = 7  # 57 positions: chunks of 7, the last one shorter
+    chunked.loss_chunk_tokens = 7  # 177 positions: chunks of 7, the last one shorter
     ids, labels = _ids_and_labels()
     loss, other = plain(ids, labels=labels).loss, chunked(ids, labels=labels).loss
     assert chunked(ids, labels=labels).logits is None
@@ -52,7 +52,7 @@ def test_chunked_loss_equals_the_plain_loss_and_never_saves_whole_logits():
     other.backward()
     for (name, a), b in zip(plain.named_parameters(), chunked.parameters()):
         assert (a.grad - b.grad).abs().max() <= 1e-12, name
-    whole_logits = 3 * 19 * 256
+    whole_logits = 3 * 59 * 256
     fresh_plain, fresh_chunked = copy.deepcopy(plain), copy.deepcopy(chunked)
     assert _largest_saved(fresh_plain, ids, labels) >= whole_logits
     assert _largest_saved(fresh_chunked, ids, labels) < whole_logits
