@@ -88,7 +88,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if bias is not None else None
         for start in range(0, h.shape[0], ctx.chunk):
             h_c, y_c = h[start:start + ctx.chunk], y[start:start + ctx.chunk]
-            grad = F.linear(h_c, w, b).to(acc).softmax(-1)  # d(loss)/d(logits) = softmax - one-hot
+            # d(loss)/d(logits) = softmax - one-hot, made in the logits' own buffer.
+            grad = F.linear(h_c, w, b).to(acc)
+            grad.sub_(grad.amax(-1, keepdim=True)).exp_()
+            grad.div_(grad.sum(-1, keepdim=True))
             valid = y_c != ctx.ignore_index
             rows = valid.nonzero().squeeze(-1)
             grad[rows, y_c[rows]] -= 1.0
