@@ -29,7 +29,19 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def current_rss_gib() -> float:
+    """Resident memory now (/proc/self/statm: pages), 0 where there is no /proc."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except OSError:
+        return 0.0
+
+
 _ANON: Any = None
+# Resident memory at two moments, for a breakdown: libraries imported (interpreter, torch,
+# collie), and the first training step about to start (model and trainer built).
+_MILESTONES: dict[str, float] = {}
 
 
 def start_anon_sampling() -> None:
@@ -39,12 +51,13 @@ def start_anon_sampling() -> None:
 
     _ANON = PeakMemory(torch.device("cpu"))
     _ANON.start()
+    _MILESTONES["imported_rss_gib"] = current_rss_gib()
 
 
 def report(**fields: Any) -> None:
     """The child's last word: its peak RSS (OS high-water mark, file pages included), its peak
     anonymous memory when sampled, the GPU peak on CUDA, plus `fields`, as JSON."""
-    result = {"peak_rss_gib": peak_rss_gib(), **fields}
+    result = {"peak_rss_gib": peak_rss_gib(), **_MILESTONES, **fields}
     if _ANON is not None:
         _ANON.interval_peak()
         result["peak_anon_gib"] = _ANON.run_peak / 2**30
@@ -174,6 +187,7 @@ def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int,
             self.times: list[float] = []
 
         def on_train_batch_begin(self, trainer, batch) -> None:
+            _MILESTONES.setdefault("ready_rss_gib", current_rss_gib())
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, loss) -> None:

@@ -20,3 +20,17 @@ def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
     """The dtype for numerically sensitive arithmetic (norms, softmax, optimizer updates):
     half precision is widened to float32, float32 and float64 stay as they are."""
     return torch.promote_types(dtype, torch.float32)
+
+
+# Rows of a tensor widened at a time where whole-tensor temporaries would cost memory (upcast
+# weights in linear layers, optimizer updates of bf16 parameters): 4M elements are 16 MiB in fp32.
+UPCAST_BLOCK_ELEMENTS = 1 << 22
+
+
+def row_blocks(tensor: torch.Tensor) -> list:
+    """Indices of blocks of whole rows (dim 0) of `tensor`, each at most UPCAST_BLOCK_ELEMENTS
+    elements unless one row is larger; a single index for a 0-d tensor."""
+    if tensor.dim() == 0:
+        return [...]
+    rows = max(1, UPCAST_BLOCK_ELEMENTS // max(1, tensor[0].numel()))
+    return [slice(start, start + rows) for start in range(0, tensor.shape[0], rows)]

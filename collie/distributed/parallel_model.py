@@ -61,6 +61,10 @@ class ParallelModel:
         parallel without FSDP), or None."""
         return None if self.uses_fsdp else self.runtime.dp_group
 
+    def loss_context(self) -> ContextManager:
+        """loss_parallel: the loss and its backward run on vocabulary-sharded logits."""
+        return loss_parallel() if self.config.loss_parallel and self.runtime.tp_size > 1 else contextlib.nullcontext()
+
     # -- running it ------------------------------------------------------------
     def train_step(self, micro_batches: list[dict], loss_of: Callable[[dict], torch.Tensor],
                    backward: Callable[[torch.Tensor, bool], None], ignore_index: int) -> StepResult:
@@ -69,9 +73,7 @@ class ParallelModel:
         rt = self.runtime
         if self.pipeline is not None:
             return run_pipeline_step(self.pipeline, micro_batches, rt.dp_sum, rt.pp_sum, rt.dp_size, ignore_index)
-        # loss_parallel: the loss and its backward run on vocabulary-sharded logits.
-        context = loss_parallel() if self.config.loss_parallel and rt.tp_size > 1 else contextlib.nullcontext()
-        with context:
+        with self.loss_context():
             return run_micro_batches(self.module, micro_batches, loss_of, backward, rt.dp_sum, rt.dp_size,
                                      ignore_index)
 

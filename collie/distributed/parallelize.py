@@ -95,9 +95,8 @@ def check_layout(spec, dims, config, model_type: str = "") -> None:
         raise ConfigError(f"pp_size: {stages} stages{virtual} but the model has only {dims.layers} layers")
     if config.loss_parallel and config.pp_size > 1:
         raise ConfigError("loss_parallel: not available with pipeline parallel yet (use pp_size=1)")
-    if config.loss_chunk_tokens and (config.pp_size > 1 or config.sequence_parallel):
-        field = "pp_size" if config.pp_size > 1 else "sequence_parallel"
-        raise ConfigError(f"loss_chunk_tokens: not available with {field} yet (set loss_chunk_tokens=0)")
+    if config.loss_chunk_tokens and config.sequence_parallel:
+        raise ConfigError("loss_chunk_tokens: not available with sequence_parallel yet (set loss_chunk_tokens=0)")
     if config.loss_chunk_tokens and not spec.supports_model_parallel:
         raise ConfigError(f"loss_chunk_tokens: {model_type or 'this model type'!r} runs as transformers' own class, "
                           "which computes its loss from whole logits (set loss_chunk_tokens=0)")

@@ -18,10 +18,11 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
 from collie.config import ConfigError
+from collie.distributed.shards import whole
 from collie.generation import GenerationMixin
 from collie.models.base import CausalLMOutput, full_tensor
 from collie.models.hf_writer import write_hf_model
-from collie.models.loss import causal_lm_loss
+from collie.models.loss import causal_lm_loss, chunked_lm_loss
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}  # one stage per rank
 
@@ -79,28 +80,31 @@ def split_for_stages(model: nn.Module, spec, stages: list[int], ranges: list[ran
         spec.set_edge(model, "head", None)
 
 
-def stage_view(model: nn.Module, spec, blocks: range, first: bool, last: bool) -> nn.Module:
+def stage_view(model: nn.Module, spec, blocks: range, first: bool, last: bool, head: Optional[bool] = None) -> nn.Module:
     """One stage of a rank that holds several (virtual stages): a model of the same class
     assembled from the rank's (already parallelized) submodules, with only that stage's
-    blocks; the rank's model itself when it holds just this stage."""
+    blocks; the rank's model itself when it holds just this stage. `head=False` leaves the
+    last stage's head out (it then returns the final hidden states)."""
+    head = last if head is None else head
     own = spec.blocks(model)
     if len(own) == len(blocks) and (spec.edge(model, "embedding") is not None) == first and \
-            (spec.edge(model, "head") is not None) == last:
+            (spec.edge(model, "final_norm") is not None) == last and (spec.edge(model, "head") is not None) == head:
         return model
     with torch.device("meta"):
         view = type(model)(model.config)
     setattr(view, spec.blocks_attr, nn.ModuleDict({str(i): own[str(i)] for i in blocks}))
     spec.set_edge(view, "embedding", spec.edge(model, "embedding") if first else None)
-    for which in ("final_norm", "head"):
-        spec.set_edge(view, which, spec.edge(model, which) if last else None)
-    view.compute_dtype = model.compute_dtype
+    spec.set_edge(view, "final_norm", spec.edge(model, "final_norm") if last else None)
+    spec.set_edge(view, "head", spec.edge(model, "head") if head else None)
+    view.compute_dtype, view.loss_chunk_tokens = model.compute_dtype, model.loss_chunk_tokens
     return view
 
 
-def stage_views(model: nn.Module, spec, runtime, config) -> list[tuple[int, nn.Module]]:
+def stage_views(model: nn.Module, spec, runtime, config, head: bool = True) -> list[tuple[int, nn.Module]]:
     num_stages = runtime.pp_size * config.pp_virtual_stages
     ranges = stage_layer_ranges(model, spec, num_stages, config.pp_partition_method)
-    return [(s, stage_view(model, spec, ranges[s], s == 0, s == num_stages - 1))
+    last = num_stages - 1
+    return [(s, stage_view(model, spec, ranges[s], s == 0, s == last, head and s == last))
             for s in local_stages(runtime.pp_rank, runtime.pp_size, num_stages)]
 
 
@@ -112,15 +116,23 @@ def stage_output(output: CausalLMOutput) -> torch.Tensor:
 class _StageForward(nn.Module):
     """What a PipelineStage runs: tensor in, tensor out (logits or hidden states). The
     attention mask is a keyword argument: schedules hand keyword arguments to every stage
-    (split into micro-batches like the input), while positional ones reach only the first."""
+    (split into micro-batches like the input), while positional ones reach only the first.
 
-    def __init__(self, model: nn.Module) -> None:
+    With a chunked loss (`head` given, on the last stage) the stage computes the micro-batch's
+    summed loss itself from the final hidden states, so whole logits never exist; the labels
+    come as a keyword argument, and the output is the loss as a 1-element tensor (the schedule
+    concatenates the last stage's outputs)."""
+
+    def __init__(self, model: nn.Module, head: Optional[nn.Module] = None, chunk_tokens: int = 0) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.head, self.chunk_tokens = model, head, chunk_tokens
 
     def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
-                position_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return stage_output(self.model(x, attention_mask=attention_mask, position_ids=position_ids))
+                position_ids: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        output = self.model(x, attention_mask=attention_mask, position_ids=position_ids)
+        if self.head is None:
+            return stage_output(output)
+        return chunked_lm_loss(output.hidden_states, self.head, labels, self.chunk_tokens, reduction="sum").reshape(1)
 
 
 class PipelineRunner:
@@ -144,11 +156,15 @@ class PipelineRunner:
                               "pp_schedule=interleaved1f1b")
         self.runtime = runtime
         self.spec, self.hf_config = spec, model.config
-        views = stage_views(model, spec, runtime, config)
+        self.chunk_tokens = model.loss_chunk_tokens
+        views = stage_views(model, spec, runtime, config, head=not self.chunk_tokens)
         num_stages = runtime.pp_size * config.pp_virtual_stages
         self.is_first = views[0][0] == 0
         self.is_last = views[-1][0] == num_stages - 1
-        self.stages = [PipelineStage(_StageForward(view), index, num_stages, runtime.device, group=runtime.pp_group)
+        chunked_head = spec.edge(model, "head") if self.chunk_tokens else None
+        self.stages = [PipelineStage(_StageForward(view, chunked_head if index == num_stages - 1 else None,
+                                                   self.chunk_tokens),
+                                     index, num_stages, runtime.device, group=runtime.pp_group)
                        for index, view in views]
         self.loss_weight = 1.0
         if interleaved:
@@ -158,10 +174,12 @@ class PipelineRunner:
             self.schedule = SCHEDULES[config.pp_schedule](self.stages[0], n_microbatches=micro, loss_fn=self._loss,
                                                           scale_grads=False)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Summed per micro-batch and weighted by the global token count: the step's loss is the
-        # mean over all trainable tokens of the global batch, as without pipelining.
-        return causal_lm_loss(logits, labels, reduction="sum") * self.loss_weight
+        # mean over all trainable tokens of the global batch, as without pipelining. A chunked
+        # loss arrives already summed from the last stage.
+        summed = output.sum() if self.chunk_tokens else causal_lm_loss(output, labels, reduction="sum")
+        return summed * self.loss_weight
 
     def step(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
              loss_weight: float) -> float:
@@ -171,6 +189,8 @@ class PipelineRunner:
         losses: list[torch.Tensor] = []
         # Keyword arguments reach every stage (split into micro-batches like the input).
         kwargs = {"attention_mask": attention_mask}
+        if self.chunk_tokens:
+            kwargs["labels"] = labels
         if self.spec.position_ids is not None:  # positions that depend on the tokens: every rank has them
             kwargs["position_ids"] = self.spec.position_ids(input_ids, attention_mask, self.hf_config)
         with self.forward_context():
@@ -203,6 +223,7 @@ class PipelinedModel(GenerationMixin, nn.Module):
                 kv_cache=None) -> CausalLMOutput:
         rt, group = self.runtime, self.runtime.pp_group
         batch, seq = input_ids.shape
+        chunked = labels is not None and kv_cache is None and self.loss_chunk_tokens > 0
         if position_ids is None and self.spec.position_ids is not None:
             position_ids = self.spec.position_ids(input_ids, attention_mask, self.config, kv_cache)
         x = None
@@ -222,6 +243,10 @@ class PipelinedModel(GenerationMixin, nn.Module):
                 kv_cache.length = start
             # Sent and broadcast in one agreed dtype: under autocast a stage's output dtype is
             # autocast's choice, which the receiving buffer could not know.
+            if chunked and stage == self.num_stages - 1:
+                x = whole(self.views[stage](x, attention_mask=attention_mask, position_ids=position_ids,
+                                            labels=labels).loss).to(torch.float64)
+                continue
             x = stage_output(self.views[stage](x, attention_mask=attention_mask, position_ids=position_ids,
                                                kv_cache=kv_cache)).to(self._dtype())
             next_owner = (stage + 1) % rt.pp_size
@@ -230,11 +255,19 @@ class PipelinedModel(GenerationMixin, nn.Module):
         if kv_cache is not None:
             kv_cache.length = start + seq
         last_owner = (self.num_stages - 1) % rt.pp_size
+        if chunked:  # the last stage made the loss without whole logits: only the loss travels
+            loss = x if rt.pp_rank == last_owner else torch.empty((), dtype=torch.float64, device=rt.device)
+            dist.broadcast(loss, src=dist.get_global_rank(group, last_owner), group=group)
+            return CausalLMOutput(logits=None, loss=loss, kv_cache=kv_cache)
         if rt.pp_rank != last_owner:
             x = torch.empty(batch, seq, self.dims.vocab, dtype=self._dtype(), device=rt.device)
         dist.broadcast(x, src=dist.get_global_rank(group, last_owner), group=group)
         loss = causal_lm_loss(x, labels) if labels is not None else None
         return CausalLMOutput(logits=x, loss=loss, kv_cache=kv_cache)
+
+    @property
+    def loss_chunk_tokens(self) -> int:
+        return self.stage_model.loss_chunk_tokens
 
     def _dtype(self) -> torch.dtype:
         """What activations travel in: the compute dtype (the storage dtype under autocast)."""

@@ -40,8 +40,10 @@ class Evaluator:
         self.collate_fn = collate_fn or ColliePadder(pad_id(tokenizer), padding_side=side,
                                                      max_length=data.max_length if data is not None else None)
         self.runtime: Any = None  # set by the Trainer: device, dp rank/size, process groups
-        # Set by the Trainer too: the context forwards run in (autocast, attention kernels).
+        # Set by the Trainer too: the context forwards run in (autocast, attention kernels), and
+        # the one a loss is computed in (loss_parallel).
         self.forward_context: Callable[[], ContextManager] = contextlib.nullcontext
+        self.loss_context: Callable[[], ContextManager] = contextlib.nullcontext
 
     def bind(self, parallel) -> None:
         """Run on a Trainer's parallelized model (`collie.distributed.parallel_model.ParallelModel`):
@@ -50,7 +52,7 @@ class Evaluator:
             raise ConfigError(f"sequence_parallel: {self.name} decodes token by token, which cannot split the "
                               "sequence over ranks; evaluate it without sequence_parallel")
         self.model, self.runtime = parallel.eval_model, parallel.runtime
-        self.forward_context = parallel.forward_context
+        self.forward_context, self.loss_context = parallel.forward_context, parallel.loss_context
         if isinstance(self.collate_fn, ColliePadder):
             self.collate_fn.multiple_of = parallel.sequence_multiple
             self.collate_fn.virtual_tokens = parallel.virtual_tokens
@@ -94,10 +96,15 @@ class Evaluator:
 class EvaluatorForPerplexity(Evaluator):
     def eval_batch(self, batch: dict) -> dict:
         labels = batch["labels"].to(self.device)
-        logits = whole(self.model(batch["input_ids"].to(self.device),
-                                  attention_mask=batch["attention_mask"].to(self.device)).logits)
-        nll = causal_lm_loss(logits, labels, reduction="sum")
-        return {"nll_sum": nll, "tokens": count_loss_tokens(labels)}
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        tokens = count_loss_tokens(labels)
+        if getattr(self.model, "loss_chunk_tokens", 0) > 0:
+            # The model computes the mean loss a chunk of tokens at a time: no whole logits.
+            with self.loss_context():
+                loss = whole(self.model(ids, attention_mask=mask, labels=labels).loss)
+            return {"nll_sum": loss * tokens if tokens else 0.0, "tokens": tokens}
+        logits = whole(self.model(ids, attention_mask=mask).logits)
+        return {"nll_sum": causal_lm_loss(logits, labels, reduction="sum"), "tokens": tokens}
 
 
 class EvaluatorForGeneration(Evaluator):

@@ -21,19 +21,26 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
 
 
 def chunked_lm_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk_tokens: int,
-                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """`causal_lm_loss(head(hidden), labels)` without whole logits: `chunk_tokens` positions at a
-    time, each chunk's logits are made, summed into the loss and dropped; backward makes them
-    again one chunk at a time. A head held whole goes through `_LinearCrossEntropy` (its weight
-    gradient accumulated in place); a sharded one (tensor parallel, FSDP) is called as a module,
-    checkpointed per chunk — under loss_parallel its chunks' logits are vocabulary shards."""
-    from torch.utils.checkpoint import checkpoint
-
+                    ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> torch.Tensor:
+    """`causal_lm_loss(head(hidden), labels, reduction=reduction)` ("mean" or "sum") without
+    whole logits: `chunk_tokens` positions at a time, each chunk's logits are made, summed into
+    the loss and dropped; backward makes them again one chunk at a time. A head held whole goes
+    through `_LinearCrossEntropy` (its weight gradient accumulated in place); a sharded one
+    (tensor parallel, FSDP) is called as a module, checkpointed per chunk — under loss_parallel
+    its chunks' logits are vocabulary shards."""
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
     y = labels[..., 1:].reshape(-1).to(h.device)
     if _plain_head(head, h):
         total = _LinearCrossEntropy.apply(h, head.weight, head.bias, y, chunk_tokens, ignore_index)
-        return total / (y != ignore_index).sum()
+    else:
+        total = _checkpointed_chunks(h, head, y, chunk_tokens, ignore_index)
+    return total if reduction == "sum" else total / (y != ignore_index).sum()
+
+
+def _checkpointed_chunks(h: torch.Tensor, head: nn.Module, y: torch.Tensor, chunk_tokens: int,
+                         ignore_index: int) -> torch.Tensor:
+    """Σ cross entropy of a head called as a module, one checkpointed chunk of rows at a time."""
+    from torch.utils.checkpoint import checkpoint
 
     def chunk_sum(h_chunk: torch.Tensor, y_chunk: torch.Tensor) -> torch.Tensor:
         logits = head(h_chunk)
@@ -45,7 +52,7 @@ def chunked_lm_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor,
         part = checkpoint(chunk_sum, h[start:start + chunk_tokens], y[start:start + chunk_tokens],
                           use_reentrant=False, preserve_rng_state=False)
         total = part if total is None else total + part
-    return total / (y != ignore_index).sum()
+    return total
 
 
 def _plain_head(head: nn.Module, hidden: torch.Tensor) -> bool:

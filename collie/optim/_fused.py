@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -20,7 +20,7 @@ from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from collie.distributed.clip import total_norm
-from collie.dtypes import at_least_fp32
+from collie.dtypes import at_least_fp32, row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
 
 logger = logging.getLogger(__name__)
@@ -39,16 +39,20 @@ def full_or_local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def working_copy(p: torch.Tensor) -> torch.Tensor:
-    """At-least-fp32 working copy of ``p`` (``p`` itself when already fp32 or fp64, so
-    updates are in place)."""
-    return p.detach().to(at_least_fp32(p.dtype))
+def update_in_row_blocks(p: torch.Tensor, grad: torch.Tensor,
+                         update: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+    """Run `update(work, grad_rows)` over blocks of rows of the local storage of `p` and `grad`.
 
-
-def store_working_copy(p: torch.Tensor, work: torch.Tensor) -> None:
-    """Write a copy made by :func:`working_copy` back into a half-precision ``p``."""
-    if p.dtype != work.dtype:
-        p.copy_(work)
+    `work` is at least fp32: the parameter's own rows when it already is (updated in place),
+    otherwise an upcast copy of the block written back afterwards. So a bf16 parameter is never
+    copied whole into fp32: for a 7B model's embedding that copy alone would be 0.5 GB."""
+    local_p, local_grad = full_or_local(p.detach()), full_or_local(grad)
+    for rows in row_blocks(local_p):
+        stored = local_p[rows]
+        work = stored.to(at_least_fp32(stored.dtype))
+        update(work, local_grad[rows])
+        if work is not stored:
+            stored.copy_(work)
 
 
 class FusedBackwardOptimizer(Optimizer):
@@ -237,7 +241,9 @@ class FusedBackwardOptimizer(Optimizer):
         return {}
 
     def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
-        """Apply the update rule to ``p`` given its clipped, at-least-fp32 gradient."""
+        """Apply the update rule to ``p`` given its gradient, reduced over replicas but still
+        scaled and unclipped: the rule passes it, whole or a block at a time, through
+        :meth:`_prepared`."""
         raise NotImplementedError
 
     def _wants_loss_scaler(self) -> bool:
@@ -279,13 +285,12 @@ class FusedBackwardOptimizer(Optimizer):
         if self._mode is _Mode.ACCUMULATE:
             return
         with torch.no_grad():
-            p.grad = self._reduce_grad(p, p.grad)
-            grad = self._unscaled_grad(p.grad)
+            grad = self._reduce_grad(p, p.grad)
             p.grad = None
             if self._mode is _Mode.NORM:
-                self._grad_norms.append(self._grad_norm_of(grad))
+                self._grad_norms.append(self._grad_norm_of(self._unscaled_grad(grad)))
             else:
-                self._update_param(p, self._clip(grad), self._lr)
+                self._update_param(p, grad, self._lr)
 
     def _apply_accumulated_grads(self, lr: float) -> None:
         """Update from gradients accumulated in ``.grad`` (end of an accumulation window)."""
@@ -299,9 +304,8 @@ class FusedBackwardOptimizer(Optimizer):
             if not self._skip_step:
                 self._step_count += 1
                 for p in params:
-                    grad = self._unscaled_grad(p.grad)
-                    p.grad = None
-                    self._update_param(p, self._clip(grad), lr)
+                    grad, p.grad = p.grad, None
+                    self._update_param(p, grad, lr)
         self._finish_step()
 
     def _needs_prepass(self) -> bool:
@@ -328,6 +332,11 @@ class FusedBackwardOptimizer(Optimizer):
         if self.loss_scaler is not None:
             grad = grad / self.loss_scaler.loss_scale
         return grad
+
+    def _prepared(self, grad: torch.Tensor) -> torch.Tensor:
+        """The at-least-fp32 gradient the update rule uses: loss scale removed, clipped. Made in
+        ``grad``'s own buffer when it already is at least fp32, so call it once per element."""
+        return self._clip(self._unscaled_grad(grad))
 
     def _clip(self, grad: torch.Tensor) -> torch.Tensor:
         """Clip by value, then scale by the global-norm coefficient (in place)."""

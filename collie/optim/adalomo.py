@@ -16,8 +16,8 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from collie.distributed.shards import local_region, whole
-from collie.dtypes import at_least_fp32
-from collie.optim._fused import FusedBackwardOptimizer, full_or_local, working_copy, store_working_copy
+from collie.dtypes import at_least_fp32, row_blocks
+from collie.optim._fused import FusedBackwardOptimizer, full_or_local, update_in_row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
 
 
@@ -98,34 +98,64 @@ class AdaLomo(FusedBackwardOptimizer):
     def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         # The second-moment statistics are small (rows + cols per matrix) and kept whole on
         # every rank, so they do not depend on the layout and reshard trivially; the update
-        # itself is computed on this rank's shard only.
+        # itself is computed on this rank's shard only, in the gradient's own buffer and a block
+        # of rows at a time, so no temporary of the parameter's size exists (for the embedding
+        # and head of a 1B model each would be 0.25 GB).
         state = self.state[p]
         if not state:
             state.update(self._init_state(p))
         beta2 = 1.0 - math.pow(self._step_count, self.decay_rate)
-        sq = grad.square().add_(self.eps[0])
+        grad = self._prepared(grad)
         region = local_region(grad)
         local_grad = full_or_local(grad)
         if grad.dim() >= 2:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
-            row.mul_(beta2).add_(whole(sq.mean(dim=-1)), alpha=1.0 - beta2)
-            col.mul_(beta2).add_(whole(sq.mean(dim=-2)), alpha=1.0 - beta2)
+            row_mean, col_mean = self._squared_means(grad)
+            row.mul_(beta2).add_(row_mean, alpha=1.0 - beta2)
+            col.mul_(beta2).add_(col_mean, alpha=1.0 - beta2)
             # 1 / sqrt(V) for Adafactor's rank-1 estimate V = row col^T / mean(row).
             r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_()[region[:-1]].unsqueeze(-1)
             c_factor = col[region[:-2] + region[-1:]].unsqueeze(-2).rsqrt()
-            update = (r_factor * c_factor).mul_(local_grad)
+            for rows in _blocks(local_grad):
+                local_grad[rows].mul_(r_factor[rows] * c_factor)
         else:
             exp_avg_sq = state["exp_avg_sq"]
-            exp_avg_sq.mul_(beta2).add_(whole(sq), alpha=1.0 - beta2)
-            update = exp_avg_sq[region].rsqrt().mul_(local_grad)
-        whole_update = update if not isinstance(grad, DTensor) else DTensor.from_local(
-            update, grad.device_mesh, grad.placements, shape=grad.shape, stride=grad.stride())
-        update.div_((self._rms(whole_update) / self.clip_threshold).clamp_(min=1.0))
-        work = working_copy(p)
-        step_size = lr * self._rms(work).clamp(min=self.eps[1])
+            exp_avg_sq.mul_(beta2).add_(whole(grad.square().add_(self.eps[0])), alpha=1.0 - beta2)
+            local_grad.mul_(exp_avg_sq[region].rsqrt())
+        # `grad` now holds the update.
+        clip = (self._rms(grad) / self.clip_threshold).clamp_(min=1.0)
+        step_size = lr * self._param_rms(p).clamp(min=self.eps[1])
         weight_decay = self.param_groups[0]["weight_decay"]
-        local_work = full_or_local(work)
-        if weight_decay > 0.0:
-            local_work.mul_(1.0 - step_size * weight_decay)
-        local_work.sub_(update.mul_(step_size))
-        store_working_copy(p, work)
+
+        def apply(work: torch.Tensor, update: torch.Tensor) -> None:
+            if weight_decay > 0.0:
+                work.mul_(1.0 - step_size * weight_decay)
+            work.sub_(update.div_(clip).mul_(step_size))
+
+        update_in_row_blocks(p, grad, apply)
+
+    def _squared_means(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means of ``grad**2 + eps[0]`` over the last and the second-last dim, whole, squaring
+        a block of rows at a time (a sharded gradient in one piece: its shard)."""
+        blocks = _blocks(grad) if not isinstance(grad, DTensor) else [...]
+        row_means, col_sum = [], None
+        for rows in blocks:
+            sq = grad[rows].square().add_(self.eps[0])
+            row_means.append(whole(sq.mean(dim=-1)))
+            part = whole(sq.sum(dim=-2))
+            col_sum = part if col_sum is None else col_sum.add_(part)
+        return torch.cat(row_means), col_sum.div_(grad.shape[-2])
+
+    def _param_rms(self, p: torch.Tensor) -> torch.Tensor:
+        """RMS of the parameter in at least fp32, widening a block of rows at a time."""
+        local = full_or_local(p.detach())
+        if isinstance(p, DTensor) or local.dtype == at_least_fp32(local.dtype):
+            return self._rms(p.detach().to(at_least_fp32(p.dtype)))
+        squares = sum(torch.linalg.vector_norm(local[rows].to(at_least_fp32(local.dtype))).square()
+                      for rows in row_blocks(local))
+        return squares.sqrt() / math.sqrt(local.numel())
+
+
+def _blocks(tensor: torch.Tensor) -> list:
+    """Row blocks of a matrix; a tensor of more dims in one piece."""
+    return row_blocks(tensor) if tensor.dim() == 2 else [...]

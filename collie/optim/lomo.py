@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from collie.optim._fused import FusedBackwardOptimizer, working_copy, store_working_copy
+from collie.optim._fused import FusedBackwardOptimizer, update_in_row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,10 @@ class Lomo(FusedBackwardOptimizer):
 
     def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         weight_decay = self.param_groups[0]["weight_decay"]
-        work = working_copy(p)
-        if weight_decay > 0.0:
-            work.mul_(1.0 - lr * weight_decay)
-        work.add_(grad, alpha=-lr)
-        store_working_copy(p, work)
+
+        def sgd(work: torch.Tensor, grad_rows: torch.Tensor) -> None:
+            if weight_decay > 0.0:
+                work.mul_(1.0 - lr * weight_decay)
+            work.add_(self._prepared(grad_rows), alpha=-lr)
+
+        update_in_row_blocks(p, grad, sgd)

@@ -43,6 +43,11 @@ LAYOUTS = {
                                 "checkpointing_every=2"],
     "pp2_interleaved": ["dp_size=1", "pp_size=2", "pp_schedule=interleaved1f1b", "pp_virtual_stages=2",
                         "pp_partition_method=parameters"],
+    # The last stage computes its micro-batches' loss in chunks: holding one stage, and holding
+    # the last of two virtual stages.
+    "pp2_1f1b_chunked": ["dp_size=1", "pp_size=2", "pp_schedule=1f1b", "loss_chunk_tokens=5"],
+    "pp2_interleaved_chunked": ["dp_size=1", "pp_size=2", "pp_schedule=interleaved1f1b", "pp_virtual_stages=2",
+                                "loss_chunk_tokens=5"],
 }
 # Four processes (a second launch).
 LAYOUTS_4 = {

@@ -77,12 +77,28 @@ def test_training_with_chunks_has_the_plain_losses(tmp_path):
     assert max(abs(a - b) for a, b in zip(plain, chunked, strict=True)) <= 1e-9
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["pp_size=2", "loss_chunk_tokens=64"], "loss_chunk_tokens: not available with pp_size yet"),
-    (["tp_size=2", "sequence_parallel=true", "loss_chunk_tokens=64"],
-     "loss_chunk_tokens: not available with sequence_parallel yet"),
-])
-def test_layouts_without_chunked_loss_yet_are_one_line(overrides, message):
-    config = CollieConfig.load(None, overrides)
-    with pytest.raises(ConfigError, match=message):
+def test_sequence_parallel_without_chunked_loss_yet_is_one_line():
+    config = CollieConfig.load(None, ["tp_size=2", "sequence_parallel=true", "loss_chunk_tokens=64"])
+    with pytest.raises(ConfigError, match="loss_chunk_tokens: not available with sequence_parallel yet"):
         check_layout(LLAMA, LLAMA.dims(tiny_llama_config()), config)
+
+
+def test_perplexity_evaluation_with_chunks_makes_no_whole_logits():
+    from collie.evaluate import EvaluatorForPerplexity, PPLMetric
+
+    torch.manual_seed(0)
+    plain = LlamaForCausalLM(tiny_llama_config()).double()
+    chunked = copy.deepcopy(plain)
+    chunked.loss_chunk_tokens = 7
+    records = [{"tokens": [(5 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for i in range(9)]
+    config = CollieConfig.load(None, ["eval_batch_size=4"])
+    outputs = []
+    chunked.register_forward_hook(lambda module, args, output: outputs.append(output))
+
+    def ppl(model):
+        dataset = CollieDatasetForTraining(records)
+        return EvaluatorForPerplexity(model, config, dataset, {"ppl": PPLMetric()}).evaluate()["ppl"]
+
+    want, got = ppl(plain), ppl(chunked)
+    assert abs(got - want) <= 1e-9 * want
+    assert len(outputs) == 3 and all(out.logits is None for out in outputs)

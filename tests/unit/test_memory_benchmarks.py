@@ -87,6 +87,14 @@ def test_seven_b_dry_run_and_goal_verdicts(benchmarks) -> None:
     _, seven_b = benchmarks
     assert seven_b.goal_line(18.0) == "goal: peak RSS < 20 GB: met (19.33 GB)"
     assert seven_b.goal_line(18.7) == "goal: peak RSS < 20 GB: not met (20.08 GB)"
+    assert seven_b.weights_goal_line(13.8, 12.55).endswith(": met (1.100x)")
+    assert seven_b.weights_goal_line(13.9, 12.55).endswith(": not met (1.108x)")
+    match = re.search(r"breakdown \(resident memory\): libraries (\d+\.\d+) GiB, \+ model and trainer "
+                      r"(-?\d+\.\d+) GiB \(bf16 weights (\d+\.\d+) GiB\), \+ the step (-?\d+\.\d+) GiB",
+                      "\n".join(lines))
+    assert match, lines
+    parts = [float(g) for g in match.group(1, 2, 4)]
+    assert abs(sum(parts) - ours) <= 0.015 and parts[0] > 0.1, (parts, ours)
 
 
 def test_seven_b_from_disk_dry_run_reports_what_collie_train_reported(tmp_path) -> None:

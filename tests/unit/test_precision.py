@@ -123,3 +123,56 @@ def test_lomo_updates_bf16_model_in_place() -> None:
         # Norm weights sit at 1.0, where an update this small rounds back in bf16.
         if p.ndim == 2:
             assert not torch.equal(p, before[name]), name
+
+
+def test_backward_keeps_stored_weights_not_fp32_copies() -> None:
+    """Without checkpointing, what forward saves for backward holds no fp32 copy of any
+    matrix: the linear layers and the head keep their bf16 weights and upcast again in backward."""
+    model, _ = _pair()
+    matrices = {tuple(p.shape) for p in model.parameters() if p.ndim == 2}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, tuple(t.shape))) or t,
+                                                  lambda t: t):
+        loss = _loss(model)
+    assert (torch.bfloat16, tuple(model.lm_head.weight.shape)) in saved
+    assert not [shape for dtype, shape in saved if dtype == torch.float32 and shape in matrices]
+    loss.backward()
+    assert all(p.grad.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_linear_upcasts_in_row_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weight larger than the upcast block is cast a block of rows at a time, in forward and
+    backward, and gives what a whole fp32 copy gives."""
+    from collie import dtypes
+    from collie.models import layers
+
+    monkeypatch.setattr(dtypes, "UPCAST_BLOCK_ELEMENTS", 64 * 10)
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(50, 64, generator=gen).bfloat16().requires_grad_()
+    bias = torch.randn(50, generator=gen).bfloat16().requires_grad_()
+    x = torch.randn(3, 7, 64, generator=gen, requires_grad=True)
+    ref_w, ref_b, ref_x = (t.detach().clone().requires_grad_() for t in (weight, bias, x))
+    largest = _LargestCopy()
+    with largest:
+        out = layers.cast_linear(x, weight, bias)
+        out.square().sum().backward()
+    assert largest.elements == 10 * 64  # never more than one block of rows in fp32
+    want = torch.nn.functional.linear(ref_x, ref_w.float(), ref_b.float())
+    want.square().sum().backward()
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(x.grad, ref_x.grad, atol=1e-4, rtol=1e-6)
+    assert weight.grad.dtype == bias.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(weight.grad, ref_w.grad, atol=0, rtol=1e-2)
+    torch.testing.assert_close(bias.grad, ref_b.grad, atol=0, rtol=1e-2)
+
+
+class _LargestCopy(TorchDispatchMode):
+    """The largest bf16 -> fp32 copy made."""
+
+    elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default and args[0].dtype == torch.bfloat16 and out.dtype == torch.float32:
+            self.elements = max(self.elements, out.numel())
+        return out
