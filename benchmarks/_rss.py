@@ -40,8 +40,12 @@ def current_rss_gib() -> float:
 
 _ANON: Any = None
 # Resident memory at two moments, for a breakdown: libraries imported (interpreter, torch,
-# collie), and the first training step about to start (model and trainer built).
-_MILESTONES: dict[str, float] = {}
+# collie), and the first training step about to start (model and trainer built); and the
+# training losses, step by step.
+_MILESTONES: dict[str, Any] = {}
+# The learning rate of the LOMO/AdaLomo runs, collie's and the authors' alike (lomo-optim's
+# README value), so their loss curves can be compared.
+LOMO_LR = 1e-3
 
 
 def start_anon_sampling() -> None:
@@ -134,7 +138,8 @@ def train_transformers_peft_lora(shape: str, seq: int, steps: int, lora: dict) -
 
 def train_transformers_lomo_optim(shape: str, seq: int, steps: int, name: str) -> list[float]:
     """The LOMO authors' own package (`lomo-optim`: Lomo or AdaLomo) on transformers'
-    LlamaForCausalLM (fp32, gradient checkpointing), as its README runs it: `fused_backward`."""
+    LlamaForCausalLM (fp32, gradient checkpointing), as its README runs it: `fused_backward`.
+    The model starts from the weights collie's runs start from (`init_like_collie`)."""
     import lomo_optim
     from transformers import LlamaForCausalLM as HFLlama
 
@@ -142,17 +147,41 @@ def train_transformers_lomo_optim(shape: str, seq: int, steps: int, name: str) -
         # lomo-optim puts its state with `.cuda()`; on a CPU-only machine that must stay put.
         # A shim for this benchmark process only.
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    model = HFLlama(shape_model_config(shape)).to(device()).train()
+    model = HFLlama(shape_model_config(shape))
+    init_like_collie(model)
+    model = model.to(device()).train()
     model.gradient_checkpointing_enable()
-    lr = 1e-3
-    optimizer = getattr(lomo_optim, name)(model, lr=lr)
-    times = []
+    optimizer = getattr(lomo_optim, name)(model, lr=LOMO_LR)
+    times, losses = [], []
     for record in random_records(model.config.vocab_size, seq, steps):
         ids = torch.tensor([record["tokens"]], device=device())
         start = time.perf_counter()
-        optimizer.fused_backward(model(input_ids=ids, labels=ids, use_cache=False).loss, lr)
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        optimizer.fused_backward(loss, LOMO_LR)
         times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    _MILESTONES["losses"] = losses
     return times
+
+
+@torch.no_grad()
+def init_like_collie(hf_model: torch.nn.Module, seed: int = 0) -> None:
+    """Give a transformers LLaMA the values `build_collie_model(seed=seed)` has, one tensor at a
+    time (no second copy of the model)."""
+    from collie.models.init import init_tensor
+    from collie.models.llama.spec import LLAMA
+
+    config = hf_model.config
+    with torch.device("meta"):
+        skeleton = build_collie_model(config, torch.float32, materialize=False)
+    shapes = {name: tuple(p.shape) for name, p in skeleton.named_parameters()}
+    std = float(getattr(config, "initializer_range", 0.02))
+    targets = dict(hf_model.named_parameters())
+    for hf_name, parts in LLAMA.adapter.hf_layout(skeleton.hf_state_names(), config):
+        tensor = LLAMA.adapter.fuse(hf_name, [init_tensor(name, shapes[name], seed, std) for name in parts], config)
+        targets.pop(hf_name).copy_(tensor)
+    if targets:
+        raise RuntimeError(f"init_like_collie: no collie tensor for {sorted(targets)}")
 
 
 def _train_transformers(model, seq: int, steps: int, checkpointing: bool = True) -> list[float]:
@@ -173,11 +202,12 @@ def _train_transformers(model, seq: int, steps: int, checkpointing: bool = True)
 
 
 def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int,
-                 lora: Optional[dict] = None, checkpointing: str = "full") -> list[float]:
+                 lora: Optional[dict] = None, checkpointing: str = "full", lr: Optional[float] = None) -> list[float]:
     """Train `model` for `steps` steps (batch 1, `checkpointing`) with collie's Trainer on random
     tokens; returns the step times. A bf16-stored model computes in fp32 on CPU, one layer at
     a time (the Trainer's default compute_dtype), natively in bf16 on GPUs. `lora`: the `peft:`
-    section's fields (LoRA adapters instead of full training)."""
+    section's fields (LoRA adapters instead of full training); `lr`: the optimizer's, else
+    collie's default. The step losses are reported too."""
     from collie import CollieConfig
     from collie.data import CollieDatasetForTraining
     from collie.trainer import Callback, Trainer
@@ -192,11 +222,14 @@ def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int,
 
         def on_train_batch_end(self, trainer, loss) -> None:
             self.times.append(time.perf_counter() - self.start)
+            _MILESTONES.setdefault("losses", []).append(float(loss))
 
     config = CollieConfig(model_config=model.config, train_micro_batch_size=1, max_steps=steps, logging=[],
                           checkpointing=checkpointing)
     config.data.max_length = seq
     config.optimizer.name = optimizer
+    if lr is not None:
+        config.optimizer.lr = lr
     for key, value in (lora or {}).items():
         setattr(config.peft, key, value)
     data = CollieDatasetForTraining(random_records(model.config.vocab_size, seq, steps))

@@ -31,7 +31,7 @@ import os
 
 import torch
 
-from _rss import (build_collie_model, checkpoint_dir, device, report, run_child, shape_model_config,
+from _rss import (LOMO_LR, build_collie_model, checkpoint_dir, device, report, run_child, shape_model_config,
                   start_anon_sampling, train_collie, train_collie_from_disk, train_transformers_adamw,
                   train_transformers_adamw_from, train_transformers_lomo_optim, write_checkpoint)
 
@@ -47,6 +47,7 @@ RUNS: dict[str, tuple[str, torch.dtype] | None] = {
 }
 # The LOMO authors' package on transformers (fp32), and the collie run each is compared with.
 AUTHORS = {"lomo_optim_lomo": ("Lomo", "collie_lomo"), "lomo_optim_adalomo": ("AdaLomo", "collie_adalomo")}
+LOSS_GOAL = 1e-4  # collie's and lomo-optim's loss curves, step by step
 # goal name -> (max ratio, runs judged, preferred first)
 GOALS = {"LOMO": (0.30, ("collie_lomo_bf16", "collie_lomo")),
          "AdaLomo": (0.35, ("collie_adalomo_bf16", "collie_adalomo"))}
@@ -55,7 +56,7 @@ GOALS = {"LOMO": (0.30, ("collie_lomo_bf16", "collie_lomo")),
 def collie_run(name: str, shape: str, seq: int, steps: int) -> list[float]:
     optimizer, dtype = RUNS[name]
     model = build_collie_model(shape_model_config(shape), dtype)
-    return train_collie(model, optimizer, seq, steps)
+    return train_collie(model, optimizer, seq, steps, lr=LOMO_LR if optimizer in ("lomo", "adalomo") else None)
 
 
 def child(name: str, args: argparse.Namespace) -> None:
@@ -114,9 +115,11 @@ def parent(args: argparse.Namespace) -> None:
     base: float | None = None
     ratios: dict[str, float] = {}
     peaks: dict[str, float] = {}
+    losses: dict[str, list[float]] = {}
     for name in names:
         result = run_child(script, name, child_args)
         rss = peaks[name] = result["peak_rss_gib"]
+        losses[name] = result.get("losses", [])
         if name == BASELINE:
             base = rss
         ratio = rss / base if base else None
@@ -136,6 +139,15 @@ def parent(args: argparse.Namespace) -> None:
             ratio = peaks[ours] / peaks[authors]
             verdict = "met" if ratio <= 0.90 else "not met"
             print(f"{ours} / {authors}: {ratio:.3f}x (goal <= 0.90x: {verdict})", flush=True)
+            print(loss_line(ours, losses[ours], authors, losses[authors]), flush=True)
+
+
+def loss_line(ours: str, our_losses: list[float], authors: str, their_losses: list[float]) -> str:
+    """How far apart the two packages' loss curves are (same weights, tokens and update rule)."""
+    gap = max(abs(a - b) for a, b in zip(our_losses, their_losses, strict=True))
+    verdict = "met" if gap <= LOSS_GOAL else "not met"
+    curve = ", ".join(f"{a:.6f}/{b:.6f}" for a, b in zip(our_losses, their_losses))
+    return f"{ours} vs {authors} losses by step ({curve}): max |diff| {gap:.1e} (goal <= {LOSS_GOAL:g}: {verdict})"
 
 
 def main() -> None:

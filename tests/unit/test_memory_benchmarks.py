@@ -67,6 +67,9 @@ def test_memory_dry_run_ratios_are_quotients_of_the_figures() -> None:
         assert line.endswith("met)"), line
         if abs(ratio - 0.90) > 0.0005:  # the verdict uses the unrounded ratio
             assert ("not met" in line) == (ratio > 0.90), line
+        # Same weights and tokens: the two packages' losses agree.
+        losses = next(line for line in lines if line.startswith(f"{ours} vs {authors} losses by step"))
+        assert losses.endswith("(goal <= 0.0001: met)"), losses
 
 
 def test_memory_goal_verdicts(benchmarks) -> None:
