@@ -241,12 +241,12 @@ class PipelinedModel(GenerationMixin, nn.Module):
                 dist.recv(x, src=dist.get_global_rank(group, prev_owner), group=group)
             if kv_cache is not None:
                 kv_cache.length = start
-            # Sent and broadcast in one agreed dtype: under autocast a stage's output dtype is
-            # autocast's choice, which the receiving buffer could not know.
             if chunked and stage == self.num_stages - 1:
                 x = whole(self.views[stage](x, attention_mask=attention_mask, position_ids=position_ids,
                                             labels=labels).loss).to(torch.float64)
                 continue
+            # Sent and broadcast in one agreed dtype: under autocast a stage's output dtype is
+            # autocast's choice, which the receiving buffer could not know.
             x = stage_output(self.views[stage](x, attention_mask=attention_mask, position_ids=position_ids,
                                                kv_cache=kv_cache)).to(self._dtype())
             next_owner = (stage + 1) % rt.pp_size
