@@ -31,6 +31,27 @@ def cast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return _UpcastLinear.apply(x, weight, bias)
 
 
+def upcast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.linear(x, weight.to(x.dtype), bias)` with the weight widened a block of rows at a time
+    (no autograd: the callers' backward passes are their own)."""
+    if weight.dtype == x.dtype:
+        return F.linear(x, weight, bias)
+    blocks = [F.linear(x, weight[rows].to(x.dtype), None if bias is None else bias[rows].to(x.dtype))
+              for rows in row_blocks(weight)]
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
+
+
+def upcast_linear_input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """`grad_out @ weight.to(grad_out.dtype)` for a 2-D `grad_out`, widening a block of rows of
+    the weight at a time: the input's gradient of :func:`upcast_linear`."""
+    if weight.dtype == grad_out.dtype:
+        return grad_out @ weight
+    grad_x = grad_out.new_zeros(grad_out.shape[0], weight.shape[1])
+    for rows in row_blocks(weight):
+        grad_x.addmm_(grad_out[:, rows], weight[rows].to(grad_out.dtype))
+    return grad_x
+
+
 class _UpcastLinear(torch.autograd.Function):
     """`F.linear(x, weight.to(x.dtype), bias)` that saves the stored (e.g. bf16) weight for
     backward, not its upcast copy, and upcasts it a block of rows at a time in forward and
@@ -41,9 +62,7 @@ class _UpcastLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight, bias)
-        blocks = [F.linear(x, weight[rows].to(x.dtype), None if bias is None else bias[rows].to(x.dtype))
-                  for rows in row_blocks(weight)]
-        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
+        return upcast_linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -51,10 +70,7 @@ class _UpcastLinear(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])
         if ctx.needs_input_grad[0]:
-            grad_x = x.new_zeros(flat_grad.shape[0], x.shape[-1])
-            for rows in row_blocks(weight):
-                grad_x.addmm_(flat_grad[:, rows], weight[rows].to(x.dtype))
-            grad_x = grad_x.reshape(x.shape)
+            grad_x = upcast_linear_input_grad(flat_grad, weight).reshape(x.shape)
         if ctx.needs_input_grad[1]:
             flat_x = x.reshape(-1, x.shape[-1])
             grad_w = torch.empty_like(weight)

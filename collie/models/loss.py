@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from collie.dtypes import at_least_fp32
+from collie.models.layers import upcast_linear, upcast_linear_input_grad
 
 IGNORE_INDEX = -100
 
@@ -70,25 +71,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Σ cross_entropy(h W^T + b, y) over chunks of rows, with its own backward: each chunk's
     logits are made again, turned into their gradient in place, and the weight's gradient is
     accumulated into one buffer — so neither whole logits nor one weight-sized gradient per
-    chunk ever exists. Logits and the accumulation are in at least fp32."""
+    chunk ever exists. Logits and the accumulation are in at least fp32; a half-precision weight
+    is widened a block of rows at a time."""
 
     @staticmethod
     def forward(ctx, h, weight, bias, y, chunk, ignore_index):
         ctx.save_for_backward(h, weight, bias, y)
         ctx.chunk, ctx.ignore_index = chunk, ignore_index
-        w = weight.to(h.dtype)
-        b = bias.to(h.dtype) if bias is not None else None
         total = torch.zeros((), dtype=at_least_fp32(h.dtype), device=h.device)
         for start in range(0, h.shape[0], chunk):
-            logits = F.linear(h[start:start + chunk], w, b).to(total.dtype)
+            logits = upcast_linear(h[start:start + chunk], weight, bias).to(total.dtype)
             total += F.cross_entropy(logits, y[start:start + chunk], ignore_index=ignore_index, reduction="sum")
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
         h, weight, bias, y = ctx.saved_tensors
-        w = weight.to(h.dtype)
-        b = bias.to(h.dtype) if bias is not None else None
         acc = at_least_fp32(h.dtype)
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
@@ -96,7 +94,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, h.shape[0], ctx.chunk):
             h_c, y_c = h[start:start + ctx.chunk], y[start:start + ctx.chunk]
             # d(loss)/d(logits) = softmax - one-hot, made in the logits' own buffer.
-            grad = F.linear(h_c, w, b).to(acc)
+            grad = upcast_linear(h_c, weight, bias).to(acc)
             grad.sub_(grad.amax(-1, keepdim=True)).exp_()
             grad.div_(grad.sum(-1, keepdim=True))
             valid = y_c != ctx.ignore_index
@@ -104,7 +102,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad[rows, y_c[rows]] -= 1.0
             grad[~valid] = 0.0
             grad *= grad_total.to(acc)
-            grad_h[start:start + ctx.chunk] = (grad.to(h.dtype) @ w)
+            grad_h[start:start + ctx.chunk] = upcast_linear_input_grad(grad.to(h.dtype), weight)
             grad_w.addmm_(grad.t(), h_c.to(acc))
             if grad_b is not None:
                 grad_b += grad.sum(0)

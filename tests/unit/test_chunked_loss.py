@@ -102,3 +102,40 @@ def test_perplexity_evaluation_with_chunks_makes_no_whole_logits():
     want, got = ppl(plain), ppl(chunked)
     assert abs(got - want) <= 1e-9 * want
     assert len(outputs) == 3 and all(out.logits is None for out in outputs)
+
+
+def test_chunked_loss_widens_a_bf16_head_a_block_at_a_time(monkeypatch):
+    """bf16 storage computing in fp32: the chunked loss gives the plain loss and gradients, and
+    never holds more than a block of rows of the head in fp32."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from collie import dtypes
+
+    class LargestUpcast(TorchDispatchMode):
+        """The largest fp32 copy made of (part of) the head's weight."""
+
+        elements = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default and out.dtype == torch.float32 and \
+                    args[0].untyped_storage().data_ptr() == head_storage:
+                self.elements = max(self.elements, out.numel())
+            return out
+
+    monkeypatch.setattr(dtypes, "UPCAST_BLOCK_ELEMENTS", 64 * 16)
+    plain = LlamaForCausalLM.from_config(tiny_llama_config(), seed=0, dtype=torch.bfloat16)
+    plain.compute_dtype = torch.float32
+    chunked = copy.deepcopy(plain)
+    chunked.loss_chunk_tokens = 7
+    head_storage = chunked.lm_head.weight.untyped_storage().data_ptr()
+    ids, labels = _ids_and_labels()
+    largest = LargestUpcast()
+    with largest:
+        loss = chunked(ids, labels=labels).loss
+        loss.backward()
+    assert largest.elements == 64 * 16
+    want = plain(ids, labels=labels).loss
+    want.backward()
+    assert abs(loss.item() - want.item()) <= 1e-5
+    torch.testing.assert_close(chunked.lm_head.weight.grad, plain.lm_head.weight.grad, atol=1e-6, rtol=1e-2)
