@@ -15,10 +15,12 @@ IGNORE_INDEX = -100
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                    reduction: str = "mean") -> torch.Tensor:
     """Cross entropy of token t+1 given tokens ≤ t; labels are aligned with input_ids."""
-    shift_logits = logits[..., :-1, :].reshape(-1, logits.shape[-1])
-    shift_logits = shift_logits.to(at_least_fp32(shift_logits.dtype))
-    shift_labels = labels[..., 1:].reshape(-1).to(shift_logits.device)
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index, reduction=reduction)
+    flat = logits.reshape(-1, logits.shape[-1])
+    flat = flat.to(at_least_fp32(flat.dtype))
+    # The labels are shifted, not the logits (the last position has nothing to predict and is
+    # ignored): slicing the logits would copy all [tokens × vocab] of them.
+    shifted = F.pad(labels[..., 1:], (0, 1), value=ignore_index).reshape(-1).to(flat.device)
+    return F.cross_entropy(flat, shifted, ignore_index=ignore_index, reduction=reduction)
 
 
 def chunked_lm_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk_tokens: int,

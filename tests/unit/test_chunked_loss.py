@@ -139,3 +139,31 @@ def test_chunked_loss_widens_a_bf16_head_a_block_at_a_time(monkeypatch):
     want.backward()
     assert abs(loss.item() - want.item()) <= 1e-5
     torch.testing.assert_close(chunked.lm_head.weight.grad, plain.lm_head.weight.grad, atol=1e-6, rtol=1e-2)
+
+
+def test_plain_loss_makes_no_copy_of_the_logits():
+    """The plain loss shifts the labels, not the logits: the only logits-sized tensors made are
+    cross entropy's own log-probabilities (and their gradient in backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from collie.models.loss import causal_lm_loss
+
+    class LogitsSized(TorchDispatchMode):
+        def __init__(self, elements):
+            super().__init__()
+            self.elements, self.ops = elements, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() >= self.elements:
+                self.ops.append(func.__name__)
+            return out
+
+    ids, labels = _ids_and_labels()
+    logits = torch.randn(3, 60, 256, dtype=torch.float64, requires_grad=True)
+    made = LogitsSized(3 * 59 * 256)
+    with made:
+        loss = causal_lm_loss(logits, labels)
+    want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 256), labels[:, 1:].reshape(-1))
+    assert abs(loss.item() - want.item()) <= 1e-12
+    assert [op for op in made.ops if not op.startswith(("view", "_unsafe_view", "detach"))] == ["_log_softmax.default"]
