@@ -9,6 +9,7 @@ fp16 dynamic loss scaling and name-keyed checkpointing.
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 from typing import Any, Callable
@@ -50,9 +51,17 @@ def update_in_row_blocks(p: torch.Tensor, grad: torch.Tensor,
     for rows in row_blocks(local_p):
         stored = local_p[rows]
         work = stored.to(at_least_fp32(stored.dtype))
-        update(work, local_grad[rows])
+        update(work, dense_rows(local_grad, rows))
         if work is not stored:
             stored.copy_(work)
+
+
+def dense_rows(grad: torch.Tensor, rows) -> torch.Tensor:
+    """`grad[rows]`; of a sparse gradient (an embedding's), those rows made dense."""
+    if not grad.is_sparse:
+        return grad[rows]
+    start, stop, _ = rows.indices(grad.shape[0])
+    return grad.narrow_copy(0, start, stop - start).to_dense()
 
 
 class FusedBackwardOptimizer(Optimizer):
@@ -97,7 +106,9 @@ class FusedBackwardOptimizer(Optimizer):
         self._dp_group: dist.ProcessGroup | None = None
         self._pp_group: dist.ProcessGroup | None = None
         self._update_after_backward = False
+        self._sparse_embeddings: list[nn.Embedding] = []
         self._register_hooks()
+        self._choose_sparse_embedding_grads()
 
     def _register_hooks(self) -> None:
         for _, p in self._named_params:
@@ -128,6 +139,24 @@ class FusedBackwardOptimizer(Optimizer):
         self._dp_group = dp_group if dp_group is not None and dist.get_world_size(dp_group) > 1 else None
         self._pp_group = pp_group
         self._update_after_backward = update_after_backward
+        self._choose_sparse_embedding_grads()
+
+    def _choose_sparse_embedding_grads(self) -> None:
+        """Let embeddings make sparse gradients (only the rows of the batch's tokens) where this
+        optimizer sees them whole in its hook: the dense gradient of a 7B model's embedding is
+        as large as its weight (0.25 GB in bf16). Not where the gradient goes through a
+        collective first (replicated data parallel, FSDP), is a shard (tensor parallel), waits
+        for the end of backward (pipeline), or is shared with a tied head."""
+        for module in self._sparse_embeddings:
+            module.sparse = False
+        shared = collections.Counter(id(p) for _, p in self.model.named_parameters(remove_duplicate=False))
+        eligible = self._dp_group is None and not self._update_after_backward
+        self._sparse_embeddings = [
+            m for m in self.model.modules()
+            if eligible and isinstance(m, nn.Embedding) and not m.sparse and m.weight.requires_grad
+            and not isinstance(m.weight, DTensor) and shared[id(m.weight)] == 1]
+        for module in self._sparse_embeddings:
+            module.sparse = True
 
     # ------------------------------------------------------------------ public API
 
@@ -273,7 +302,7 @@ class FusedBackwardOptimizer(Optimizer):
 
     def _grad_norm_of(self, grad: torch.Tensor) -> torch.Tensor:
         """The whole gradient's L2 norm, also when only a shard of it lives here."""
-        norm = torch.linalg.vector_norm(grad)
+        norm = torch.linalg.vector_norm(grad.coalesce().values() if grad.is_sparse else grad)
         return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
     def _global_grad_norm(self, norms: list[torch.Tensor]) -> torch.Tensor:
@@ -286,6 +315,8 @@ class FusedBackwardOptimizer(Optimizer):
             return
         with torch.no_grad():
             grad = self._reduce_grad(p, p.grad)
+            if grad.is_sparse:
+                grad = grad.coalesce()  # duplicate token rows summed
             p.grad = None
             if self._mode is _Mode.NORM:
                 self._grad_norms.append(self._grad_norm_of(self._unscaled_grad(grad)))
@@ -305,7 +336,7 @@ class FusedBackwardOptimizer(Optimizer):
                 self._step_count += 1
                 for p in params:
                     grad, p.grad = p.grad, None
-                    self._update_param(p, grad, lr)
+                    self._update_param(p, grad.coalesce() if grad.is_sparse else grad, lr)
         self._finish_step()
 
     def _needs_prepass(self) -> bool:
@@ -335,7 +366,11 @@ class FusedBackwardOptimizer(Optimizer):
 
     def _prepared(self, grad: torch.Tensor) -> torch.Tensor:
         """The at-least-fp32 gradient the update rule uses: loss scale removed, clipped. Made in
-        ``grad``'s own buffer when it already is at least fp32, so call it once per element."""
+        ``grad``'s own buffer when it already is at least fp32, so call it once per element.
+        A sparse gradient must be coalesced; it stays sparse."""
+        if grad.is_sparse:
+            return torch.sparse_coo_tensor(grad.indices(), self._prepared(grad.values()), grad.shape,
+                                           is_coalesced=True, check_invariants=False)
         return self._clip(self._unscaled_grad(grad))
 
     def _clip(self, grad: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from torch.distributed.tensor import DTensor
 
 from collie.distributed.shards import local_region, whole
 from collie.dtypes import at_least_fp32, row_blocks
-from collie.optim._fused import FusedBackwardOptimizer, full_or_local, update_in_row_blocks
+from collie.optim._fused import FusedBackwardOptimizer, dense_rows, full_or_local, update_in_row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
 
 
@@ -83,7 +83,8 @@ class AdaLomo(FusedBackwardOptimizer):
 
     def _rms(self, tensor: torch.Tensor) -> torch.Tensor:
         """Root mean square of a whole parameter-shaped tensor (global if it is sharded)."""
-        return whole(torch.linalg.vector_norm(tensor)) / math.sqrt(tensor.numel())
+        values = tensor.values() if tensor.is_sparse else tensor
+        return whole(torch.linalg.vector_norm(values)) / math.sqrt(tensor.numel())
 
     def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         """Zero second-moment statistics, at least fp32, on the parameter's device."""
@@ -116,7 +117,9 @@ class AdaLomo(FusedBackwardOptimizer):
             # 1 / sqrt(V) for Adafactor's rank-1 estimate V = row col^T / mean(row).
             r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_()[region[:-1]].unsqueeze(-1)
             c_factor = col[region[:-2] + region[-1:]].unsqueeze(-2).rsqrt()
-            for rows in _blocks(local_grad):
+            if grad.is_sparse:  # an embedding's: the update is zero where the gradient is
+                grad.values().mul_(r_factor[grad.indices()[0]] * c_factor)
+            for rows in _blocks(local_grad) if not grad.is_sparse else []:
                 local_grad[rows].mul_(r_factor[rows] * c_factor)
         else:
             exp_avg_sq = state["exp_avg_sq"]
@@ -140,7 +143,7 @@ class AdaLomo(FusedBackwardOptimizer):
         blocks = _blocks(grad) if not isinstance(grad, DTensor) else [...]
         row_means, col_sum = [], None
         for rows in blocks:
-            sq = grad[rows].square().add_(self.eps[0])
+            sq = dense_rows(grad, rows).square().add_(self.eps[0])
             row_means.append(whole(sq.mean(dim=-1)))
             part = whole(sq.sum(dim=-2))
             col_sum = part if col_sum is None else col_sum.add_(part)
