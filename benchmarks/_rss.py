@@ -166,8 +166,8 @@ def train_transformers_lomo_optim(shape: str, seq: int, steps: int, name: str) -
 
 @torch.no_grad()
 def init_like_collie(hf_model: torch.nn.Module, seed: int = 0) -> None:
-    """Give a transformers LLaMA the values `build_collie_model(seed=seed)` has, one tensor at a
-    time (no second copy of the model)."""
+    """Give a transformers LLaMA (fp32) the values `build_collie_model(seed=seed)` has, filling
+    each tensor in place: no temporaries that could raise the baseline's peak."""
     from collie.models.init import init_tensor
     from collie.models.llama.spec import LLAMA
 
@@ -178,8 +178,9 @@ def init_like_collie(hf_model: torch.nn.Module, seed: int = 0) -> None:
     std = float(getattr(config, "initializer_range", 0.02))
     targets = dict(hf_model.named_parameters())
     for hf_name, parts in LLAMA.adapter.hf_layout(skeleton.hf_state_names(), config):
-        tensor = LLAMA.adapter.fuse(hf_name, [init_tensor(name, shapes[name], seed, std) for name in parts], config)
-        targets.pop(hf_name).copy_(tensor)
+        if len(parts) != 1:
+            raise RuntimeError(f"init_like_collie: {hf_name} fuses {parts}; LLaMA's HF layout has no fused tensor")
+        init_tensor(parts[0], shapes[parts[0]], seed, std, out=targets.pop(hf_name))
     if targets:
         raise RuntimeError(f"init_like_collie: no collie tensor for {sorted(targets)}")
 
@@ -227,6 +228,7 @@ def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int,
     config = CollieConfig(model_config=model.config, train_micro_batch_size=1, max_steps=steps, logging=[],
                           checkpointing=checkpointing)
     config.data.max_length = seq
+    config.data.shuffle = False  # the records in order, as the transformers loops take them
     config.optimizer.name = optimizer
     if lr is not None:
         config.optimizer.lr = lr

@@ -71,6 +71,9 @@ class DataConfig:
     padding_side: str = "right"
     # Pack short training samples into rows of max_length (per-document attention and positions).
     packing: bool = False
+    # A new random order of the training samples every epoch (seeded by `seed`); false keeps the
+    # dataset's own order (curricula, data already shuffled offline, side-by-side comparisons).
+    shuffle: bool = True
 
 
 @dataclass

@@ -76,7 +76,7 @@ class Trainer:
         if train_dataset is not None:
             self.sampler = GlobalBatchSampler(len(train_dataset), config.train_micro_batch_size,
                                               config.gradient_accumulation_steps, self.runtime.dp_size,
-                                              self.runtime.dp_rank, config.seed)
+                                              self.runtime.dp_rank, config.seed, shuffle=config.data.shuffle)
         self.total_steps = self._total_steps()
         self.optimizer = self._optimizer(optimizer)
         self.lr_scheduler = lr_scheduler or build_scheduler(self.optimizer, config.scheduler, max(1, self.total_steps))

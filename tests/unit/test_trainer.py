@@ -155,3 +155,20 @@ def test_bf16_storage_computes_in_fp32_on_cpu():
     assert trainer.model.compute_dtype == torch.float32 and layer_outputs == {torch.float32}
     assert all(p.dtype == torch.bfloat16 for p in trainer.model.parameters())
     assert recorder.losses[-1] < 0.9 * recorder.losses[0]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_data_shuffle_false_keeps_the_dataset_order(shuffle):
+    seen = []
+
+    class Order(Callback):
+        def on_train_batch_begin(self, trainer, batch):
+            seen.extend(tuple(item["input_ids"]) for micro in batch for item in micro)
+
+    config = CollieConfig.load(None, ["max_steps=4", "train_micro_batch_size=2", "logging=[]",
+                                      f"data.shuffle={str(shuffle).lower()}"])
+    dataset = CollieDatasetForTraining(RECORDS)
+    Trainer(LlamaForCausalLM.from_config(tiny_llama_config(), seed=0), config, train_dataset=dataset,
+            callbacks=[Order()]).train()
+    in_order = [tuple(dataset[i]["input_ids"]) for i in range(8)]
+    assert len(seen) == 8 and (seen == in_order) is not shuffle
