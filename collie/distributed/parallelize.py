@@ -48,6 +48,8 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
     mode = checkpointing_mode(config.checkpointing)
     if mode != "none":
         apply_activation_checkpointing(spec, model, selective=mode == "selective", every=config.checkpointing_every)
+    if config.compile:
+        compile_blocks(spec, model)
     fsdp = runtime.dp_size > 1 and (config.zero_stage > 0 or needs_fsdp_for_replication(config))
     if weights_from is not None and not fsdp:
         _load_shards(model, weights_from, runtime, config)  # DDP broadcasts real weights when it wraps
@@ -60,6 +62,13 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
     if weights_from is not None and fsdp:
         _load_shards(model, weights_from, runtime, config)
     return ParallelModel(model, spec, config, runtime, uses_fsdp=fsdp)
+
+
+def compile_blocks(spec, model: torch.nn.Module) -> None:
+    """Regional compilation: each decoder block (after tensor parallel and checkpointing, before
+    FSDP, as torch.compile composes with them) compiled in place, so state-dict names stay."""
+    for block in spec.blocks(model).values():
+        block.compile()
 
 
 def _load_shards(model: torch.nn.Module, path: str, runtime, config) -> None:

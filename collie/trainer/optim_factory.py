@@ -34,7 +34,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim
     name = cfg.name
     if name in ("adamw", "adam"):
         cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-        return cls(params, lr=cfg.lr, betas=tuple(cfg.betas[:2]), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return cls(params, lr=cfg.lr, betas=tuple(cfg.betas[:2]), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                   **adam_implementation(params))
     if name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     from collie import optim
@@ -53,6 +54,16 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim
     if name == "sophiag":
         return optim.SophiaG(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"optimizer.name: unknown optimizer {name!r}")
+
+
+def adam_implementation(params: list[torch.Tensor]) -> dict:
+    """The fused (one kernel for all parameters) Adam on GPUs, where every parameter is a plain
+    CUDA tensor; PyTorch's default (foreach) elsewhere: on CPUs, and for DTensor parameters
+    (tensor parallel, FSDP), whose fused kernel support depends on the PyTorch version."""
+    from torch.distributed.tensor import DTensor
+
+    fused = bool(params) and all(p.device.type == "cuda" and not isinstance(p, DTensor) for p in params)
+    return {"fused": True} if fused else {}
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int) -> LambdaLR:

@@ -85,3 +85,13 @@ def test_mfu_peak_follows_the_precision_the_config_computes_in():
     assert MFUMonitor(CollieConfig(param_dtype="bfloat16"))._matmul_dtype(cuda) == torch.bfloat16
     assert MFUMonitor(CollieConfig())._matmul_dtype(cuda) == torch.float32
     assert MFUMonitor()._matmul_dtype(cuda) == torch.bfloat16
+
+
+def test_adam_is_fused_only_where_every_parameter_is_a_plain_cuda_tensor():
+    from types import SimpleNamespace
+
+    from collie.trainer.optim_factory import adam_implementation
+
+    cuda, cpu = SimpleNamespace(device=torch.device("cuda", 0)), SimpleNamespace(device=torch.device("cpu"))
+    assert adam_implementation([cuda, cuda]) == {"fused": True}
+    assert adam_implementation([cuda, cpu]) == {} == adam_implementation([cpu]) == adam_implementation([])

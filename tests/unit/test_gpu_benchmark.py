@@ -12,5 +12,11 @@ def test_gpu_throughput_dry_run_prints_the_table():
     lines = result.stdout.strip().splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("shape"))
     rows = lines[header + 1:]
-    assert [row.split()[:2] for row in rows] == [["tiny", "adamw"], ["tiny", "lomo"]]
+    assert [row.split()[:2] for row in rows] == [["tiny", runner]
+                                                 for runner in ("transformers", "adamw", "adamw_compile", "lomo")]
     assert all(float(row.split()[3]) > 0 for row in rows)  # tokens/s measured
+    # The TGS ratio to the transformers Trainer row: the quotient of the printed TGS figures.
+    base = float(rows[0].split()[3])
+    assert rows[0].split()[-1] == "1.00x"
+    for row in rows[1:]:
+        assert abs(float(row.split()[-1].rstrip("x")) - float(row.split()[3]) / base) <= 0.006, row
