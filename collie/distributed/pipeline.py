@@ -80,7 +80,8 @@ def split_for_stages(model: nn.Module, spec, stages: list[int], ranges: list[ran
         spec.set_edge(model, "head", None)
 
 
-def stage_view(model: nn.Module, spec, blocks: range, first: bool, last: bool, head: Optional[bool] = None) -> nn.Module:
+def stage_view(model: nn.Module, spec, blocks: range, first: bool, last: bool,
+               head: Optional[bool] = None) -> nn.Module:
     """One stage of a rank that holds several (virtual stages): a model of the same class
     assembled from the rank's (already parallelized) submodules, with only that stage's
     blocks; the rank's model itself when it holds just this stage. `head=False` leaves the
