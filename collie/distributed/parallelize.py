@@ -67,7 +67,7 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
 def compile_blocks(spec, model: torch.nn.Module) -> None:
     """Regional compilation: each decoder block (after tensor parallel and checkpointing, before
     FSDP, as torch.compile composes with them) compiled in place, so state-dict names stay."""
-    for block in spec.blocks(model).values():
+    for _, block in spec.block_items(model):
         block.compile()
 
 
@@ -151,18 +151,20 @@ def _keep_matmul_outputs():
 
 
 def needs_fsdp_for_replication(config) -> bool:
-    return config.tp_size > 1 or config.pp_virtual_stages > 1
+    # DDP hooks the rank's model; a pipeline stage built as a view of it (virtual stages, or the
+    # last stage computing a chunked loss) runs without those hooks.
+    return config.tp_size > 1 or config.pp_virtual_stages > 1 or (config.pp_size > 1 and config.loss_chunk_tokens > 0)
 
 
 def apply_data_parallel(model: torch.nn.Module, spec, dp_mesh, config) -> None:
     """ZeRO through FSDP2: stage 3 reshards parameters after forward, stages 2 and 1 keep them
     gathered until backward (FSDP2 always shards optimizer state and gradients, so stage 1
     behaves as stage 2). Stage 0 is plain replicated data parallel (PyTorch's DDP); DDP does
-    not take tensor-parallel DTensor parameters nor hook virtual pipeline stages, so there
-    stage 0 runs as stage 2."""
+    not take tensor-parallel DTensor parameters nor hook pipeline stages built as views, so
+    there stage 0 runs as stage 2."""
     if config.zero_stage == 0 and needs_fsdp_for_replication(config):
         log.info("zero_stage 0 runs as zero_stage 2 here: DDP cannot hold tensor-parallel DTensor parameters "
-                 "nor see virtual pipeline stages")
+                 "nor see pipeline stages built as views (virtual stages, a chunked loss on the last stage)")
     elif config.zero_stage == 0:
         from torch.distributed._composable.replicate import replicate
 

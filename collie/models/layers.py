@@ -34,11 +34,14 @@ def cast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 def upcast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear(x, weight.to(x.dtype), bias)` with the weight widened a block of rows at a time
     (no autograd: the callers' backward passes are their own)."""
-    if weight.dtype == x.dtype:
-        return F.linear(x, weight, bias)
-    blocks = [F.linear(x, weight[rows].to(x.dtype), None if bias is None else bias[rows].to(x.dtype))
-              for rows in row_blocks(weight)]
-    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-1)
+    blocks = row_blocks(weight)
+    if weight.dtype == x.dtype or len(blocks) == 1:
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    # Written block by block into one output: concatenating the blocks would hold it twice.
+    out = x.new_empty(*x.shape[:-1], weight.shape[0])
+    for rows in blocks:
+        out[..., rows] = F.linear(x, weight[rows].to(x.dtype), None if bias is None else bias[rows].to(x.dtype))
+    return out
 
 
 def upcast_linear_input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

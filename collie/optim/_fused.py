@@ -56,6 +56,12 @@ def update_in_row_blocks(p: torch.Tensor, grad: torch.Tensor,
             stored.copy_(work)
 
 
+def _sums_sparse(weight: torch.Tensor) -> bool:
+    """Whether sparse gradients of `weight` can be accumulated: PyTorch's CPU kernels add
+    sparse fp16 tensors not at all."""
+    return not (weight.dtype == torch.float16 and weight.device.type == "cpu")
+
+
 def dense_rows(grad: torch.Tensor, rows) -> torch.Tensor:
     """`grad[rows]`; of a sparse gradient (an embedding's), those rows made dense."""
     if not grad.is_sparse:
@@ -146,7 +152,8 @@ class FusedBackwardOptimizer(Optimizer):
         optimizer sees them whole in its hook: the dense gradient of a 7B model's embedding is
         as large as its weight (0.25 GB in bf16). Not where the gradient goes through a
         collective first (replicated data parallel, FSDP), is a shard (tensor parallel), waits
-        for the end of backward (pipeline), or is shared with a tied head."""
+        for the end of backward (pipeline), is shared with a tied head, or could not be summed
+        over micro-batches (fp16 on CPUs has no sparse addition)."""
         for module in self._sparse_embeddings:
             module.sparse = False
         shared = collections.Counter(id(p) for _, p in self.model.named_parameters(remove_duplicate=False))
@@ -154,7 +161,7 @@ class FusedBackwardOptimizer(Optimizer):
         self._sparse_embeddings = [
             m for m in self.model.modules()
             if eligible and isinstance(m, nn.Embedding) and not m.sparse and m.weight.requires_grad
-            and not isinstance(m.weight, DTensor) and shared[id(m.weight)] == 1]
+            and not isinstance(m.weight, DTensor) and shared[id(m.weight)] == 1 and _sums_sparse(m.weight)]
         for module in self._sparse_embeddings:
             module.sparse = True
 

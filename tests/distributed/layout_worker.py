@@ -56,6 +56,8 @@ LAYOUTS_4 = {
     "pp2_dp2_zero3_left": ["dp_size=2", "pp_size=2", "zero_stage=3", "train_micro_batch_size=1", LEFT],
     "pp2_dp2_interleaved": ["dp_size=2", "pp_size=2", "pp_schedule=interleaved1f1b", "pp_virtual_stages=2",
                             "train_micro_batch_size=1"],
+    # zero_stage 0: the last stage, a view computing the chunked loss, is replicated through FSDP.
+    "pp2_dp2_chunked": ["dp_size=2", "pp_size=2", "train_micro_batch_size=1", "loss_chunk_tokens=5"],
 }
 
 

@@ -36,3 +36,25 @@ def test_compiled_blocks_train_like_eager_ones():
     ids = torch.tensor([[5, 6, 7, 8]])
     want = eager.model.generate(ids, max_new_tokens=6)
     assert compiled.model.generate(ids, max_new_tokens=6).tolist() == want.tolist()
+
+
+def test_compile_reaches_the_blocks_of_a_model_without_a_family():
+    """A model type collie runs as transformers' own class keeps its blocks in a ModuleList."""
+    import copy
+
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from collie.distributed.parallelize import compile_blocks
+    from collie.models.registry import spec_for
+
+    config = Phi3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=4, pad_token_id=0)
+    torch.manual_seed(0)
+    eager = Phi3ForCausalLM(config).eval()
+    compiled = copy.deepcopy(eager)
+    spec = spec_for(config)
+    compile_blocks(spec, compiled)
+    assert all(block._compiled_call_impl is not None for _, block in spec.block_items(compiled))
+    ids = torch.tensor([[3, 9, 27, 81]])
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(ids).logits, eager(ids).logits, atol=1e-5, rtol=1e-5)

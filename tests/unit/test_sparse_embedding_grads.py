@@ -94,3 +94,10 @@ def test_a_tied_embedding_keeps_dense_gradients() -> None:
     model = _TinyLM(tied=True)
     Lomo(model, lr=0.05)
     assert not model.embed.sparse
+
+
+def test_fp16_on_cpu_keeps_dense_gradients() -> None:
+    """PyTorch's CPU kernels cannot add sparse fp16 gradients (gradient accumulation)."""
+    model = _TinyLM().half()
+    Lomo(model, lr=0.05)
+    assert not model.embed.sparse
