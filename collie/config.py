@@ -139,6 +139,9 @@ class CollieConfig:
     checkpointing: Any = "none"
     # With full or selective: checkpoint only every n-th block (1: all of them).
     checkpointing_every: int = 1
+    # GPUs: what forward keeps for backward (with checkpointing, the blocks' inputs) waits in
+    # pinned host memory instead of GPU memory, at the cost of the copies.
+    activation_offload: bool = False
     use_flash: bool = True
     # torch.compile each decoder block (regional compilation: one compiled graph per block, so
     # it starts fast; parameter names are unchanged). Mostly a GPU speed-up.

@@ -1,5 +1,6 @@
 """The context every forward of a run executes in (training steps, pipeline schedules,
-evaluation and generation): bf16/fp16 autocast on GPUs, and the attention kernels allowed."""
+evaluation and generation): bf16/fp16 autocast on GPUs, the attention kernels allowed, and on
+GPUs optionally the offloading of what forward keeps for backward to host memory."""
 
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ def autocast_dtype(config, device: torch.device) -> Optional[torch.dtype]:
     return torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16
 
 
+def offload_context(config, device: torch.device) -> Optional[ContextManager]:
+    """`activation_offload`: tensors saved for backward wait in pinned host memory, copied back
+    when backward needs them. GPUs only: on CPUs they already are in host memory."""
+    if not config.activation_offload or device.type != "cuda":
+        return None
+    return torch.autograd.graph.save_on_cpu(pin_memory=True)
+
+
 def forward_context(config, device: torch.device) -> ContextManager:
     stack = contextlib.ExitStack()
     dtype = autocast_dtype(config, device)
@@ -28,4 +37,7 @@ def forward_context(config, device: torch.device) -> ContextManager:
         stack.enter_context(torch.autocast(device.type, dtype=dtype))
     if not config.use_flash:
         stack.enter_context(sdpa_kernel(NON_FLASH_BACKENDS))
+    offload = offload_context(config, device)
+    if offload is not None:
+        stack.enter_context(offload)
     return stack

@@ -95,3 +95,18 @@ def test_adam_is_fused_only_where_every_parameter_is_a_plain_cuda_tensor():
     cuda, cpu = SimpleNamespace(device=torch.device("cuda", 0)), SimpleNamespace(device=torch.device("cpu"))
     assert adam_implementation([cuda, cuda]) == {"fused": True}
     assert adam_implementation([cuda, cpu]) == {} == adam_implementation([cpu]) == adam_implementation([])
+
+
+def test_activation_offload_is_a_gpu_setting():
+    from collie.forward_context import forward_context, offload_context
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    on = CollieConfig(activation_offload=True)
+    assert isinstance(offload_context(on, cuda), torch.autograd.graph.save_on_cpu)
+    assert offload_context(on, cpu) is None and offload_context(CollieConfig(), cuda) is None
+    # On a CPU the setting changes nothing: training forwards run as without it.
+    x = torch.ones(3, requires_grad=True)
+    with forward_context(on, cpu):
+        y = (x * 2).sum()
+    y.backward()
+    assert x.grad.tolist() == [2.0, 2.0, 2.0]
