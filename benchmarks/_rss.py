@@ -39,10 +39,10 @@ def current_rss_gib() -> float:
 
 
 _ANON: Any = None
-# Resident memory at two moments, for a breakdown: libraries imported (interpreter, torch,
-# collie), and the first training step about to start (model and trainer built); and the
-# training losses, step by step.
-_MILESTONES: dict[str, Any] = {}
+# What `report` adds to every result: resident memory at two moments, for a breakdown (libraries
+# imported: interpreter, torch, collie; the first training step about to start: model and trainer
+# built), and the training losses, step by step.
+_REPORTED: dict[str, Any] = {}
 # The learning rate of the LOMO/AdaLomo runs, collie's and the authors' alike (lomo-optim's
 # README value), so their loss curves can be compared.
 LOMO_LR = 1e-3
@@ -55,13 +55,13 @@ def start_anon_sampling() -> None:
 
     _ANON = PeakMemory(torch.device("cpu"))
     _ANON.start()
-    _MILESTONES["imported_rss_gib"] = current_rss_gib()
+    _REPORTED["imported_rss_gib"] = current_rss_gib()
 
 
 def report(**fields: Any) -> None:
     """The child's last word: its peak RSS (OS high-water mark, file pages included), its peak
     anonymous memory when sampled, the GPU peak on CUDA, plus `fields`, as JSON."""
-    result = {"peak_rss_gib": peak_rss_gib(), **_MILESTONES, **fields}
+    result = {"peak_rss_gib": peak_rss_gib(), **_REPORTED, **fields}
     if _ANON is not None:
         _ANON.interval_peak()
         result["peak_anon_gib"] = _ANON.run_peak / 2**30
@@ -160,7 +160,7 @@ def train_transformers_lomo_optim(shape: str, seq: int, steps: int, name: str) -
         optimizer.fused_backward(loss, LOMO_LR)
         times.append(time.perf_counter() - start)
         losses.append(loss.item())
-    _MILESTONES["losses"] = losses
+    _REPORTED["losses"] = losses
     return times
 
 
@@ -218,12 +218,12 @@ def train_collie(model: torch.nn.Module, optimizer: str, seq: int, steps: int,
             self.times: list[float] = []
 
         def on_train_batch_begin(self, trainer, batch) -> None:
-            _MILESTONES.setdefault("ready_rss_gib", current_rss_gib())
+            _REPORTED.setdefault("ready_rss_gib", current_rss_gib())
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, loss) -> None:
             self.times.append(time.perf_counter() - self.start)
-            _MILESTONES.setdefault("losses", []).append(float(loss))
+            _REPORTED.setdefault("losses", []).append(float(loss))
 
     config = CollieConfig(model_config=model.config, train_micro_batch_size=1, max_steps=steps, logging=[],
                           checkpointing=checkpointing)

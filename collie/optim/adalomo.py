@@ -119,8 +119,9 @@ class AdaLomo(FusedBackwardOptimizer):
             c_factor = col[region[:-2] + region[-1:]].unsqueeze(-2).rsqrt()
             if grad.is_sparse:  # an embedding's: the update is zero where the gradient is
                 grad.values().mul_(r_factor[grad.indices()[0]] * c_factor)
-            for rows in _blocks(local_grad) if not grad.is_sparse else []:
-                local_grad[rows].mul_(r_factor[rows] * c_factor)
+            else:
+                for rows in _blocks(local_grad):
+                    local_grad[rows].mul_(r_factor[rows] * c_factor)
         else:
             exp_avg_sq = state["exp_avg_sq"]
             exp_avg_sq.mul_(beta2).add_(whole(grad.square().add_(self.eps[0])), alpha=1.0 - beta2)
