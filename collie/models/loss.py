@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from collie.dtypes import at_least_fp32
-from collie.models.layers import upcast_linear, upcast_linear_input_grad
+from collie.models.layers import Linear, upcast_linear, upcast_linear_input_grad
 
 IGNORE_INDEX = -100
 
@@ -61,10 +62,6 @@ def _checkpointed_chunks(h: torch.Tensor, head: nn.Module, y: torch.Tensor, chun
 def _plain_head(head: nn.Module, hidden: torch.Tensor) -> bool:
     """A head whose weight this process holds whole (no tensor parallel, no FSDP shard, no
     adapters), outside autocast: its gradient can be accumulated in place, chunk by chunk."""
-    from torch.distributed.tensor import DTensor
-
-    from collie.models.layers import Linear
-
     return (type(head) in (Linear, nn.Linear) and not isinstance(head.weight, DTensor)
             and not isinstance(hidden, DTensor) and not torch.is_autocast_enabled(hidden.device.type))
 
