@@ -13,8 +13,9 @@ RECORDS = [{"tokens": [(7 * i + 3 * j) % 200 + 1 for j in range(12)]} for i in r
 
 
 def _train(*overrides):
-    config = CollieConfig.load(None, ["max_steps=3", "train_micro_batch_size=2", "logging=[]", "optimizer.lr=0.01",
-                                      "checkpointing=full", *overrides])
+    # float64 and SGD: eager and compiled kernels may round differently, and Adam would amplify that.
+    config = CollieConfig.load(None, ["max_steps=3", "train_micro_batch_size=2", "logging=[]", "optimizer.name=sgd",
+                                      "optimizer.lr=0.1", "param_dtype=float64", "checkpointing=full", *overrides])
     config.model_config = tiny_llama_config()
     model = LlamaForCausalLM.from_config(config, seed=0)
     losses = Losses()
@@ -30,7 +31,7 @@ def test_compiled_blocks_train_like_eager_ones():
     blocks = LLAMA.blocks(compiled.model).values()
     assert all(block._compiled_call_impl is not None for block in blocks)
     assert all(block._compiled_call_impl is None for block in LLAMA.blocks(eager.model).values())
-    assert max(abs(a - b) for a, b in zip(eager_losses, compiled_losses, strict=True)) <= 1e-5
+    assert max(abs(a - b) for a, b in zip(eager_losses, compiled_losses, strict=True)) <= 1e-9
     assert list(compiled.model.state_dict()) == list(eager.model.state_dict())
     # Generation through compiled blocks (KV cache, one token at a time) gives the eager tokens.
     ids = torch.tensor([[5, 6, 7, 8]])
