@@ -258,15 +258,21 @@ def train_collie_from_disk(model_dir: str, optimizer: str, seq: int, steps: int,
     """As a user runs it: `collie train` on a config naming `model_dir`, LOMO's memory mode
     (`param_dtype`) and activation checkpointing; returns the step times and the memory the
     run reported (`mem_run_peak_gib` of its last metrics.csv row)."""
-    import csv
     import tempfile
+
+    # The run's output (its `final/` export is as large as the model) is removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="collie-bench-") as work:
+        return _train_from_disk_in(work, model_dir, optimizer, seq, steps, dtype)
+
+
+def _train_from_disk_in(work: str, model_dir: str, optimizer: str, seq: int, steps: int, dtype: torch.dtype) -> dict:
+    import csv
 
     import yaml
 
     from collie.cli import main
     from collie.models.base import load_hf_config
 
-    work = tempfile.mkdtemp(prefix="collie-bench-")
     data = os.path.join(work, "data.json")
     with open(data, "w") as f:
         json.dump(random_records(load_hf_config(model_dir).vocab_size, seq, steps), f)
