@@ -92,7 +92,7 @@ def shape_model_config(shape: str):
 def build_collie_model(model_config, dtype: torch.dtype, seed: int = 0, materialize: bool = True):
     """A randomly initialised collie LLaMA stored in `dtype` (built on meta and cast there, so
     a bf16 model never passes through an fp32 copy); `materialize=False`: the meta skeleton."""
-    from collie.models.llama import LlamaForCausalLM
+    from collie.models import LlamaForCausalLM
 
     if not materialize:
         return LlamaForCausalLM(model_config)

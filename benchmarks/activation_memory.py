@@ -16,9 +16,16 @@ import argparse
 import os
 
 import torch
-
-from _rss import (build_collie_model, device, report, run_child, shape_model_config, start_anon_sampling,
-                  train_collie, train_transformers_adamw)
+from _rss import (
+    build_collie_model,
+    device,
+    report,
+    run_child,
+    shape_model_config,
+    start_anon_sampling,
+    train_collie,
+    train_transformers_adamw,
+)
 
 BASELINE = "transformers_none"
 # name -> (library, checkpointing)

@@ -15,7 +15,6 @@ import tempfile
 import time
 
 import torch
-
 from _rss import build_collie_model, random_records, shape_model_config
 
 

@@ -20,7 +20,6 @@ import os
 import time
 
 import torch
-
 from _rss import device, report, run_child, shape_model_config, start_anon_sampling
 
 BASELINE = "transformers"
@@ -47,7 +46,7 @@ def child(name: str, args: argparse.Namespace) -> None:
         step = lambda: model(input_ids=ids, labels=ids, use_cache=False).loss  # noqa: E731
     else:
         from collie.distributed.parallelize import apply_activation_checkpointing
-        from collie.models.llama import LlamaForCausalLM
+        from collie.models import LlamaForCausalLM
         from collie.models.llama.spec import LLAMA
 
         model = LlamaForCausalLM.from_config(config, seed=0, dtype=torch.float32).to(device()).train()

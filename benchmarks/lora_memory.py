@@ -18,9 +18,16 @@ import argparse
 import os
 
 import torch
-
-from _rss import (build_collie_model, device, report, run_child, shape_model_config, start_anon_sampling,
-                  train_collie, train_transformers_peft_lora)
+from _rss import (
+    build_collie_model,
+    device,
+    report,
+    run_child,
+    shape_model_config,
+    start_anon_sampling,
+    train_collie,
+    train_transformers_peft_lora,
+)
 
 BASELINE = "peft_lora"
 LORA = {"type": "lora", "r": 16, "alpha": 32.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}

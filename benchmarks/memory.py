@@ -30,10 +30,22 @@ import argparse
 import os
 
 import torch
-
-from _rss import (LOMO_LR, build_collie_model, checkpoint_dir, device, report, run_child, shape_model_config,
-                  start_anon_sampling, train_collie, train_collie_from_disk, train_transformers_adamw,
-                  train_transformers_adamw_from, train_transformers_lomo_optim, write_checkpoint)
+from _rss import (
+    LOMO_LR,
+    build_collie_model,
+    checkpoint_dir,
+    device,
+    report,
+    run_child,
+    shape_model_config,
+    start_anon_sampling,
+    train_collie,
+    train_collie_from_disk,
+    train_transformers_adamw,
+    train_transformers_adamw_from,
+    train_transformers_lomo_optim,
+    write_checkpoint,
+)
 
 BASELINE = "transformers_adamw"
 # name -> (collie optimizer, storage dtype); None marks the transformers baseline.

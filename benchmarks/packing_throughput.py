@@ -58,7 +58,7 @@ def collie_run(model_dir: str, records: list[dict], tokenizer, max_length: int, 
 
 
 def hf_run(model_dir: str, records: list[dict], tokenizer, max_length: int, batch: int) -> tuple[int, float]:
-    from transformers import (AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments)
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from collie.data import CollieDatasetForTraining
 

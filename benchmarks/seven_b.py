@@ -25,10 +25,20 @@ import argparse
 import os
 
 import torch
-
-from _rss import (available_bytes, build_collie_model, checkpoint_dir, device, report, run_child,
-                  shape_model_config, start_anon_sampling, train_collie, train_collie_from_disk,
-                  train_transformers_adamw, write_checkpoint)
+from _rss import (
+    available_bytes,
+    build_collie_model,
+    checkpoint_dir,
+    device,
+    report,
+    run_child,
+    shape_model_config,
+    start_anon_sampling,
+    train_collie,
+    train_collie_from_disk,
+    train_transformers_adamw,
+    write_checkpoint,
+)
 
 RUN = "collie_lomo_bf16"
 BASELINE = "transformers_adamw"

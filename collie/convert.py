@@ -23,22 +23,18 @@ from collie.dtypes import SAFETENSORS_DTYPES
 from collie.models.base import load_hf_config, spec_for
 from collie.models.hf_io import weight_files
 from collie.models.hf_writer import write_hf_model
+from collie.peft.adapter_files import read_checkpoint_record
+from collie.peft.convert import checkpoint_to_adapter
+from collie.tokenization import copy_tokenizer_files
 from collie.trainer.checkpoint import TRAINER_STATE, CheckpointError, read_trainer_state
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                    "vocab.json", "merges.txt")
 
 
 def dcp_to_hf(checkpoint_dir: str, out_dir: str) -> None:
     """An HF model directory; for a LoRA run's checkpoint, peft's adapter files."""
     read_trainer_state(checkpoint_dir)
-    from collie.peft.adapter_files import read_checkpoint_record
-
     if read_checkpoint_record(checkpoint_dir) is not None:
-        from collie.peft.convert import checkpoint_to_adapter
-
         checkpoint_to_adapter(checkpoint_dir, out_dir)
-        copy_tokenizer(checkpoint_dir, out_dir)
+        copy_tokenizer_files(checkpoint_dir, out_dir)
         return
     hf_config = load_hf_config(checkpoint_dir)
     spec = spec_for(hf_config)
@@ -57,7 +53,7 @@ def dcp_to_hf(checkpoint_dir: str, out_dir: str) -> None:
         return tensor
 
     write_hf_model(out_dir, hf_config, spec, names, fetch, metadata[f"model.{names[0]}"].properties.dtype)
-    copy_tokenizer(checkpoint_dir, out_dir)
+    copy_tokenizer_files(checkpoint_dir, out_dir)
 
 
 def hf_to_dcp(hf_dir: str, out_dir: str) -> None:
@@ -84,7 +80,7 @@ def hf_to_dcp(hf_dir: str, out_dir: str) -> None:
     with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
         json.dump({"global_step": 0, "epoch": 0, "batch_in_epoch": 0, "model_only": True}, f, indent=2)
     hf_config.save_pretrained(tmp)
-    copy_tokenizer(hf_dir, tmp)
+    copy_tokenizer_files(hf_dir, tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
 
@@ -106,9 +102,3 @@ def _reader(file: str, hf_name: str, name: str, adapter, hf_config) -> Callable[
             parts = dict(adapter.split(hf_name, f.get_tensor(hf_name), hf_config))
         return parts[name].contiguous()
     return read
-
-
-def copy_tokenizer(src: str, dst: str) -> None:
-    for name in _TOKENIZER_FILES:
-        if os.path.isfile(os.path.join(src, name)):
-            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))

@@ -6,8 +6,8 @@ from typing import Optional, Union
 
 import torch
 
-from collie.distributed.shards import whole
 from collie.dtypes import at_least_fp32
+from collie.tensors import whole
 
 
 @torch.no_grad()

@@ -1,15 +1,27 @@
 """A saved model made ready to run under the configured layout, for commands that do not train
 (`collie eval`, `collie serve`): an HF directory, a collie checkpoint (its weights, any layout
-it was written under), or peft adapters on their base model."""
+it was written under), or peft adapters on their base model. It builds the runtime and applies
+the layout itself; no optimizer, scheduler or Trainer is made."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Optional
 
 from collie import storage
 from collie.config import CollieConfig, ConfigError
+from collie.distributed.env import init_distributed
+from collie.distributed.parallelize import parallelize, weights_source
+from collie.distributed.runtime import build_runtime, model_facts
+from collie.evaluate.evaluators import Evaluator
+from collie.models.base import CollieModel, load_hf_config, load_tokenizer
+from collie.models.registry import spec_of
+from collie.peft.adapter_files import is_adapter_dir
+from collie.peft.convert import model_with_adapter
+from collie.trainer import checkpoint
 
 
 @dataclass
@@ -20,17 +32,15 @@ class LoadedModel:
     hf_config: object
     # Prompt tuning: positions to keep before each prompt for the trained prompt.
     reserved_positions: int = 0
-    trainer: Optional[object] = None
+    world_size: int = 1
+    is_main: bool = True
+    evaluators: list[Evaluator] = field(default_factory=list)
 
 
 def load_for_inference(source: str, config: CollieConfig,
                        evaluators_for: Optional[Callable] = None) -> LoadedModel:
-    """Every rank calls this. `evaluators_for(model, tokenizer)` builds evaluators to bind to the layout."""
-    from collie.distributed.env import init_distributed
-    from collie.models.base import CollieModel, load_hf_config, load_tokenizer
-    from collie.peft.adapter_files import is_adapter_dir
-    from collie.trainer import Trainer, checkpoint
-
+    """Every rank calls this. `evaluators_for(model, config, tokenizer)` builds evaluators, which
+    are bound to the layout."""
     source = storage.local_copy(source)
     is_checkpoint = os.path.isfile(os.path.join(source, checkpoint.TRAINER_STATE))
     if is_checkpoint and os.path.isfile(os.path.join(source, "adapters.json")):
@@ -39,31 +49,31 @@ def load_for_inference(source: str, config: CollieConfig,
     env = init_distributed(config.dist_timeout_s)
     if is_adapter_dir(source):
         return _adapters(source, config, env.world_size)
-    config.init_shape = None
-    # Nothing is trained: the pipeline schedule's micro-batch count only has to be valid.
-    config.gradient_accumulation_steps = max(config.gradient_accumulation_steps, config.pp_size)
+    # Nothing is trained: the pipeline schedule's micro-batch count only has to be valid. A copy:
+    # the caller's config is left as it was.
+    config = dataclasses.replace(config, init_shape=None,
+                                 gradient_accumulation_steps=max(config.gradient_accumulation_steps, config.pp_size))
     tokenizer = load_tokenizer(config.tokenizer or source, config.trust_remote_code)
     if is_checkpoint:
         checkpoint.read_trainer_state(source)
         # The architecture from the checkpoint's config.json; the weights from its DCP files below.
-        config.model_config, config.model = load_hf_config(source), None
+        config = dataclasses.replace(config, model_config=load_hf_config(source), model=None)
         model = CollieModel.from_config(config)
     else:
         model = CollieModel.from_pretrained(source, config=config)
-    evaluators = evaluators_for(model, tokenizer) if evaluators_for else []
-    trainer = Trainer(model, config, evaluators=evaluators, tokenizer=tokenizer, monitors=[])
+    evaluators = evaluators_for(model, config, tokenizer) if evaluators_for else []
+    spec = spec_of(model)
+    runtime = build_runtime(config, model_facts(model, spec))
+    parallel = parallelize(model, spec, config, runtime, weights_from=weights_source(model, config))
     if is_checkpoint:
-        checkpoint.load_model_only(trainer, source)
-    return LoadedModel(trainer.parallel.eval_model, trainer.parallel.forward_context, tokenizer,
-                       config.model_config, trainer.parallel.virtual_tokens, trainer)
+        checkpoint.load_model_only(parallel.module, source)
+    for evaluator in evaluators:
+        evaluator.bind(parallel)
+    return LoadedModel(parallel.eval_model, parallel.forward_context, tokenizer, config.model_config,
+                       world_size=env.world_size, is_main=env.is_main, evaluators=evaluators)
 
 
 def _adapters(source: str, config: CollieConfig, world_size: int) -> LoadedModel:
-    import contextlib
-
-    from collie.models.base import load_tokenizer
-    from collie.peft.convert import model_with_adapter
-
     if world_size > 1:
         raise ConfigError(f"{source}: peft adapters are served by one process; for a parallel layout merge them "
                           "first (collie convert ADAPTERS --merge-lora --to-hf DIR)")

@@ -17,8 +17,8 @@ from transformers import AutoTokenizer
 from collie import CollieConfig, LlamaForCausalLM
 from collie.data import CollieDatasetForTraining
 from collie.evaluate import EvaluatorForPerplexity, PPLMetric
-from collie.models import GPTLMLoss
 from collie.init_model import init_model
+from collie.models import GPTLMLoss
 from collie.monitors import EvalMonitor, LossMonitor, MemoryMonitor, StepTimeMonitor, TGSMonitor
 from collie.optim import Lomo
 from collie.trainer import Trainer

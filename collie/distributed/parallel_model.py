@@ -9,8 +9,10 @@ import torch
 from torch.distributed.tensor.parallel import loss_parallel
 
 from collie.data.collate import ColliePadder
+from collie.distributed.pipeline import PipelinedModel, PipelineRunner, save_pipelined
 from collie.distributed.steps import StepResult, run_micro_batches, run_pipeline_step
 from collie.forward_context import forward_context
+from collie.models.base import full_tensor
 
 
 class ParallelModel:
@@ -20,50 +22,44 @@ class ParallelModel:
     a stage-to-stage forward under pipeline parallel), the padding the layout needs, and HF
     export. The Trainer never asks which layout it is."""
 
-    def __init__(self, module: torch.nn.Module, spec, config, runtime, uses_fsdp: bool) -> None:
-        from collie.distributed.pipeline import PipelinedModel, PipelineRunner
-
+    def __init__(self, module: torch.nn.Module, spec, config, runtime) -> None:
         self.module, self.spec, self.config, self.runtime = module, spec, config, runtime
-        self.uses_fsdp = uses_fsdp
+        self.layout = runtime.layout
         # Positions at the start of every row that prompt tuning fills (0: none).
         self.virtual_tokens = 0
         self.pipeline: Optional[PipelineRunner] = None
         self.eval_model: torch.nn.Module = module
-        if runtime.pp_size > 1:
-            self.pipeline = PipelineRunner(module, spec, runtime, config, forward_context=self.forward_context)
-            self.eval_model = PipelinedModel(module, spec, runtime, config)
+        if self.layout.pipelined:
+            self.pipeline = PipelineRunner(module, spec, runtime, config.gradient_accumulation_steps,
+                                           forward_context=self.forward_context)
+            self.eval_model = PipelinedModel(module, spec, runtime)
 
     def forward_context(self) -> ContextManager:
         return forward_context(self.config, self.runtime.device)
 
     # -- what the layout asks of the rest -------------------------------------
-    @property
-    def sequence_multiple(self) -> int:
-        """Sequence parallel splits every sequence evenly over the tensor-parallel ranks."""
-        return self.runtime.tp_size if self.config.sequence_parallel else 1
-
     def padder(self, pad_token_id: int, padding_side: str, max_length: int) -> ColliePadder:
         # Pipeline stages exchange fixed-shape activations: every batch is padded to max_length there.
         return ColliePadder(pad_token_id, padding_side, max_length=max_length,
                             pad_to=max_length if self.pipeline is not None else None,
-                            multiple_of=self.sequence_multiple, virtual_tokens=self.virtual_tokens)
+                            multiple_of=self.layout.sequence_multiple, virtual_tokens=self.virtual_tokens)
 
     @property
     def update_after_backward(self) -> bool:
         """Whether an optimizer that updates inside backward must wait for backward to end: FSDP
         hands gradients to the sharded parameters by reduce-scatter (no per-parameter hook sees
         them), and a pipeline schedule runs backward itself."""
-        return self.uses_fsdp or self.pipeline is not None
+        return self.layout.uses_fsdp or self.pipeline is not None
 
     @property
     def replica_group(self):
         """The group an in-backward optimizer averages gradients over itself (replicated data
         parallel without FSDP), or None."""
-        return None if self.uses_fsdp else self.runtime.dp_group
+        return None if self.layout.uses_fsdp else self.runtime.dp_group
 
     def loss_context(self) -> ContextManager:
         """loss_parallel: the loss and its backward run on vocabulary-sharded logits."""
-        return loss_parallel() if self.config.loss_parallel and self.runtime.tp_size > 1 else contextlib.nullcontext()
+        return loss_parallel() if self.layout.uses_loss_parallel else contextlib.nullcontext()
 
     # -- running it ------------------------------------------------------------
     def train_step(self, micro_batches: list[dict], loss_of: Callable[[dict], torch.Tensor],
@@ -80,8 +76,6 @@ class ParallelModel:
     def export(self, path: str, tokenizer=None) -> None:
         """The model (and tokenizer) in HF format, from any layout; every rank calls it."""
         if self.pipeline is not None:
-            from collie.distributed.pipeline import save_pipelined
-
             save_pipelined(self.module, self.spec, path, self.runtime, tokenizer)
         elif self.spec.supports_model_parallel:
             self.module.save_pretrained(path, tokenizer=tokenizer)
@@ -93,8 +87,6 @@ class ParallelModel:
 def _save_transformers_model(module: torch.nn.Module, path: str, runtime, tokenizer) -> None:
     """transformers' own class (collie.models.auto): its whole state gathered (every rank takes
     part), written by rank 0 with transformers' save_pretrained."""
-    from collie.models.base import full_tensor
-
     state = {name: full_tensor(tensor) for name, tensor in module.state_dict().items()}
     if runtime.env.rank == 0:
         module.save_pretrained(path, state_dict=state)

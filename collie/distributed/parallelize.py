@@ -8,14 +8,22 @@ import logging
 from typing import Optional
 
 import torch
+from torch.distributed._composable.replicate import replicate
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor.parallel import parallelize_module
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from collie import storage
 from collie.config import ConfigError, checkpointing_mode
+from collie.config.quantization import quant_settings
 from collie.distributed.parallel_model import ParallelModel
+from collie.distributed.pipeline import local_stages, split_for_stages, stage_layer_ranges
 from collie.dtypes import DTYPES
 from collie.forward_context import autocast_dtype
-from collie.peft.quantize import quant_settings, quantize_frozen_linears, require_backend
+from collie.models.base import is_meta
+from collie.peft.qlora import quantize_frozen_linears
+from collie.peft.quantize import require_backend
 from collie.peft.tensor_parallel import with_lora_styles
 
 log = logging.getLogger("collie")
@@ -26,18 +34,16 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
     """`weights_from`: an HF directory to load once the model is split and sharded (the model
     is still empty, on the meta device); each rank then reads only its own shards.
     `replicate_wrapper=False` leaves replicated data parallel (zero_stage 0) to an optimizer
-    that averages gradients itself inside backward (LOMO/AdaLomo)."""
-    check_layout(spec, spec.dims(model.config), config, getattr(model.config, "model_type", ""))
-    if config.pp_size > 1:
-        from collie.distributed.pipeline import local_stages, split_for_stages, stage_layer_ranges
-
-        ranges = stage_layer_ranges(model, spec, config.pp_size * config.pp_virtual_stages,
-                                    config.pp_partition_method)
-        split_for_stages(model, spec, local_stages(runtime.pp_rank, config.pp_size, len(ranges)), ranges)
+    that averages gradients itself inside backward (LOMO/AdaLomo). The sizes come from
+    `runtime.layout`, checked against the model when the runtime was built."""
+    layout = runtime.layout
+    if layout.pipelined:
+        ranges = stage_layer_ranges(model, spec, layout.stages, layout.pp_partition)
+        split_for_stages(model, spec, local_stages(runtime.pp_rank, layout.pp, len(ranges)), ranges)
     if weights_from is None:
         model.to(runtime.device)
-    if config.tp_size > 1:
-        plan = spec.tp_plan(model, config.sequence_parallel, config.loss_parallel)
+    if layout.tp > 1:
+        plan = spec.tp_plan(model, layout.sequence_parallel, layout.loss_parallel)
         frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
         parallelize_module(model, runtime.mesh["tp"], with_lora_styles(model, plan))
         # Some styles (SequenceParallel) re-create parameters as trainable: keep frozen ones frozen.
@@ -50,18 +56,18 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
         apply_activation_checkpointing(spec, model, selective=mode == "selective", every=config.checkpointing_every)
     if config.compile:
         compile_blocks(spec, model)
-    fsdp = runtime.dp_size > 1 and (config.zero_stage > 0 or needs_fsdp_for_replication(config))
+    fsdp = layout.uses_fsdp
     if weights_from is not None and not fsdp:
-        _load_shards(model, weights_from, runtime, config)  # DDP broadcasts real weights when it wraps
-    quant = quant_settings(config)
+        _load_shards(model, weights_from, runtime)  # DDP broadcasts real weights when it wraps
+    quant = quant_settings(config.quantization_config)
     if quant is not None:  # QLoRA (no FSDP, no model parallel): weights are loaded and on their device
         require_backend(runtime.device)
         quantize_frozen_linears(model, spec, quant, runtime.device)
-    if runtime.dp_size > 1 and (fsdp or replicate_wrapper):
-        apply_data_parallel(model, spec, runtime.mesh["dp"], config)
+    if layout.dp > 1 and (fsdp or replicate_wrapper):
+        apply_data_parallel(model, spec, runtime.mesh["dp"], layout, config)
     if weights_from is not None and fsdp:
-        _load_shards(model, weights_from, runtime, config)
-    return ParallelModel(model, spec, config, runtime, uses_fsdp=fsdp)
+        _load_shards(model, weights_from, runtime)
+    return ParallelModel(model, spec, config, runtime)
 
 
 def compile_blocks(spec, model: torch.nn.Module) -> None:
@@ -71,9 +77,9 @@ def compile_blocks(spec, model: torch.nn.Module) -> None:
         block.compile()
 
 
-def _load_shards(model: torch.nn.Module, path: str, runtime, config) -> None:
+def _load_shards(model: torch.nn.Module, path: str, runtime) -> None:
     model.to_empty(device=runtime.device)
-    model.load_hf_weights(path, partial=config.pp_size > 1)
+    model.load_hf_weights(path, partial=runtime.layout.pipelined)
 
 
 def compute_dtype(config, device: torch.device, storage: torch.dtype) -> Optional[torch.dtype]:
@@ -87,31 +93,6 @@ def compute_dtype(config, device: torch.device, storage: torch.dtype) -> Optiona
     if device.type == "cpu" and storage in (torch.bfloat16, torch.float16):
         return torch.float32
     return storage
-
-
-def check_layout(spec, dims, config, model_type: str = "") -> None:
-    """Layouts the model's shape cannot support, each with the field to change."""
-    if not spec.supports_model_parallel and (config.tp_size > 1 or config.pp_size > 1):
-        field = "tp_size" if config.tp_size > 1 else "pp_size"
-        raise ConfigError(f"{field}: collie has no model family for {model_type or 'this model type'!r}, so it runs "
-                          "as transformers' own class: data parallel and ZeRO only (use tp_size=1 and pp_size=1)")
-    if dims.heads % config.tp_size or dims.kv_heads % config.tp_size:
-        raise ConfigError(f"tp_size: {config.tp_size} must divide the attention heads ({dims.heads}) and "
-                          f"key/value heads ({dims.kv_heads})")
-    stages = config.pp_size * config.pp_virtual_stages
-    if stages > dims.layers:
-        virtual = f" ({config.pp_size} × {config.pp_virtual_stages} virtual)" if config.pp_virtual_stages > 1 else ""
-        raise ConfigError(f"pp_size: {stages} stages{virtual} but the model has only {dims.layers} layers")
-    if config.loss_parallel and config.pp_size > 1:
-        raise ConfigError("loss_parallel: not available with pipeline parallel yet (use pp_size=1)")
-    if config.loss_chunk_tokens and config.sequence_parallel:
-        raise ConfigError("loss_chunk_tokens: not available with sequence_parallel yet (set loss_chunk_tokens=0)")
-    if config.loss_chunk_tokens and not spec.supports_model_parallel:
-        raise ConfigError(f"loss_chunk_tokens: {model_type or 'this model type'!r} runs as transformers' own class, "
-                          "which computes its loss from whole logits (set loss_chunk_tokens=0)")
-    if (config.tp_size > 1 or config.pp_size > 1) and dims.tied_embeddings:
-        raise ConfigError("tie_word_embeddings: tied input/output embeddings cannot be split by tensor or "
-                          "pipeline parallel yet (use tp_size=1 and pp_size=1 for this model)")
 
 
 def apply_activation_checkpointing(spec, model: torch.nn.Module, selective: bool = False, every: int = 1) -> None:
@@ -140,8 +121,6 @@ def _kept_ops() -> set:
 
 
 def _keep_matmul_outputs():
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-
     kept = _kept_ops()
 
     def policy(_ctx, op, *args, **kwargs):
@@ -150,29 +129,19 @@ def _keep_matmul_outputs():
     return create_selective_checkpoint_contexts(policy)
 
 
-def needs_fsdp_for_replication(config) -> bool:
-    # DDP hooks the rank's model; a pipeline stage built as a view of it (virtual stages, or the
-    # last stage computing a chunked loss) runs without those hooks.
-    return config.tp_size > 1 or config.pp_virtual_stages > 1 or (config.pp_size > 1 and config.loss_chunk_tokens > 0)
-
-
-def apply_data_parallel(model: torch.nn.Module, spec, dp_mesh, config) -> None:
+def apply_data_parallel(model: torch.nn.Module, spec, dp_mesh, layout, config) -> None:
     """ZeRO through FSDP2: stage 3 reshards parameters after forward, stages 2 and 1 keep them
     gathered until backward (FSDP2 always shards optimizer state and gradients, so stage 1
     behaves as stage 2). Stage 0 is plain replicated data parallel (PyTorch's DDP); DDP does
     not take tensor-parallel DTensor parameters nor hook pipeline stages built as views, so
     there stage 0 runs as stage 2."""
-    if config.zero_stage == 0 and needs_fsdp_for_replication(config):
+    if layout.zero_stage == 0 and layout.replicates_through_fsdp:
         log.info("zero_stage 0 runs as zero_stage 2 here: DDP cannot hold tensor-parallel DTensor parameters "
                  "nor see pipeline stages built as views (virtual stages, a chunked loss on the last stage)")
-    elif config.zero_stage == 0:
-        from torch.distributed._composable.replicate import replicate
-
+    elif layout.zero_stage == 0:
         replicate(model, device_mesh=dp_mesh)
         return
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
-
-    kwargs = {"mesh": dp_mesh, "reshard_after_forward": config.zero_stage == 3}
+    kwargs = {"mesh": dp_mesh, "reshard_after_forward": layout.zero_stage == 3}
     if config.cpu_offload and dp_mesh.device_type == "cpu":
         log.info("cpu_offload has no effect here: training already runs on the CPU")
     elif config.cpu_offload:
@@ -182,10 +151,21 @@ def apply_data_parallel(model: torch.nn.Module, spec, dp_mesh, config) -> None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for _, block in spec.block_items(model):
         fully_shard(block, **kwargs)
-    if config.pp_size > 1:
+    if layout.pipelined:
         # Pipeline stages run submodules directly, never the model's own forward: the embedding
         # and the head get their own FSDP units instead of a root one.
         for module in spec.present_edges(model):
             fully_shard(module, **kwargs)
     else:
         fully_shard(model, **kwargs)
+
+
+def weights_source(model: torch.nn.Module, config) -> Optional[str]:
+    """Where an empty (meta-device) model's weights are: `from_pretrained` under a multi-process
+    launch records them in `config.model` and leaves loading until the model is sharded."""
+    if not is_meta(model):
+        return None
+    if not config.model:
+        raise ConfigError("model: the model has no weights yet (meta device) and config.model names no "
+                          "directory to load them from; build it with from_pretrained(path, config=config)")
+    return storage.local_copy(config.model)

@@ -17,12 +17,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
-from collie.config import ConfigError
-from collie.distributed.shards import whole
 from collie.generation import GenerationMixin
 from collie.models.base import CausalLMOutput, full_tensor
 from collie.models.hf_writer import write_hf_model
 from collie.models.loss import causal_lm_loss, chunked_lm_loss
+from collie.tensors import whole
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}  # one stage per rank
 
@@ -101,12 +100,12 @@ def stage_view(model: nn.Module, spec, blocks: range, first: bool, last: bool,
     return view
 
 
-def stage_views(model: nn.Module, spec, runtime, config, head: bool = True) -> list[tuple[int, nn.Module]]:
-    num_stages = runtime.pp_size * config.pp_virtual_stages
-    ranges = stage_layer_ranges(model, spec, num_stages, config.pp_partition_method)
-    last = num_stages - 1
+def stage_views(model: nn.Module, spec, runtime, head: bool = True) -> list[tuple[int, nn.Module]]:
+    layout = runtime.layout
+    ranges = stage_layer_ranges(model, spec, layout.stages, layout.pp_partition)
+    last = layout.stages - 1
     return [(s, stage_view(model, spec, ranges[s], s == 0, s == last, head and s == last))
-            for s in local_stages(runtime.pp_rank, runtime.pp_size, num_stages)]
+            for s in local_stages(runtime.pp_rank, layout.pp, layout.stages)]
 
 
 def stage_output(output: CausalLMOutput) -> torch.Tensor:
@@ -139,27 +138,18 @@ class _StageForward(nn.Module):
 class PipelineRunner:
     """Runs one training step's micro-batches through the schedule."""
 
-    def __init__(self, model: nn.Module, spec, runtime, config,
+    def __init__(self, model: nn.Module, spec, runtime, micro: int,
                  forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
-        """`forward_context` gives the context the schedule runs in (bf16 autocast on GPUs,
-        attention kernels)."""
+        """`micro` micro-batches per step; `forward_context` gives the context the schedule runs
+        in (bf16 autocast on GPUs, attention kernels)."""
         self.forward_context = forward_context
-        interleaved = config.pp_schedule == "interleaved1f1b"
-        micro = config.gradient_accumulation_steps
-        if config.pp_schedule == "1f1b" and micro < runtime.pp_size:
-            raise ConfigError(f"gradient_accumulation_steps: 1f1b needs at least as many micro-batches as pipeline "
-                              f"stages ({runtime.pp_size}), got {micro}")
-        if interleaved and micro % runtime.pp_size:
-            raise ConfigError(f"gradient_accumulation_steps: interleaved1f1b needs a multiple of pp_size "
-                              f"({runtime.pp_size}) micro-batches, got {micro}")
-        if not interleaved and config.pp_virtual_stages > 1:
-            raise ConfigError(f"pp_virtual_stages: {config.pp_schedule} runs one stage per rank; use "
-                              "pp_schedule=interleaved1f1b")
+        layout = runtime.layout
+        layout.check_micro_batches(micro)
         self.runtime = runtime
         self.spec, self.hf_config = spec, model.config
         self.chunk_tokens = model.loss_chunk_tokens
-        views = stage_views(model, spec, runtime, config, head=not self.chunk_tokens)
-        num_stages = runtime.pp_size * config.pp_virtual_stages
+        views = stage_views(model, spec, runtime, head=not self.chunk_tokens)
+        num_stages = layout.stages
         self.is_first = views[0][0] == 0
         self.is_last = views[-1][0] == num_stages - 1
         chunked_head = spec.edge(model, "head") if self.chunk_tokens else None
@@ -168,11 +158,11 @@ class PipelineRunner:
                                      index, num_stages, runtime.device, group=runtime.pp_group)
                        for index, view in views]
         self.loss_weight = 1.0
-        if interleaved:
+        if layout.pp_schedule == "interleaved1f1b":
             self.schedule = ScheduleInterleaved1F1B(self.stages, n_microbatches=micro, loss_fn=self._loss,
                                                     scale_grads=False)
         else:
-            self.schedule = SCHEDULES[config.pp_schedule](self.stages[0], n_microbatches=micro, loss_fn=self._loss,
+            self.schedule = SCHEDULES[layout.pp_schedule](self.stages[0], n_microbatches=micro, loss_fn=self._loss,
                                                           scale_grads=False)
 
     def _loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -209,14 +199,14 @@ class PipelinedModel(GenerationMixin, nn.Module):
     to the rank of the next stage, virtual stages included), logits broadcast to every rank,
     for evaluation and KV-cache generation."""
 
-    def __init__(self, stage_model: nn.Module, spec, runtime, config) -> None:
+    def __init__(self, stage_model: nn.Module, spec, runtime) -> None:
         super().__init__()
         self.stage_model = stage_model
         self.config = stage_model.config
         self.dims = spec.dims(self.config)
         self.runtime = runtime
-        self.views = dict(stage_views(stage_model, spec, runtime, config))
-        self.num_stages = runtime.pp_size * config.pp_virtual_stages
+        self.views = dict(stage_views(stage_model, spec, runtime))
+        self.num_stages = runtime.layout.stages
         self.spec = spec
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,

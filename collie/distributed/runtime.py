@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from collie.config import Layout, ModelFacts
 from collie.distributed.env import DistEnv, init_distributed
 
 log = logging.getLogger("collie")
@@ -18,10 +19,20 @@ log = logging.getLogger("collie")
 @dataclass
 class Runtime:
     env: DistEnv
-    dp_size: int
-    tp_size: int
-    pp_size: int
+    layout: Layout
     mesh: Optional[DeviceMesh] = None
+
+    @property
+    def dp_size(self) -> int:
+        return self.layout.dp
+
+    @property
+    def tp_size(self) -> int:
+        return self.layout.tp
+
+    @property
+    def pp_size(self) -> int:
+        return self.layout.pp
 
     @property
     def device(self) -> torch.device:
@@ -72,16 +83,20 @@ class Runtime:
             dist.barrier()
 
 
-def build_runtime(config) -> Runtime:
-    """Initialise the process group (if launched with several processes) and the mesh."""
+def build_runtime(config, model: Optional[ModelFacts] = None, prompt_tuning: bool = False,
+                  quantized: bool = False) -> Runtime:
+    """Initialise the process group (if launched with several processes), the checked layout
+    for its world size, and the mesh."""
     env = init_distributed(config.dist_timeout_s)
-    inferred = config.dp_size is None
-    dp_size = config.resolve_dp_size(env.world_size)
-    if inferred and env.world_size > 1 and env.is_main:
-        log.info("dp_size inferred as %d (world %d / tp %d / pp %d)", dp_size, env.world_size,
-                 config.tp_size, config.pp_size)
+    layout = Layout.build(config, env.world_size, model, prompt_tuning=prompt_tuning, quantized=quantized)
+    if config.dp_size is None and env.world_size > 1 and env.is_main:
+        log.info("dp_size inferred as %d (world %d / tp %d / pp %d)", layout.dp, env.world_size, layout.tp, layout.pp)
     mesh = None
     if env.world_size > 1:
-        mesh = init_device_mesh(env.device.type, (config.pp_size, dp_size, config.tp_size),
-                                mesh_dim_names=("pp", "dp", "tp"))
-    return Runtime(env, dp_size, config.tp_size, config.pp_size, mesh)
+        mesh = init_device_mesh(env.device.type, (layout.pp, layout.dp, layout.tp), mesh_dim_names=("pp", "dp", "tp"))
+    return Runtime(env, layout, mesh)
+
+
+def model_facts(model: torch.nn.Module, spec) -> ModelFacts:
+    """What the layout checks of a model: its family's dims and whether the family splits."""
+    return ModelFacts(spec.dims(model.config), spec.supports_model_parallel, getattr(model.config, "model_type", ""))

@@ -14,9 +14,9 @@ from typing import Callable, ContextManager
 import torch
 import torch.nn.functional as F
 
-from collie.distributed.shards import whole
 from collie.dtypes import at_least_fp32
-from collie.models.loss import IGNORE_INDEX, count_loss_tokens
+from collie.models.loss import IGNORE_INDEX, GPTLMLoss, count_loss_tokens
+from collie.tensors import whole
 
 
 @dataclass
@@ -111,7 +111,5 @@ def default_loss(model: torch.nn.Module, loss_fn: Callable, batch: dict,
 
 def chunked_loss(model: torch.nn.Module, loss_fn: Callable) -> bool:
     """Whether the loss is collie's next-token loss and the model computes it in chunks."""
-    from collie.models.loss import GPTLMLoss
-
     return getattr(model, "loss_chunk_tokens", 0) > 0 and type(loss_fn) is GPTLMLoss and \
         loss_fn.ignore_index == IGNORE_INDEX

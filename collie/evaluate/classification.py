@@ -9,10 +9,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from collie.distributed.shards import whole
 from collie.dtypes import at_least_fp32
 from collie.evaluate.evaluators import Evaluator
 from collie.models.loss import IGNORE_INDEX
+from collie.tensors import whole
 
 
 class EvaluatorForClassification(Evaluator):

@@ -11,11 +11,11 @@ from typing import Any, Callable, ContextManager, Optional
 
 import torch
 
-from collie.config import ConfigError
 from collie.data.collate import ColliePadder
-from collie.distributed.shards import whole
 from collie.evaluate.metrics import BaseMetric
 from collie.models.loss import causal_lm_loss, count_loss_tokens
+from collie.tensors import whole
+from collie.tokenization import pad_token_id
 
 
 class Evaluator:
@@ -37,7 +37,7 @@ class Evaluator:
         tokenizer = getattr(dataset, "tokenizer", None)
         data = getattr(config, "data", None)
         side = self.padding_side or (data.padding_side if data is not None else "right")
-        self.collate_fn = collate_fn or ColliePadder(pad_id(tokenizer), padding_side=side,
+        self.collate_fn = collate_fn or ColliePadder(pad_token_id(tokenizer), padding_side=side,
                                                      max_length=data.max_length if data is not None else None)
         self.runtime: Any = None  # set by the Trainer: device, dp rank/size, process groups
         # Set by the Trainer too: the context forwards run in (autocast, attention kernels), and
@@ -48,13 +48,12 @@ class Evaluator:
     def bind(self, parallel) -> None:
         """Run on a Trainer's parallelized model (`collie.distributed.parallel_model.ParallelModel`):
         its evaluation forward, process groups, forward context and sequence padding."""
-        if parallel.config.sequence_parallel and parallel.runtime.tp_size > 1 and not self.supports_sequence_parallel:
-            raise ConfigError(f"sequence_parallel: {self.name} decodes token by token, which cannot split the "
-                              "sequence over ranks; evaluate it without sequence_parallel")
+        if not self.supports_sequence_parallel:
+            parallel.layout.check_token_by_token(self.name)
         self.model, self.runtime = parallel.eval_model, parallel.runtime
         self.forward_context, self.loss_context = parallel.forward_context, parallel.loss_context
         if isinstance(self.collate_fn, ColliePadder):
-            self.collate_fn.multiple_of = parallel.sequence_multiple
+            self.collate_fn.multiple_of = parallel.layout.sequence_multiple
             self.collate_fn.virtual_tokens = parallel.virtual_tokens
 
     def evaluate(self) -> dict:
@@ -120,7 +119,7 @@ class EvaluatorForGeneration(Evaluator):
         self.tokenizer = tokenizer or dataset.tokenizer
         self.generation = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                top_k=top_k, top_p=top_p, eos_token_id=self.tokenizer.eos_token_id,
-                               pad_token_id=pad_id(self.tokenizer))
+                               pad_token_id=pad_token_id(self.tokenizer))
 
     def eval_batch(self, batch: dict) -> dict:
         input_ids = batch["input_ids"].to(self.device)
@@ -129,13 +128,3 @@ class EvaluatorForGeneration(Evaluator):
         continuation = out[:, input_ids.shape[1]:]
         preds = self.tokenizer.batch_decode(continuation, skip_special_tokens=True)
         return {"prompt": batch["text"], "pred": preds, "target": batch["target"]}
-
-
-def pad_id(tokenizer) -> int:
-    """The tokenizer's pad id, else EOS (common for LLaMA/GPT-2 tokenizers), else 0."""
-    if tokenizer is None:
-        return 0
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if value is not None:
-            return value
-    return 0

@@ -1,5 +1,10 @@
 """What every collie model shares: HF-format loading and saving, random initialisation and
-generation."""
+generation.
+
+The family of a config is looked up in `collie.models.registry`, which holds the specs only:
+a spec names its model class by path, so the registry (and this module) never import the
+model classes that subclass `CollieModel` here.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,15 @@ import torch.distributed as dist
 from torch import nn
 
 from collie import storage
-from collie.distributed.shards import copy_whole_into, whole
 from collie.dtypes import DTYPES
 from collie.generation import GenerationMixin
+from collie.host_memory import return_freed_memory_to_os
+from collie.models.adapter_names import has_lora_adapters, is_adapter_name
+from collie.models.auto.spec import load_auto
 from collie.models.hf_io import DEFAULT_MAX_SHARD_BYTES, iter_hf_tensors
 from collie.models.hf_writer import write_hf_model
+from collie.models.registry import config_class_for, spec_for
+from collie.tensors import copy_whole_into, whole
 
 
 @dataclass
@@ -45,8 +54,6 @@ def load_hf_config(path: str):
     with open(config_file) as f:
         fields = json.load(f)
     # Families transformers does not ship are read with collie's config class, never remote code.
-    from collie.models.registry import config_class_for
-
     config_cls = config_class_for(fields)  # an unknown type fails here, in collie's words
     if config_cls is not None:
         return config_cls.from_pretrained(path, local_files_only=True)
@@ -116,8 +123,6 @@ class CollieModel(GenerationMixin, nn.Module):
         shards of `config.model`, one checkpoint tensor at a time (no rank ever holds the
         whole model).
         """
-        from collie.host_memory import return_freed_memory_to_os
-
         return_freed_memory_to_os()  # reading frees a buffer per tensor: give the pages back
         source, path = path, storage.local_copy(path)  # an object-store URL is read from a local copy
         hf_config = load_hf_config(path)
@@ -169,8 +174,6 @@ class CollieModel(GenerationMixin, nn.Module):
     # -- saving -------------------------------------------------------------
     def hf_state_names(self) -> list[str]:
         """Our names of the tensors an HF checkpoint holds (a tied head is stored once)."""
-        from collie.peft.lora import is_adapter_name
-
         spec = spec_for(self.config)
         tied_head = f"{spec.edge_name('head')}.weight" if spec.dims(self.config).tied_embeddings else None
         return [name for name in self.state_dict() if name != tied_head and not is_adapter_name(name)]
@@ -182,9 +185,7 @@ class CollieModel(GenerationMixin, nn.Module):
         Works from any parallel layout: each sharded tensor is gathered in turn (every rank
         must call this), and only rank 0 writes, one checkpoint tensor at a time.
         """
-        from collie.peft.lora import has_adapters
-
-        if has_adapters(self):
+        if has_lora_adapters(self):
             raise ValueError("save_pretrained: the model has LoRA adapters, which an HF model directory cannot hold; "
                              "write them with Trainer.save_model (peft's format) or merge_adapters(model) first")
         state = self.state_dict()
@@ -203,14 +204,6 @@ class CollieModel(GenerationMixin, nn.Module):
         raise NotImplementedError
 
 
-def spec_for(hf_config):
-    """The family spec of `hf_config` (imported here: the registry imports every family, and
-    every family imports this module)."""
-    from collie.models.registry import spec_for as registered_spec
-
-    return registered_spec(hf_config)
-
-
 def _model_class(cls: type, hf_config, path: Optional[str] = None) -> type:
     """The family's class for `hf_config`; called on a family class, it must be that family."""
     model_cls = spec_for(hf_config).model_cls
@@ -222,8 +215,6 @@ def _model_class(cls: type, hf_config, path: Optional[str] = None) -> type:
 
 def _load_transformers_model(cls: type, path: str, hf_config, config, dtype: torch.dtype) -> nn.Module:
     """A model type collie has no family for, as transformers' own class (see collie.models.auto)."""
-    from collie.models.auto.spec import load_auto
-
     if cls is not CollieModel:
         raise ValueError(f"{path!r} holds a {hf_config.model_type!r} model, not a {cls.__name__}")
     if config is not None:
@@ -232,9 +223,15 @@ def _load_transformers_model(cls: type, path: str, hf_config, config, dtype: tor
 
 
 def _launched_processes() -> int:
-    from collie.distributed.env import read_launch_env
-
-    return int(read_launch_env().get("WORLD_SIZE", "1"))
+    """How many processes the launcher started: torchrun's WORLD_SIZE, else Slurm's task count
+    (`collie.distributed.env.read_launch_env`'s rule, read here from the environment because
+    the models sit below `collie.distributed`)."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["WORLD_SIZE"])
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return int(env["SLURM_NTASKS"])
+    return int(env.get("WORLD_SIZE", "1"))
 
 
 def _on_meta(model_cls: type, hf_config, collie_config, dtype: torch.dtype) -> "CollieModel":

@@ -5,12 +5,17 @@ spec: where its decoder blocks and edge modules (embedding, final norm, head) li
 split it for tensor parallel, its sizes, its FLOPs per token, its HF adapter and the shapes
 `collie init-model` writes. Adding a family means writing a model, an adapter, a TP plan and
 one of these, then listing it in `collie.models.registry.FAMILIES`.
+
+A spec names its model class by import path ("package.module:Class") rather than holding the
+class: the specs sit below `collie.models.base` (which looks them up), the model classes above
+it (they subclass `CollieModel`), so the class is imported only when a model is built.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from torch import nn
 
@@ -31,19 +36,35 @@ class ModelDims:
     vocab: int
     tied_embeddings: bool = False
 
+    @classmethod
+    def of(cls, args: Any) -> "ModelDims":
+        """The dims of a family's network settings (any object with these fields: `DecoderArgs`)."""
+        return cls(layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, hidden=args.hidden,
+                   vocab=args.vocab, tied_embeddings=args.tied_embeddings)
+
+
+def dense_flops_per_token(dims: ModelDims, seq_len: int, trainable_params: float) -> float:
+    """Training FLOPs per token of a dense decoder: 6 per parameter (forward and backward
+    matmuls) plus the attention score/value matmuls, which grow with the sequence."""
+    return 6.0 * trainable_params + 12.0 * dims.layers * dims.hidden * seq_len
+
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     # HF `model_type` values this family loads.
     model_types: tuple[str, ...]
-    model_cls: type
+    # The model class as "package.module:Class" (imported when first built), or a factory
+    # (hf_config) -> model.
+    model: Union[str, Callable[[Any], nn.Module]]
     adapter: "HFAdapter"
     # (model or pipeline stage, sequence_parallel, loss_parallel) -> {module name: DTensor style}
     tp_plan: Callable[[nn.Module, bool, bool], dict]
-    dims: Callable[[Any], ModelDims]
+    # hf_config -> the network's settings (`collie.models.common.args.DecoderArgs`): the one place
+    # a family reads its config.json; its model and its dims both come from it.
+    args: Optional[Callable[[Any], Any]] = None
     # (dims, sequence length, trainable parameters) -> training FLOPs per token
-    flops_per_token: Callable[[ModelDims, int, int], float]
+    flops_per_token: Callable[[ModelDims, int, float], float] = dense_flops_per_token
     # `collie init-model` shapes: name -> HF config fields (vocab_size None: the tokenizer's size)
     shapes: dict[str, dict] = field(default_factory=dict)
     # (shape fields, tokenizer) -> an HF config of this family
@@ -63,6 +84,18 @@ class ModelSpec:
     # depend on the tokens (ChatGLM v1): computed where the ids are and handed to every pipeline
     # stage. None: positions follow from the attention mask alone.
     position_ids: Optional[Callable[..., Any]] = None
+
+    @property
+    def model_cls(self) -> Callable[[Any], nn.Module]:
+        """The model class (or factory): `spec.model_cls(hf_config)` builds the model."""
+        if not isinstance(self.model, str):
+            return self.model
+        module, _, name = self.model.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def dims(self, hf_config) -> ModelDims:
+        """The sizes parallelism and monitors need, read from an HF config."""
+        return ModelDims.of(self.args(hf_config))
 
     # -- accessors the engine uses ---------------------------------------------
     def blocks(self, model: nn.Module) -> nn.ModuleDict:

@@ -10,6 +10,9 @@ from typing import Optional
 
 import torch
 
+from collie.distributed.parallelize import compute_dtype
+from collie.forward_context import autocast_dtype
+from collie.models.base import param_dtype
 from collie.monitors.memory import GIB, PeakMemory
 
 # Dense peak TFLOP/s per device, for MFU: (half precision on tensor cores, plain fp32). CPUs
@@ -79,10 +82,6 @@ class MFUMonitor(Monitor):
     def _matmul_dtype(self, device: torch.device) -> torch.dtype:
         if self.config is None:
             return torch.bfloat16
-        from collie.distributed.parallelize import compute_dtype
-        from collie.forward_context import autocast_dtype
-        from collie.models.base import param_dtype
-
         storage = param_dtype(self.config)
         return autocast_dtype(self.config, device) or compute_dtype(self.config, device, storage) or storage
 

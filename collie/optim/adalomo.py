@@ -12,13 +12,12 @@ import math
 
 import torch
 from torch import nn
-
 from torch.distributed.tensor import DTensor
 
-from collie.distributed.shards import local_region, whole
 from collie.dtypes import at_least_fp32, row_blocks
 from collie.optim._fused import FusedBackwardOptimizer, dense_rows, full_or_local, update_in_row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
+from collie.tensors import local_region, whole
 
 
 class AdaLomo(FusedBackwardOptimizer):

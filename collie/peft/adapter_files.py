@@ -20,10 +20,10 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from collie.config import ConfigError
-from collie.distributed.shards import copy_whole_into
+from collie.config.peft_settings import LoraSettings, from_peft_config
 from collie.models.base import full_tensor
 from collie.peft.lora import adapter_modules, hf_module_names
-from collie.peft.settings import LoraSettings, from_peft_config
+from collie.tensors import copy_whole_into
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -6,9 +6,9 @@ from typing import Optional, Union
 
 import torch
 
+from collie.config.peft_settings import LoraSettings, peft_settings
 from collie.peft.lora_run import LoraRun, attach_lora
 from collie.peft.prompt_tuning import PromptRun, attach_prompt
-from collie.peft.settings import LoraSettings, peft_settings
 
 PeftRun = Union[LoraRun, PromptRun]
 

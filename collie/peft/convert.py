@@ -13,13 +13,21 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 
 from collie.config import ConfigError
-from collie.models.base import CollieModel, load_hf_config, spec_for
+from collie.config.peft_settings import PromptSettings
 from collie.models import hf_io
-from collie.peft.adapter_files import (Ranks, is_adapter_dir, load_adapter_tensors, lora_from_record, read_adapter,
-                                       read_checkpoint_record, write_adapter)
-from collie.peft.prompt_tuning import PROMPT_PARAM, attach_prompt, write_prompt
-from collie.peft.settings import PromptSettings
+from collie.models.base import CollieModel, load_hf_config, spec_for
+from collie.peft.adapter_files import (
+    Ranks,
+    is_adapter_dir,
+    load_adapter_tensors,
+    lora_from_record,
+    read_adapter,
+    read_checkpoint_record,
+    write_adapter,
+)
 from collie.peft.lora import add_lora, merge_adapters
+from collie.peft.prompt_tuning import PROMPT_PARAM, attach_prompt, write_prompt
+from collie.tokenization import copy_tokenizer_files
 
 
 def checkpoint_to_adapter(checkpoint_dir: str, out_dir: str) -> None:
@@ -44,9 +52,7 @@ def merge_lora(source: str, out_dir: str, base: Optional[str] = None) -> None:
         raise ConfigError(f"--merge-lora: {source!r} holds a trained prompt, not LoRA adapters: there is nothing to "
                           "merge into the weights")
     model.save_pretrained(out_dir)
-    from collie.convert import copy_tokenizer
-
-    copy_tokenizer(source if os.path.isfile(os.path.join(source, "tokenizer_config.json")) else base, out_dir)
+    copy_tokenizer_files(source if os.path.isfile(os.path.join(source, "tokenizer_config.json")) else base, out_dir)
 
 
 def model_with_adapter(source: str, base: Optional[str] = None,

@@ -16,15 +16,14 @@ import torch
 from torch import nn
 
 from collie.config import ConfigError
-from collie.distributed.shards import copy_whole_into
+from collie.config.peft_settings import LoraSettings
 from collie.dtypes import at_least_fp32
+from collie.models.adapter_names import is_adapter_name
 from collie.models.init import named_generator
 from collie.models.layers import Linear
 from collie.peft.quantize import base_linear
-from collie.peft.settings import LoraSettings
+from collie.tensors import copy_whole_into
 
-# LoRA's A and B, and prompt tuning's prompt: what PEFT adds to a model's state dict.
-ADAPTER_NAME = re.compile(r"(\.lora_[AB]\.weight|^prompt\.weight)$")
 _WRAPPER = re.compile(r"(^|\.)_checkpoint_wrapped_module(?=\.|$)")
 
 
@@ -46,10 +45,6 @@ class LoraLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, " \
                f"scaling={self.scaling:g}"
-
-
-def is_adapter_name(name: str) -> bool:
-    return ADAPTER_NAME.search(name) is not None
 
 
 def hf_module_names(model: nn.Module, spec) -> dict[str, str]:

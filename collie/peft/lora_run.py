@@ -9,10 +9,9 @@ from typing import Optional
 
 import torch
 
-from collie.peft.adapter_files import (Ranks, gather_adapters, load_adapter_tensors, read_adapter,
-                                       write_adapter)
+from collie.config.peft_settings import LoraSettings
+from collie.peft.adapter_files import Ranks, gather_adapters, load_adapter_tensors, read_adapter, write_adapter
 from collie.peft.lora import add_lora, init_adapters
-from collie.peft.settings import LoraSettings
 
 log = logging.getLogger("collie")
 

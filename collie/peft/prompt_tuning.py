@@ -19,11 +19,12 @@ from torch import nn
 
 from collie import storage
 from collie.config import ConfigError
-from collie.distributed.shards import copy_whole_into
+from collie.config.peft_settings import PromptSettings
 from collie.dtypes import at_least_fp32
-from collie.models.base import full_tensor
+from collie.models.base import full_tensor, is_meta, load_tokenizer
+from collie.models.hf_io import iter_hf_tensors
 from collie.models.init import named_generator
-from collie.peft.settings import PromptSettings
+from collie.tensors import copy_whole_into
 
 PROMPT_PARAM = "prompt.weight"
 PEFT_KEY = "prompt_embeddings"
@@ -109,8 +110,6 @@ def read_prompt(path: str, num_virtual_tokens: int, hidden: int) -> torch.Tensor
 
 def _text_embeddings(model: nn.Module, spec, settings: PromptSettings, config) -> torch.Tensor:
     """peft's TEXT init: the embeddings of the text's tokens, repeated to the prompt's length."""
-    from collie.models.base import is_meta, load_tokenizer
-
     source = config.tokenizer or config.model
     if not source:
         raise ConfigError("peft.prompt_init_text: needs a tokenizer (set `tokenizer` or `model`)")
@@ -123,8 +122,6 @@ def _text_embeddings(model: nn.Module, spec, settings: PromptSettings, config) -
     if not is_meta(model):
         return embedding.detach()[ids].float()
     # An empty model (multi-process loading): read the rows from its checkpoint.
-    from collie.models.hf_io import iter_hf_tensors
-
     wanted = f"{spec.edge_name('embedding')}.weight"
     for hf_name, tensor in iter_hf_tensors(storage.local_copy(config.model)):
         for name, part in spec.adapter.split(hf_name, tensor, model.config):

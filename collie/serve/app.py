@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from collie.serve.engine import Engine, Event, Job, Overloaded
 from collie.serve.protocol import APIError, ChatRequest, CompletionRequest, check_sampling, parse, rows_for
+from collie.tokenization import pad_token_id
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to what fits
 
@@ -32,7 +33,7 @@ class ServedModel:
         self.reserved_positions = reserved_positions  # prompt tuning: positions before the text
 
     def encode(self, text: str) -> list[int]:
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = pad_token_id(self.tokenizer)
         return [pad] * self.reserved_positions + self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def chat_prompt(self, request: ChatRequest) -> list[int]:
@@ -43,7 +44,7 @@ class ServedModel:
             raise APIError(400, "messages: must not be empty", "messages")
         turns = [{"role": m.role, "content": m.text()} for m in request.messages]
         text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pad = pad_token_id(self.tokenizer)
         return [pad] * self.reserved_positions + self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Optional
 
-from collie.trainer.callbacks import Callback
+from collie.events import Callback
+from collie.serve.app import ServedModel, build_app
+from collie.serve.engine import Engine, decode
+from collie.serve.gradio_page import GradioProvider
+from collie.serve.http import context_length, http_server, model_name, start_in_background
+from collie.serve.lockstep import Lockstep
 
 log = logging.getLogger("collie")
 
@@ -32,11 +36,6 @@ class ServeCallback(Callback):
         self._gradio = None
 
     def on_train_begin(self, trainer) -> None:
-        from collie.serve.app import ServedModel, build_app
-        from collie.serve.command import context_length, model_name
-        from collie.serve.engine import Engine
-        from collie.serve.lockstep import Lockstep
-
         if trainer.tokenizer is None:
             raise ValueError("serve: serving during training needs the Trainer's tokenizer")
         parallel = trainer.parallel
@@ -46,24 +45,13 @@ class ServeCallback(Callback):
                              step=lambda: trainer.global_step)
         if not trainer.runtime.is_main:
             return
-        import uvicorn
-
         name = model_name(trainer.config.model or trainer.config.output_dir or "model", self.model_name)
         served = ServedModel(name, trainer.tokenizer, context_length(trainer.config.model_config, trainer.tokenizer),
                              reserved_positions=parallel.virtual_tokens)
-        self._server = uvicorn.Server(uvicorn.Config(build_app(self.engine, served), host=self.host, port=self.port,
-                                                     log_level="warning", access_log=False))
-        self._thread = threading.Thread(target=self._server.run, name="collie-serve-http", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:  # e.g. the port is taken
-                raise RuntimeError(f"serve.port: could not listen on {self.host}:{self.port}")
-            time.sleep(0.02)
+        self._server = http_server(build_app(self.engine, served), self.host, self.port)
+        self._thread = start_in_background(self._server, "serve.port")
         log.info("serving %r at http://%s:%d/v1 while training (answered between steps)", name, self.host, self.port)
         if self.gradio_port is not None:
-            from collie.serve.gradio_page import GradioProvider
-
             api_host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
             self._gradio = GradioProvider(f"http://{api_host}:{self.port}/v1", name, port=self.gradio_port,
                                           host=self.host)
@@ -96,8 +84,6 @@ class ServeCallback(Callback):
                 if self.lockstep is not None:
                     self.lockstep.send_idle()
             else:
-                from collie.serve.engine import decode
-
                 self.lockstep.follow(lambda prompts, max_new, choose: decode(
                     model, trainer.parallel.forward_context, prompts, max_new, self.engine.pad_id, choose), until="idle")
         finally:

@@ -19,10 +19,11 @@ from typing import Callable, ContextManager, Optional
 
 import torch
 
-from collie.distributed.shards import whole
 from collie.dtypes import at_least_fp32
 from collie.generation import choose_next
 from collie.serve.text import IncrementalText
+from collie.tensors import whole
+from collie.tokenization import pad_token_id
 
 log = logging.getLogger("collie")
 
@@ -137,7 +138,7 @@ class Engine:
         self.lockstep = lockstep
         eos = tokenizer.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(self.eos, default=0))
+        self.pad_id = pad_token_id(tokenizer)
         self.waiting: deque[Job] = deque()
         self.condition = threading.Condition()
         self.stopping = False

@@ -1,4 +1,4 @@
-from collie.trainer.callbacks import Callback
+from collie.events import Callback
 from collie.trainer.trainer import Trainer
 
 __all__ = ["Callback", "Trainer"]

@@ -22,11 +22,16 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from collie import storage
+from collie.peft.adapter_files import write_checkpoint_record
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
@@ -86,15 +91,13 @@ def _no_dist() -> bool:
     return not dist.is_initialized()
 
 
-def _model_options(trainer) -> Optional[StateDictOptions]:
+def _model_options(adapters_only: bool) -> Optional[StateDictOptions]:
     """A PEFT run checkpoints its adapters alone: the frozen base is the model it started from."""
-    if getattr(trainer, "peft", None) is None:
-        return None
-    return StateDictOptions(ignore_frozen_params=True, strict=False)
+    return StateDictOptions(ignore_frozen_params=True, strict=False) if adapters_only else None
 
 
 def _states(trainer, model_only: bool, loading: bool = False) -> dict:
-    state = {"model": get_model_state_dict(trainer.model, options=_model_options(trainer))}
+    state = {"model": get_model_state_dict(trainer.model, options=_model_options(trainer.peft is not None))}
     if model_only:
         return state
     if trainer.updates_in_backward:
@@ -209,8 +212,6 @@ def _write_local_files(trainer, tmp: str, rank: int, model_only: bool) -> None:
         with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
             json.dump(trainer_state(trainer, model_only), f, indent=2)
         if getattr(trainer, "peft", None) is not None:
-            from collie.peft.adapter_files import write_checkpoint_record
-
             write_checkpoint_record(tmp, trainer.peft.record(trainer.config.model))
         model_config = getattr(trainer.model, "config", None)
         if model_config is not None and hasattr(model_config, "save_pretrained"):
@@ -249,14 +250,14 @@ def load(trainer, path: str) -> None:
     """
     saved = read_trainer_state(path)
     if saved.get("model_only"):
-        load_model_only(trainer, path)
+        load_model_only(trainer.model, path, adapters_only=trainer.peft is not None)
         return
     state = _states(trainer, model_only=False, loading=True)
     _check_compatible(path, state)
     # In-backward optimizers may have no state yet for some parameters in the checkpoint
     # (saved before their first update): those keep the fresh state they were given.
     _dcp_load(path, state, partial="optim_in_backward" in state)
-    set_model_state_dict(trainer.model, state["model"], options=_model_options(trainer))
+    set_model_state_dict(trainer.model, state["model"], options=_model_options(trainer.peft is not None))
     if "optim" in state:
         set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optim"])
     if "optim_in_backward" in state:
@@ -278,11 +279,13 @@ def load(trainer, path: str) -> None:
         set_rng_state(per_rank["rng"])
 
 
-def load_model_only(trainer, path: str) -> None:
-    state = {"model": get_model_state_dict(trainer.model, options=_model_options(trainer))}
+def load_model_only(model: torch.nn.Module, path: str, adapters_only: bool = False) -> None:
+    """The weights of a checkpoint (any layout) into `model` (its adapters alone for a PEFT run)."""
+    options = _model_options(adapters_only)
+    state = {"model": get_model_state_dict(model, options=options)}
     _check_compatible(path, state)
     _dcp_load(path, state)
-    set_model_state_dict(trainer.model, state["model"], options=_model_options(trainer))
+    set_model_state_dict(model, state["model"], options=options)
 
 
 def read_trainer_state(path: str) -> dict:

@@ -9,8 +9,8 @@ import os
 from typing import Optional
 
 from collie import storage
+from collie.events import Callback
 from collie.trainer import checkpoint
-from collie.trainer.callbacks import Callback
 
 log = logging.getLogger("collie")
 

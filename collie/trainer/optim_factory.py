@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from collie.config import OptimizerConfig, SchedulerConfig
+from collie import optim
+from collie.config import ConfigError, OptimizerConfig, SchedulerConfig
 
 
 def updates_in_backward(optimizer) -> bool:
@@ -17,51 +20,58 @@ def updates_in_backward(optimizer) -> bool:
     return bool(getattr(optimizer, "updates_in_backward", False))
 
 
+def _adam(cls: type) -> Callable:
+    def build(model: torch.nn.Module, params: list, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+        return cls(params, lr=cfg.lr, betas=tuple(cfg.betas[:2]), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                   **adam_implementation(params))
+    return build
+
+
+def _in_backward(cls: type) -> Callable:
+    def build(model: torch.nn.Module, params: list, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+        return cls(model, lr=cfg.lr, clip_grad_norm=cfg.clip_grad_norm, clip_grad_value=cfg.clip_grad_value,
+                   weight_decay=cfg.weight_decay)
+    return build
+
+
+# `optimizer.name` → (the class, how it is built from the model, its trainable parameters and
+# the config section). Its names are `collie.config.OPTIMIZERS` (a test holds them equal).
+OPTIMIZER_TABLE: dict[str, tuple[type, Callable]] = {
+    "adamw": (torch.optim.AdamW, _adam(torch.optim.AdamW)),
+    "adam": (torch.optim.Adam, _adam(torch.optim.Adam)),
+    "sgd": (torch.optim.SGD, lambda model, params, cfg: torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)),
+    "lomo": (optim.Lomo, _in_backward(optim.Lomo)),
+    "adalomo": (optim.AdaLomo, _in_backward(optim.AdaLomo)),
+    "adan": (optim.Adan, lambda model, params, cfg: optim.Adan(
+        params, lr=cfg.lr, betas=tuple(cfg.betas) if len(cfg.betas) == 3 else (0.98, 0.92, 0.99), eps=cfg.eps,
+        weight_decay=cfg.weight_decay)),
+    "lion": (optim.Lion, lambda model, params, cfg: optim.Lion(
+        params, lr=cfg.lr, betas=tuple(cfg.betas[:2]), weight_decay=cfg.weight_decay)),
+    "sophiag": (optim.SophiaG, lambda model, params, cfg: optim.SophiaG(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay)),
+}
+
+
+def _entry(name: str) -> tuple[type, Callable]:
+    if name not in OPTIMIZER_TABLE:
+        raise ConfigError(f"optimizer.name: {name!r} is not one of {', '.join(OPTIMIZER_TABLE)}")
+    return OPTIMIZER_TABLE[name]
+
+
 def optimizer_class(name: str) -> type:
     """The class `optimizer.name` builds."""
-    from collie import optim
-
-    classes = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD,
-               "lomo": optim.Lomo, "adalomo": optim.AdaLomo, "adan": optim.Adan, "lion": optim.Lion,
-               "sophiag": optim.SophiaG}
-    if name not in classes:
-        raise ValueError(f"optimizer.name: unknown optimizer {name!r}")
-    return classes[name]
+    return _entry(name)[0]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    name = cfg.name
-    if name in ("adamw", "adam"):
-        cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-        return cls(params, lr=cfg.lr, betas=tuple(cfg.betas[:2]), eps=cfg.eps, weight_decay=cfg.weight_decay,
-                   **adam_implementation(params))
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    from collie import optim
-
-    if name == "lomo":
-        return optim.Lomo(model, lr=cfg.lr, clip_grad_norm=cfg.clip_grad_norm,
-                          clip_grad_value=cfg.clip_grad_value, weight_decay=cfg.weight_decay)
-    if name == "adalomo":
-        return optim.AdaLomo(model, lr=cfg.lr, clip_grad_norm=cfg.clip_grad_norm,
-                             clip_grad_value=cfg.clip_grad_value, weight_decay=cfg.weight_decay)
-    if name == "adan":
-        betas = tuple(cfg.betas) if len(cfg.betas) == 3 else (0.98, 0.92, 0.99)
-        return optim.Adan(params, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if name == "lion":
-        return optim.Lion(params, lr=cfg.lr, betas=tuple(cfg.betas[:2]), weight_decay=cfg.weight_decay)
-    if name == "sophiag":
-        return optim.SophiaG(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"optimizer.name: unknown optimizer {name!r}")
+    return _entry(cfg.name)[1](model, [p for p in model.parameters() if p.requires_grad], cfg)
 
 
 def adam_implementation(params: list[torch.Tensor]) -> dict:
     """The fused (one kernel for all parameters) Adam on GPUs, where every parameter is a plain
     CUDA tensor; PyTorch's default (foreach) elsewhere: on CPUs, and for DTensor parameters
     (tensor parallel, FSDP), whose fused kernel support depends on the PyTorch version."""
-    from torch.distributed.tensor import DTensor
-
     fused = bool(params) and all(p.device.type == "cuda" and not isinstance(p, DTensor) for p in params)
     return {"fused": True} if fused else {}
 
@@ -83,3 +93,4 @@ def lr_factor(step: int, name: str, warmup: int, total: int, min_ratio: float) -
     else:
         decay = 0.5 * (1.0 + math.cos(math.pi * progress))
     return min_ratio + (1.0 - min_ratio) * decay
+

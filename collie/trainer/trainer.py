@@ -17,27 +17,32 @@ import torch
 
 from collie import storage
 from collie.config import CollieConfig, ConfigError
+from collie.config.peft_settings import PromptSettings, peft_settings
+from collie.config.quantization import quant_settings
 from collie.data.sampler import GlobalBatchSampler
 from collie.distributed.clip import clip_grad_norm, clip_grad_value
 from collie.distributed.parallel_model import ParallelModel
-from collie.distributed.parallelize import parallelize
+from collie.distributed.parallelize import parallelize, weights_source
 from collie.distributed.peer_failure import as_peer_failure
-from collie.distributed.runtime import build_runtime
+from collie.distributed.runtime import build_runtime, model_facts
 from collie.distributed.steps import StepResult, default_loss, refresh_hessian
-from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity, pad_id
+from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity
 from collie.evaluate.metrics import PPLMetric
+from collie.evaluate.results import evaluate_all, sample_lines
+from collie.events import Callback, CallbackList
 from collie.host_memory import return_freed_memory_to_os
-from collie.models.base import is_meta
 from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.models.registry import spec_of
 from collie.monitors.monitors import Monitor, StepStats, default_monitors
 from collie.monitors.plot_sink import LossCurveSink
 from collie.monitors.run_files import RunFiles
 from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
+from collie.monitors.wandb_sink import WandbSink
 from collie.peft.attach import PeftRun, attach_peft
+from collie.serve.during_training import ServeCallback
+from collie.tokenization import pad_token_id
 from collie.trainer import checkpoint
 from collie.trainer.background_checkpoint import BackgroundWriter
-from collie.trainer.callbacks import Callback, CallbackList
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
 from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class, updates_in_backward
 from collie.trainer.preemption import PreemptionWatch
@@ -54,11 +59,13 @@ class Trainer:
                  tokenizer=None) -> None:
         config.validate()
         return_freed_memory_to_os()
-        if config.pp_size > 1 and train_fn is not None:
-            raise ConfigError("pp_size: a custom train_fn cannot run inside a pipeline schedule")
         self.config = config
-        self.runtime = build_runtime(config)
         self.spec = spec_of(model)
+        self.runtime = build_runtime(config, model_facts(model, self.spec),
+                                     prompt_tuning=isinstance(peft_settings(config), PromptSettings),
+                                     quantized=quant_settings(config.quantization_config) is not None)
+        if train_fn is not None:
+            self.runtime.layout.check_custom_step()
         # PEFT: adapters or a prompt go on the single-device model; parallelism then treats them
         # as any other parameters.
         self.peft: Optional[PeftRun] = attach_peft(model, self.spec, config)
@@ -71,7 +78,7 @@ class Trainer:
         self.train_fn = train_fn
         self.train_dataset = train_dataset
         self.tokenizer = tokenizer or getattr(train_dataset, "tokenizer", None)
-        self.padder = self.parallel.padder(pad_id(self.tokenizer), config.data.padding_side, config.data.max_length)
+        self.padder = self.parallel.padder(pad_token_id(self.tokenizer), config.data.padding_side, config.data.max_length)
         self.sampler = None
         if train_dataset is not None:
             self.sampler = GlobalBatchSampler(len(train_dataset), config.train_micro_batch_size,
@@ -92,8 +99,6 @@ class Trainer:
             callbacks.append(CheckpointCallback(every_n_steps=config.checkpoint_every_n_steps,
                                                 max_to_keep=config.max_to_keep))
         if config.serve.port is not None:
-            from collie.serve.during_training import ServeCallback
-
             serve = config.serve
             callbacks.append(ServeCallback(serve.port, serve.host, serve.max_batch_size, serve.max_queue,
                                            gradio_port=serve.gradio_port))
@@ -118,7 +123,7 @@ class Trainer:
         in_backward = updates_in_backward(optimizer if optimizer is not None
                                           else optimizer_class(self.config.optimizer.name))
         parallel = parallelize(model, self.spec, self.config, self.runtime,
-                               weights_from=_weights_source(model, self.config), replicate_wrapper=not in_backward)
+                               weights_from=weights_source(model, self.config), replicate_wrapper=not in_backward)
         if optimizer is not None and not in_backward:
             rebind_parameters(optimizer, names, parallel.module.state_dict(keep_vars=True))
         return parallel
@@ -129,8 +134,8 @@ class Trainer:
             optimizer.configure_parallel(self.model, dp_group=self.parallel.replica_group,
                                          update_after_backward=self.parallel.update_after_backward,
                                          pp_group=self.runtime.pp_group)
-        if self.config.pp_size > 1 and getattr(optimizer, "hessian_update_interval", 0):
-            raise ConfigError("optimizer.name: SophiaG's Hessian refresh needs the whole model; use pp_size=1")
+        if getattr(optimizer, "hessian_update_interval", 0):
+            self.runtime.layout.check_whole_model_optimizer()
         return optimizer
 
     # -- public API ---------------------------------------------------------
@@ -159,11 +164,10 @@ class Trainer:
 
     def evaluate(self) -> dict:
         self.callbacks.fire("on_evaluate_begin", self)
-        results: dict = {}
-        for evaluator in self.evaluators:
-            for key, value in evaluator.evaluate().items():
-                results[key if key not in results else f"{evaluator.name}.{key}"] = value
-        self._show_samples(results)
+        results = evaluate_all(self.evaluators)
+        for line in sample_lines(results):
+            for sink in self.sinks:
+                sink.message(line)
         self.callbacks.fire("on_evaluate_end", self, results)
         return results
 
@@ -403,20 +407,9 @@ class Trainer:
             kept = next((s.rows for s in self.sinks if isinstance(s, CSVSink)), [])
             self.sinks.append(LossCurveSink(os.path.join(files.local, "loss.png"), kept))
         if "wandb" in cfg.logging:
-            from collie.monitors.wandb_sink import WandbSink
-
             self.sinks.append(WandbSink(files.local if files else None, cfg.to_dict(), resumed))
         if files is not None and files.remote:
             self.sinks.append(files)  # last: uploads what the sinks above have just written
-
-    def _show_samples(self, results: dict) -> None:
-        samples = results.get("samples")
-        if not samples:
-            return
-        for sink in self.sinks:
-            for sample in samples[:3]:
-                sink.message(f"  prompt: {sample['prompt']!r}\n  output: {sample['pred']!r}\n"
-                             f"  target: {sample['target']!r}")
 
 
 def rebind_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str],
@@ -434,14 +427,3 @@ def rebind_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str],
     for group in optimizer.param_groups:
         group["params"] = [new_params[names[id(p)]] if id(p) in names else p for p in group["params"]
                            if id(p) not in names or names[id(p)] in new_params]
-
-
-def _weights_source(model: torch.nn.Module, config: CollieConfig) -> Optional[str]:
-    """Where an empty (meta-device) model's weights are: `from_pretrained` under a multi-process
-    launch records them in `config.model` and leaves loading until the model is sharded."""
-    if not is_meta(model):
-        return None
-    if not config.model:
-        raise ConfigError("model: the model has no weights yet (meta device) and config.model names no "
-                          "directory to load them from; build it with from_pretrained(path, config=config)")
-    return storage.local_copy(config.model)

@@ -9,8 +9,7 @@ import torch
 import torch.distributed as dist
 
 from collie import CollieConfig
-from collie.data import CollieDatasetForTraining
-from collie.data import CollieDatasetForClassification
+from collie.data import CollieDatasetForClassification, CollieDatasetForTraining
 from collie.evaluate import AccuracyMetric, EvaluatorForClassification, EvaluatorForPerplexity, PPLMetric
 from collie.models import registry
 from collie.models.base import CollieModel

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from collie import CollieConfig
 from collie.config import ConfigError
-from collie.distributed.parallelize import check_layout
+from collie.config import Layout, ModelFacts
 from collie.models.auto.spec import AUTO
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -64,7 +64,7 @@ def test_model_parallel_is_refused_in_one_line(field):
     config = CollieConfig(**{field: 2})
     with pytest.raises(ConfigError, match=f"{field}: collie has no model family for 'phi3', so it runs as "
                                           "transformers' own class: data parallel and ZeRO only"):
-        check_layout(AUTO, AUTO.dims(_phi3_config()), config, "phi3")
+        Layout.build(config, model=ModelFacts(AUTO.dims(_phi3_config()), AUTO.supports_model_parallel, "phi3"))
 
 
 def _phi3_config():

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
+from helpers import save_tiny_hf_model
 from safetensors.torch import load_file
 
 from collie.models.base import CollieModel
-from helpers import save_tiny_hf_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RECORDS = [{"tokens": [(7 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for i in range(24)]

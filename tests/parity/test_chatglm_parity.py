@@ -5,12 +5,12 @@ same weights (half of each head rotates, interleaved; base 10000 × rope_ratio).
 import json
 
 import torch
+from helpers import assert_matches_reference, assert_saves_back
 from safetensors.torch import save_file
 from transformers import GlmConfig, GlmForCausalLM
 
 from collie.models.base import CollieModel
 from collie.models.chatglm.config import ChatGLMConfig
-from helpers import assert_matches_reference, assert_saves_back
 
 
 def _chatglm_checkpoint(hf: GlmForCausalLM) -> dict:

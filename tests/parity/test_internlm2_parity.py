@@ -5,13 +5,13 @@ that writes the checkpoint back tensor for tensor."""
 import json
 
 import torch
+from helpers import assert_matches_reference, assert_saves_back, tiny_llama_config
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM as HFLlama
 
 from collie.models.base import CollieModel
 from collie.models.internlm2.config import InternLM2Config
-from collie.models.llama import LlamaForCausalLM
-from helpers import assert_matches_reference, assert_saves_back, tiny_llama_config
+from collie.models import LlamaForCausalLM
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 16
 

@@ -4,11 +4,11 @@ config.json — against transformers' LLaMA with `attention_bias=True` and the s
 import json
 
 import torch
+from helpers import assert_matches_reference, tiny_llama_config
 from transformers import LlamaForCausalLM as HFLlama
 
 from collie.models.base import CollieModel
 from collie.models.internlm.config import InternLMConfig
-from helpers import assert_matches_reference, tiny_llama_config
 
 
 def test_internlm_matches_llama_with_attention_bias(tmp_path):

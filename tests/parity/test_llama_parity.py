@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_llama_config
 from transformers import AutoModelForCausalLM, GlmConfig, MistralConfig, Qwen2Config
 
 from collie import LlamaForCausalLM
 from collie.models.base import CollieModel
-from collie.models.llama.rope import inverse_frequencies, rope_settings
-from helpers import tiny_llama_config
+from collie.models.common.rope import inverse_frequencies, rope_settings
 
 # head_dim 64 with theta 5e5 gives wavelengths from 6 to ~2e6 positions: with an original context
 # of 1024 some fall in each of llama3's three bands (kept, smoothed, divided by the factor);

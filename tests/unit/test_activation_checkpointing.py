@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from collie import CollieConfig
 from collie.config import ConfigError
 from collie.distributed.parallelize import apply_activation_checkpointing
-from collie.models.llama import LlamaForCausalLM
+from collie.models import LlamaForCausalLM
 from collie.models.llama.spec import LLAMA
 
 MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}

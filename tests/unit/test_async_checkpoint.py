@@ -7,10 +7,11 @@ import subprocess
 import sys
 import textwrap
 
+from helpers import tiny_llama_config
+
 from collie import CollieConfig, LlamaForCausalLM
 from collie.data import CollieDatasetForTraining
 from collie.trainer import Callback, Trainer
-from helpers import tiny_llama_config
 
 RECORDS = [{"tokens": [1 + (3 * i + 5 * j) % 200 for j in range(6 + i % 5)]} for i in range(24)]
 

@@ -3,20 +3,20 @@
 import json
 
 import pytest
+from helpers import save_tiny_hf_model, tiny_llama_config
 
 from collie import CollieConfig, ConfigError, LlamaForCausalLM
-from collie.distributed.parallelize import check_layout
+from collie.config import Layout, ModelFacts
 from collie.models.base import CollieModel, load_tokenizer
 from collie.models.llama.spec import LLAMA
-from helpers import save_tiny_hf_model, tiny_llama_config
 
 
 def test_layouts_the_model_cannot_take():
     dims = LLAMA.dims(tiny_llama_config())  # 4 heads, 2 key/value heads, 2 layers
     with pytest.raises(ConfigError, match=r"tp_size: 4 must divide the attention heads \(4\) and key/value heads \(2\)"):
-        check_layout(LLAMA, dims, CollieConfig(tp_size=4))
+        Layout.build(CollieConfig(tp_size=4), model=ModelFacts(dims))
     with pytest.raises(ConfigError, match="pp_size: 3 stages but the model has only 2 layers"):
-        check_layout(LLAMA, dims, CollieConfig(pp_size=3))
+        Layout.build(CollieConfig(pp_size=3), model=ModelFacts(dims))
 
 
 def test_missing_or_unknown_model_and_tokenizer(tmp_path):

@@ -90,10 +90,11 @@ def test_export_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys, code):
 def test_sigterm_finishes_the_step_checkpoints_and_returns(tmp_path, caplog):
     import signal
 
+    from helpers import tiny_llama_config
+
     from collie import CollieConfig, LlamaForCausalLM
     from collie.data import CollieDatasetForTraining
     from collie.trainer import Callback, Trainer
-    from helpers import tiny_llama_config
 
     class SignalAtStep3(Callback):
         def __init__(self):

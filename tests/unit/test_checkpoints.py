@@ -7,20 +7,24 @@ import textwrap
 
 import pytest
 import torch
+from helpers import tiny_llama_config
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from transformers import AutoModelForCausalLM
 
 from collie import CollieConfig, LlamaForCausalLM
+from collie.convert import dcp_to_hf, hf_to_dcp
 from collie.data import CollieDatasetForTraining
-from collie.models.base import CollieModel
 from collie.evaluate import EvaluatorForPerplexity, PPLMetric
+from collie.models.base import CollieModel
 from collie.trainer import Callback, Trainer
 from collie.trainer.checkpoint import CheckpointError, is_corruption
-from collie.trainer.checkpoint_callbacks import (CheckpointCallback, EarlyStoppingCallback, LoadBestModelCallback,
-                                                 TopKCheckpointCallback)
-from collie.convert import dcp_to_hf, hf_to_dcp
-from helpers import tiny_llama_config
+from collie.trainer.checkpoint_callbacks import (
+    CheckpointCallback,
+    EarlyStoppingCallback,
+    LoadBestModelCallback,
+    TopKCheckpointCallback,
+)
 
 RECORDS = [{"tokens": [(7 * i + 3 * j) % 200 + 1 for j in range(8 + i % 5)]} for i in range(16)]
 HELPERS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

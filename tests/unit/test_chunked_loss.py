@@ -10,10 +10,10 @@ from helpers import Losses, save_tiny_hf_model, tiny_llama_config
 from collie import CollieConfig
 from collie.config import ConfigError
 from collie.data import CollieDatasetForTraining
-from collie.distributed.parallelize import check_layout
+from collie.config import Layout, ModelFacts
 from collie.distributed.steps import chunked_loss
 from collie.models.base import CollieModel
-from collie.models.llama import LlamaForCausalLM
+from collie.models import LlamaForCausalLM
 from collie.models.llama.spec import LLAMA
 from collie.trainer import Trainer
 
@@ -80,7 +80,7 @@ def test_training_with_chunks_has_the_plain_losses(tmp_path):
 def test_sequence_parallel_without_chunked_loss_yet_is_one_line():
     config = CollieConfig.load(None, ["tp_size=2", "sequence_parallel=true", "loss_chunk_tokens=64"])
     with pytest.raises(ConfigError, match="loss_chunk_tokens: not available with sequence_parallel yet"):
-        check_layout(LLAMA, LLAMA.dims(tiny_llama_config()), config)
+        Layout.build(config, model=ModelFacts(LLAMA.dims(tiny_llama_config())))
 
 
 def test_perplexity_evaluation_with_chunks_makes_no_whole_logits():

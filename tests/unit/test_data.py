@@ -2,7 +2,13 @@ import json
 
 import pytest
 
-from collie.data import ColliePadder, CollieDatasetForGeneration, CollieDatasetForTraining, DataError, GlobalBatchSampler
+from collie.data import (
+    CollieDatasetForGeneration,
+    CollieDatasetForTraining,
+    ColliePadder,
+    DataError,
+    GlobalBatchSampler,
+)
 
 
 def test_formats_and_label_masking(bundled_tokenizer):

@@ -6,7 +6,7 @@ import torch
 from collie import CollieConfig
 from collie.distributed.parallelize import compute_dtype
 from collie.forward_context import autocast_dtype
-from collie.monitors.monitors import MFUMonitor, MemoryMonitor, StepStats, peak_flops, peak_flops_of
+from collie.monitors.monitors import MemoryMonitor, MFUMonitor, StepStats, peak_flops, peak_flops_of
 
 
 def test_compute_dtype_per_device():
@@ -42,11 +42,12 @@ def test_bf16_autocast_only_on_gpus():
 @pytest.mark.parametrize("use_flash", [True, False])
 def test_use_flash_decides_the_attention_kernels_of_training_and_evaluation(use_flash):
     """`use_flash: false` keeps SDPA off its flash kernel in every forward the Trainer runs."""
+    from helpers import tiny_llama_config
+
     from collie import LlamaForCausalLM
     from collie.data import CollieDatasetForTraining
     from collie.evaluate import EvaluatorForPerplexity, PPLMetric
     from collie.trainer import Trainer
-    from helpers import tiny_llama_config
 
     config = CollieConfig(model_config=tiny_llama_config(), logging=[], max_steps=1, use_flash=use_flash)
     model = LlamaForCausalLM.from_config(config, seed=0)

@@ -6,15 +6,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_llama_config
 from rouge_score.rouge_scorer import RougeScorer
 from sacrebleu.metrics import BLEU
 
 from collie import CollieConfig, LlamaForCausalLM
 from collie.data import CollieDatasetForClassification, DataError
-from collie.evaluate import (AccuracyMetric, BleuMetric, ClassifyFPreRecMetric, EvaluatorForClassification,
-                             RougeMetric)
+from collie.evaluate import AccuracyMetric, BleuMetric, ClassifyFPreRecMetric, EvaluatorForClassification, RougeMetric
 from collie.evaluate.text_metrics import CharacterTokenizer
-from helpers import tiny_llama_config
 
 PREDS = ["the cat sat on the mat", "a quick brown fox jumps", "hello world again", "running runners ran"]
 TARGETS = ["the cat is on the mat", "the quick brown fox jumped", "hello there world", "runners were running"]

@@ -5,13 +5,13 @@ Exports never edit the live config, and training-only settings never reach confi
 import json
 
 import torch
+from helpers import fused_llama_spec, save_tiny_hf_model
 from safetensors.torch import load_file
 
 from collie import CollieConfig
 from collie.convert import dcp_to_hf, hf_to_dcp
 from collie.models import registry
 from collie.models.base import CollieModel
-from helpers import fused_llama_spec, save_tiny_hf_model
 
 
 def test_fused_checkpoint_round_trip(tmp_path, monkeypatch):

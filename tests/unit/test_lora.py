@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from helpers import save_tiny_hf_model
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -15,10 +16,9 @@ from collie import CollieConfig
 from collie.config import ConfigError
 from collie.data import CollieDatasetForTraining
 from collie.models.base import CollieModel
-from collie.peft.lora import adapter_modules, merge_adapters
 from collie.peft.attach import attach_peft
+from collie.peft.lora import adapter_modules, merge_adapters
 from collie.trainer import Callback, Trainer
-from helpers import save_tiny_hf_model
 
 RECORDS = [{"tokens": [(7 * i + 3 * j) % 200 + 1 for j in range(8 + i % 5)]} for i in range(16)]
 IDS = torch.tensor([RECORDS[3]["tokens"], RECORDS[4]["tokens"][:11]])

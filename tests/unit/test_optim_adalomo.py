@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import reload_through_checkpoint
 from torch import nn
 
 from collie.optim import AdaLomo
-from helpers import reload_through_checkpoint
 
 torch.set_num_threads(1)
 

@@ -8,10 +8,10 @@ import copy
 
 import pytest
 import torch
+from helpers import reload_through_checkpoint
 from torch import nn
 
 from collie.optim import AdaLomo, Lomo
-from helpers import reload_through_checkpoint
 
 torch.set_num_threads(1)
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import reload_through_checkpoint
 from torch import nn
 
 from collie.optim import Adan, Lion, SophiaG
-from helpers import reload_through_checkpoint
 
 torch.set_num_threads(1)
 

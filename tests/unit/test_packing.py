@@ -2,12 +2,12 @@
 loss and gradients — while the padding disappears."""
 
 import torch
+from helpers import tiny_llama_config
 
 from collie import CollieConfig, LlamaForCausalLM
 from collie.data import CollieDatasetForTraining, ColliePadder
 from collie.data.packing import PackedDataset
 from collie.models.loss import causal_lm_loss
-from helpers import tiny_llama_config
 
 RECORDS = [{"tokens": [1 + (5 * i + 7 * j) % 250 for j in range(3 + (i * 5) % 9)]} for i in range(10)]
 
@@ -43,7 +43,7 @@ def test_packed_rows_equal_the_unpacked_batch():
 
 
 def test_positions_restart_and_documents_do_not_see_each_other():
-    from collie.models.llama.model import attention_bias_mask, default_position_ids
+    from collie.models.common.attention import attention_bias_mask, default_position_ids
 
     mask = torch.tensor([[1, 1, 1, 2, 2, 0], [0, 1, 2, 2, 3, 3]])
     positions = default_position_ids(2, 6, 0, mask, torch.device("cpu"))

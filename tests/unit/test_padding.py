@@ -3,12 +3,12 @@ evaluate to the same perplexity, and a batch of prompts of different lengths gen
 each prompt generates alone (float64, so equality is exact up to reduction order)."""
 
 import torch
+from helpers import tiny_llama_config
 
 from collie import CollieConfig, LlamaForCausalLM
 from collie.data import CollieDatasetForTraining
 from collie.evaluate import EvaluatorForPerplexity, PPLMetric
 from collie.trainer import Callback, Trainer
-from helpers import tiny_llama_config
 
 # Lengths 5..11 in every batch of 4: plenty of padding, on whichever side.
 RECORDS = [{"tokens": [(11 * i + 5 * j) % 240 + 1 for j in range(5 + (3 * i) % 7)]} for i in range(16)]

@@ -5,13 +5,13 @@ import glob
 import os
 
 import pytest
+from helpers import tiny_llama_config
 
 from collie import CollieConfig, LlamaForCausalLM
 from collie.data import CollieDatasetForTraining
 from collie.evaluate import EvaluatorForPerplexity, PPLMetric
 from collie.monitors.plot_sink import LossCurveSink
 from collie.trainer import Callback, Trainer
-from helpers import tiny_llama_config
 
 RECORDS = [{"tokens": [1 + (3 * i + 5 * j) % 200 for j in range(6 + i % 5)]} for i in range(16)]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -9,13 +9,13 @@ import weakref
 
 import pytest
 import torch
+from helpers import tiny_llama_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from collie.distributed.parallelize import apply_activation_checkpointing
-from collie.models.llama import LlamaForCausalLM
+from collie.models import LlamaForCausalLM
 from collie.models.llama.spec import LLAMA
 from collie.optim import Lomo
-from helpers import tiny_llama_config
 
 torch.set_num_threads(1)
 

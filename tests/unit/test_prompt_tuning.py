@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from helpers import save_tiny_hf_model
 from peft import PeftModel, PromptTuningConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -15,7 +16,6 @@ from collie.data import CollieDatasetForTraining
 from collie.data.collate import ColliePadder
 from collie.models.base import CollieModel
 from collie.trainer import Callback, Trainer
-from helpers import save_tiny_hf_model
 
 RECORDS = [{"tokens": [(7 * i + 3 * j) % 200 + 1 for j in range(8 + i % 5)]} for i in range(16)]
 N = 4

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from helpers import save_tiny_hf_model
 
 from collie import CollieConfig
 from collie.config import ConfigError
@@ -13,7 +14,6 @@ from collie.data import CollieDatasetForTraining
 from collie.models.base import CollieModel
 from collie.peft.quantize import Linear4bit, is_4bit, require_backend
 from collie.trainer import Callback, Trainer
-from helpers import save_tiny_hf_model
 
 bnb = pytest.importorskip("bitsandbytes")
 RECORDS = [{"tokens": [(7 * i + 3 * j) % 200 + 1 for j in range(8 + i % 5)]} for i in range(16)]

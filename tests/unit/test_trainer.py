@@ -1,13 +1,12 @@
 import math
-import os
 
 import pytest
 import torch
+from helpers import tiny_llama_config
 
 from collie import CollieConfig, LlamaForCausalLM
 from collie.data import CollieDatasetForTraining
 from collie.trainer import Callback, Trainer
-from helpers import tiny_llama_config
 
 RECORDS = [{"tokens": [(7 * i + 3 * j) % 200 + 1 for j in range(8 + i % 5)]} for i in range(16)]
 

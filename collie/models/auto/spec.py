@@ -20,13 +20,7 @@ from collie.models.spec import ModelDims, ModelSpec
 
 
 class IdentityAdapter(HFAdapter):
-    """transformers' own class: our names are the checkpoint's."""
-
-    def to_hf_name(self, name: str) -> str:
-        return name
-
-    def from_hf_name(self, hf_name: str) -> Optional[str]:
-        return hf_name
+    """transformers' own class: our names are the checkpoint's (no tables)."""
 
 
 def auto_dims(config) -> ModelDims:
@@ -35,10 +29,6 @@ def auto_dims(config) -> ModelDims:
     return ModelDims(layers=config.num_hidden_layers, heads=heads,
                      kv_heads=getattr(config, "num_key_value_heads", None) or heads, hidden=config.hidden_size,
                      vocab=config.vocab_size, tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)))
-
-
-def auto_flops_per_token(dims: ModelDims, seq_len: int, trainable_params: float) -> float:
-    return 6.0 * trainable_params + 12.0 * dims.layers * dims.hidden * seq_len
 
 
 def build_auto(hf_config) -> nn.Module:
@@ -53,6 +43,9 @@ def _no_tp_plan(model, sequence_parallel: bool, loss_parallel: bool) -> dict:
 
 @dataclass(frozen=True)
 class AutoSpec(ModelSpec):
+    def dims(self, hf_config) -> ModelDims:
+        return auto_dims(hf_config)
+
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         layers = auto_dims(model.config).layers
         for module in model.modules():
@@ -68,8 +61,8 @@ class AutoSpec(ModelSpec):
         return None
 
 
-AUTO = AutoSpec(name="auto", model_types=(), model_cls=build_auto, adapter=IdentityAdapter(), tp_plan=_no_tp_plan,
-                dims=auto_dims, flops_per_token=auto_flops_per_token, supports_model_parallel=False)
+AUTO = AutoSpec(name="auto", model_types=(), model=build_auto, adapter=IdentityAdapter(), tp_plan=_no_tp_plan,
+                supports_model_parallel=False)
 
 
 def is_causal_lm_type(model_type: Optional[str]) -> bool:
@@ -81,10 +74,9 @@ def is_causal_lm_type(model_type: Optional[str]) -> bool:
 
 def load_auto(path: str, dtype: torch.dtype) -> nn.Module:
     """transformers' model from an HF directory, in `dtype`, never running remote code."""
-    from transformers import AutoModelForCausalLM
-
     import transformers
     from packaging.version import Version
+    from transformers import AutoModelForCausalLM
 
     # transformers 4.56 renamed `torch_dtype` to `dtype`.
     key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"

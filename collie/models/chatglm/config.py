@@ -53,7 +53,7 @@ class ChatGLMConfig(PretrainedConfig):
         self.fp32_residual_connection = fp32_residual_connection
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
-    # What the LLaMA network reads (`collie.models.llama.args`), derived from the fields above.
+    # What the decoder network reads (`collie.models.common.args`), derived from the fields above.
     @property
     def num_key_value_heads(self) -> int:
         return self.multi_query_group_num if self.multi_query_attention else self.num_attention_heads

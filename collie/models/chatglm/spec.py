@@ -1,4 +1,4 @@
-"""ChatGLM2/3 (their published checkpoints) and GLM (transformers' format): the LLaMA network
+"""ChatGLM2/3 (their published checkpoints) and GLM (transformers' format): the decoder network
 with partial, interleaved rotary and row-stacked q/k/v and gate/up."""
 
 from __future__ import annotations
@@ -9,7 +9,15 @@ from transformers import GlmConfig
 
 from collie.models.chatglm.config import ChatGLMConfig
 from collie.models.chatglm.hf_adapter import ChatGLMHFAdapter, GlmHFAdapter
-from collie.models.llama.spec import LLAMA, SHAPES, shape_config_of
+from collie.models.common.args import DecoderArgs, decoder_args
+from collie.models.common.spec import decoder_spec, shape_config_of
+
+
+def glm_args(config) -> DecoderArgs:
+    """transformers' GLM: `attention_bias` is on q/k/v only, and its rotary pairs interleave."""
+    args = decoder_args(config)
+    return dataclasses.replace(args, qkv_bias=bool(config.attention_bias), o_bias=False,
+                               rope_interleaved=bool(getattr(config, "rope_interleaved", True)))
 
 
 def _chatglm_shape(fields: dict, tokenizer) -> ChatGLMConfig:
@@ -22,11 +30,11 @@ def _chatglm_shape(fields: dict, tokenizer) -> ChatGLMConfig:
                          pad_token_id=tokenizer.pad_token_id)
 
 
-CHATGLM = dataclasses.replace(LLAMA, name="chatglm", model_types=("chatglm",), adapter=ChatGLMHFAdapter(),
-                              config_cls=ChatGLMConfig, shapes=SHAPES, shape_config=_chatglm_shape)
 def _glm_shape(fields: dict, tokenizer) -> GlmConfig:
     head_dim = fields["hidden_size"] // fields["num_attention_heads"]
     return shape_config_of(GlmConfig, head_dim=head_dim, attention_bias=True)(fields, tokenizer)
 
 
-GLM = dataclasses.replace(LLAMA, name="glm", model_types=("glm",), adapter=GlmHFAdapter(), shape_config=_glm_shape)
+CHATGLM = decoder_spec(name="chatglm", model_types=("chatglm",), adapter=ChatGLMHFAdapter(),
+                       config_cls=ChatGLMConfig, shape_config=_chatglm_shape)
+GLM = decoder_spec(name="glm", model_types=("glm",), adapter=GlmHFAdapter(), args=glm_args, shape_config=_glm_shape)

@@ -8,19 +8,16 @@ into q/k/v (tensor parallel then shards whole heads), saving interleaves them ba
 
 from __future__ import annotations
 
-from collie.models.hf_adapter import BlockTableAdapter
+from collie.models.hf_adapter import Fused, HFAdapter
 
 
-class ChatGLMv1HFAdapter(BlockTableAdapter):
+class ChatGLMv1HFAdapter(HFAdapter):
     architecture = "ChatGLMForConditionalGeneration"
     edges = [("embed_tokens.", "transformer.word_embeddings."), ("norm.", "transformer.final_layernorm."),
              ("lm_head.", "lm_head.")]
-    block = [("input_layernorm.", "input_layernorm."), ("post_attention_layernorm.", "post_attention_layernorm."),
-             ("self_attn.o_proj.", "attention.dense."), ("mlp.fc_in.", "mlp.dense_h_to_4h."),
-             ("mlp.fc_out.", "mlp.dense_4h_to_h.")]
     hf_block = "transformer.layers.{}."
+    block = [("self_attn.o_proj.", "attention.dense."), ("mlp.fc_in.", "mlp.dense_h_to_4h."),
+             ("mlp.fc_out.", "mlp.dense_4h_to_h.")]
+    fused = [Fused("attention.query_key_value.", ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."),
+                   lambda hf_config: (hf_config.num_attention_heads, (1, 1, 1)))]
     ignored = ("attention.rotary_emb.inv_freq",)
-    fused_qkv = "attention.query_key_value."
-
-    def qkv_groups(self, hf_config) -> int:
-        return hf_config.num_attention_heads

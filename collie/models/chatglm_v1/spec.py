@@ -1,20 +1,15 @@
-"""ChatGLM-6B (v1): its own network (collie.models.chatglm_v1.model) with its published names.
+"""ChatGLM-6B (v1): its own blocks on the decoder network (collie.models.chatglm_v1.model) with its published names.
 It shares `model_type: chatglm` with ChatGLM2/3; `accepts` tells the configs apart."""
 
 from __future__ import annotations
 
+from collie.models.chatglm_v1.args import glm_v1_args
 from collie.models.chatglm_v1.config import ChatGLMv1Config, is_chatglm_v1
 from collie.models.chatglm_v1.hf_adapter import ChatGLMv1HFAdapter
-from collie.models.chatglm_v1.model import ChatGLMv1ForCausalLM, glm_positions, glm_v1_args
-from collie.models.llama.spec import SHAPES, llama_flops_per_token
-from collie.models.llama.tp_plan import block_plan
-from collie.models.spec import ModelDims, ModelSpec
-
-
-def glm_v1_dims(hf_config) -> ModelDims:
-    args = glm_v1_args(hf_config)
-    return ModelDims(layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, hidden=args.hidden,
-                     vocab=args.vocab, tied_embeddings=False)
+from collie.models.chatglm_v1.positions import glm_positions
+from collie.models.common.spec import SHAPES
+from collie.models.common.tp_plan import block_plan
+from collie.models.spec import ModelSpec
 
 
 def glm_v1_tp_plan(model, sequence_parallel: bool = False, loss_parallel: bool = False) -> dict:
@@ -34,9 +29,9 @@ def _shape(fields: dict, tokenizer) -> ChatGLMv1Config:
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
-CHATGLM_V1 = ModelSpec(name="chatglm_v1", model_types=("chatglm",), model_cls=ChatGLMv1ForCausalLM,
-                       adapter=ChatGLMv1HFAdapter(), tp_plan=glm_v1_tp_plan, dims=glm_v1_dims,
-                       flops_per_token=llama_flops_per_token, shapes=SHAPES, shape_config=_shape,
+CHATGLM_V1 = ModelSpec(name="chatglm_v1", model_types=("chatglm",),
+                       model="collie.models.chatglm_v1.model:ChatGLMv1ForCausalLM", adapter=ChatGLMv1HFAdapter(),
+                       tp_plan=glm_v1_tp_plan, args=glm_v1_args, shapes=SHAPES, shape_config=_shape,
                        config_cls=ChatGLMv1Config, accepts=is_chatglm_v1,
                        position_ids=lambda input_ids, attention_mask, config, kv_cache=None:
                        glm_positions(input_ids, attention_mask, config, kv_cache))

@@ -9,18 +9,15 @@ Buffers in the checkpoint (a cached causal mask, `masked_bias`) are not weights.
 
 from __future__ import annotations
 
-from collie.models.hf_adapter import BlockTableAdapter
-from collie.models.moss.model import MP_GROUPS
+from collie.models.hf_adapter import Fused, HFAdapter
+from collie.models.moss.args import MP_GROUPS
 
 
-class MossHFAdapter(BlockTableAdapter):
+class MossHFAdapter(HFAdapter):
     architecture = "MossForCausalLM"
     edges = [("embed_tokens.", "transformer.wte."), ("norm.", "transformer.ln_f."), ("lm_head.", "lm_head.")]
-    block = [("input_layernorm.", "ln_1."), ("self_attn.o_proj.", "attn.out_proj."), ("mlp.", "mlp.")]
     hf_block = "transformer.h.{}."
+    block = [("input_layernorm.", "ln_1."), ("self_attn.o_proj.", "attn.out_proj.")]
+    fused = [Fused("attn.qkv_proj.", ("self_attn.q_proj.", "self_attn.v_proj.", "self_attn.k_proj."),
+                   lambda hf_config: (MP_GROUPS, (1, 1, 1)))]
     ignored = ("attn.causal_mask", "attn.bias", "attn.masked_bias")
-    fused_qkv = "attn.qkv_proj."
-    qkv_order = ("q_proj", "v_proj", "k_proj")
-
-    def qkv_groups(self, hf_config) -> int:
-        return MP_GROUPS

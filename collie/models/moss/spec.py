@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from collie.models.llama.spec import SHAPES, llama_flops_per_token
-from collie.models.llama.tp_plan import block_plan
+from collie.models.common.spec import SHAPES
+from collie.models.common.tp_plan import block_plan
+from collie.models.moss.args import MP_GROUPS, moss_args
 from collie.models.moss.config import MossConfig
 from collie.models.moss.hf_adapter import MossHFAdapter
-from collie.models.moss.model import MP_GROUPS, MossForCausalLM, moss_args
-from collie.models.spec import ModelDims, ModelSpec
-
-
-def moss_dims(hf_config) -> ModelDims:
-    args = moss_args(hf_config)
-    return ModelDims(layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, hidden=args.hidden,
-                     vocab=args.vocab, tied_embeddings=args.tied_embeddings)
+from collie.models.spec import ModelSpec
 
 
 def moss_tp_plan(model, sequence_parallel: bool = False, loss_parallel: bool = False) -> dict:
@@ -25,14 +19,15 @@ def moss_tp_plan(model, sequence_parallel: bool = False, loss_parallel: bool = F
 
 def _moss_shape(fields: dict, tokenizer) -> MossConfig:
     head_dim = fields["hidden_size"] // fields["num_attention_heads"]
-    return MossConfig(vocab_size=fields["vocab_size"], n_embd=fields["hidden_size"], n_layer=fields["num_hidden_layers"],
-                      n_head=fields["num_attention_heads"], n_inner=fields["intermediate_size"],
+    return MossConfig(vocab_size=fields["vocab_size"], n_embd=fields["hidden_size"],
+                      n_layer=fields["num_hidden_layers"], n_head=fields["num_attention_heads"],
+                      n_inner=fields["intermediate_size"],
                       rotary_dim=head_dim // 2, n_positions=2048, n_ctx=2048, bos_token_id=tokenizer.bos_token_id,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
-MOSS = ModelSpec(name="moss", model_types=("moss",), model_cls=MossForCausalLM, adapter=MossHFAdapter(),
-                 tp_plan=moss_tp_plan, dims=moss_dims, flops_per_token=llama_flops_per_token,
+MOSS = ModelSpec(name="moss", model_types=("moss",), model="collie.models.moss.model:MossForCausalLM",
+                 adapter=MossHFAdapter(), tp_plan=moss_tp_plan, args=moss_args,
                  shapes={name: fields for name, fields in SHAPES.items()
                          if fields["num_attention_heads"] % MP_GROUPS == 0},
                  shape_config=_moss_shape, config_cls=MossConfig)

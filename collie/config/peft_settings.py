@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from collie.config import ConfigError
+from collie.config.errors import ConfigError
 
 # The attention query and value projections: peft's default for LLaMA-like models.
 DEFAULT_TARGETS = ("q_proj", "v_proj")

@@ -1,13 +1,13 @@
-"""Tensor-parallel plan for the LLaMA family (DTensor styles keyed by module name)."""
+"""Tensor-parallel plans of the decoder network (DTensor styles keyed by module name): the gated
+blocks' plan, and `block_plan` for a family whose blocks name their projections otherwise."""
 
 from __future__ import annotations
 
 from torch.distributed.tensor import Replicate, Shard
-from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
-                                               SequenceParallel)
+from torch.distributed.tensor.parallel import ColwiseParallel, PrepareModuleInput, RowwiseParallel, SequenceParallel
 
 
-def llama_tp_plan(model, sequence_parallel: bool = False, loss_parallel: bool = False) -> dict:
+def decoder_tp_plan(model, sequence_parallel: bool = False, loss_parallel: bool = False) -> dict:
     """Megatron layout: q/k/v and gate/up split by output features, o/down by input features,
     so each layer needs one all-reduce after attention and one after the MLP; the embedding is
     split by vocabulary and the LM head gathers its vocabulary shards back.

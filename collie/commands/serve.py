@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import threading
-from typing import Optional
 
 from collie.config import CollieConfig
+from collie.inference import load_for_inference
+from collie.serve.app import ServedModel, build_app
+from collie.serve.engine import Engine, decode
+from collie.serve.http import context_length, http_server, model_name
+from collie.serve.lockstep import Lockstep
 
 log = logging.getLogger("collie")
+
+NAME = "serve"
+HELP = "an OpenAI-compatible HTTP server for a model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,24 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a chat request without max_tokens gets at most this many (default 1024)")
 
 
-def model_name(source: str, given: Optional[str]) -> str:
-    return given or os.path.basename(os.path.normpath(source.split("://", 1)[-1])) or "model"
-
-
-def run_serve(args) -> None:
-    import uvicorn
-
-    from collie.inference import load_for_inference
-    from collie.serve.app import ServedModel, build_app
-    from collie.serve.engine import Engine, decode
-    from collie.serve.lockstep import Lockstep
-
+def run(args: argparse.Namespace) -> None:
     if min(args.max_batch_size, args.max_queue, args.default_max_tokens) < 1:
         raise ValueError("--max-batch-size, --max-queue and --default-max-tokens: must be at least 1")
     config = CollieConfig.load(args.config, args.overrides)
     config.validate()
     loaded = load_for_inference(args.model, config)
-    world_size = loaded.trainer.runtime.env.world_size if loaded.trainer is not None else 1
+    world_size = loaded.world_size
     lockstep = Lockstep() if world_size > 1 else None
     engine = Engine(loaded.model, loaded.tokenizer, loaded.forward_context, args.max_batch_size,
                     args.max_queue, lockstep=lockstep)
@@ -60,8 +55,7 @@ def run_serve(args) -> None:
     served = ServedModel(model_name(args.model, args.model_name), loaded.tokenizer,
                          context_length(loaded.hf_config, loaded.tokenizer), reserved_positions=loaded.reserved_positions,
                          default_max_tokens=args.default_max_tokens)
-    server = uvicorn.Server(uvicorn.Config(build_app(engine, served), host=args.host, port=args.port,
-                                           log_level="warning", access_log=False))
+    server = http_server(build_app(engine, served), args.host, args.port)
     failure: list[BaseException] = []
 
     def decode_forever() -> None:
@@ -85,12 +79,3 @@ def run_serve(args) -> None:
     if failure:
         raise failure[0]
     log.info("stopped: every request was answered")
-
-
-def context_length(hf_config, tokenizer) -> int:
-    """The positions the model was built for (its config), else what the tokenizer says."""
-    for name in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
-        value = getattr(hf_config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return int(min(tokenizer.model_max_length, 1 << 20))

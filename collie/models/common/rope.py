@@ -1,4 +1,4 @@
-"""Rotary position embeddings for the LLaMA family (default, linear, llama3 and dynamic-NTK
+"""Rotary position embeddings of the decoder network (default, linear, llama3 and dynamic-NTK
 scaling).
 
 The frequencies follow transformers' formulas exactly, so logits match HF to fp32 rounding.

@@ -17,12 +17,11 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from collie.config.errors import ConfigError
+from collie.config.layout import Layout
+from collie.config.peft_settings import PromptSettings, peft_settings
+from collie.config.quantization import quant_settings
 from collie.dtypes import DTYPES
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
-
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lomo", "adalomo", "adan", "lion", "sophiag")
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -280,8 +279,6 @@ class CollieConfig:
         _choice("checkpoint_errors", self.checkpoint_errors, ("stop", "warn"))
         for sink in self.logging:
             _choice("logging", sink, SINKS)
-        if self.pp_schedule == "interleaved1f1b" and self.pp_size > 1 and self.pp_virtual_stages < 2:
-            raise ConfigError("pp_virtual_stages: interleaved1f1b needs at least 2 stages per rank")
         for name in ("tp_size", "pp_size", "pp_virtual_stages", "train_micro_batch_size", "gradient_accumulation_steps",
                      "eval_batch_size", "train_epochs", "log_every_n_steps"):
             _at_least(name, getattr(self, name), 1)
@@ -300,9 +297,6 @@ class CollieConfig:
         _at_least("serve.max_queue", self.serve.max_queue, 1)
         if self.serve.gradio_port is not None and self.serve.port is None:
             raise ConfigError("serve.gradio_port: the Gradio page talks to the OpenAI endpoint; set serve.port too")
-        if self.sequence_parallel and self.data.max_length % self.tp_size:
-            raise ConfigError(f"data.max_length: sequence parallel splits sequences evenly over tp_size "
-                              f"({self.tp_size}) ranks, so it must be a multiple of it, got {self.data.max_length}")
         _at_least("scheduler.warmup_steps", self.scheduler.warmup_steps, 0)
         if not 0.0 <= self.scheduler.warmup_ratio < 1.0:
             raise ConfigError(f"scheduler.warmup_ratio: must be in [0, 1), got {self.scheduler.warmup_ratio}")
@@ -312,18 +306,16 @@ class CollieConfig:
             raise ConfigError(f"optimizer.lr: must be > 0, got {self.optimizer.lr}")
         if len(self.optimizer.betas) not in (2, 3):
             raise ConfigError(f"optimizer.betas: expected 2 values (3 for adan), got {list(self.optimizer.betas)}")
-        self._validate_peft()
-        if self.quantization_config is not None:
-            from collie.peft.quantize import check_layout, quant_settings
-
-            quant_settings(self)
-            check_layout(self)
+        prompt_tuning = self._validate_peft()
+        quantized = quant_settings(self.quantization_config) is not None
+        if quantized and self.peft.type != "lora" and self.peft_config is None:
+            raise ConfigError("quantization_config: a 4-bit base trains through LoRA adapters; set peft.type=lora")
         if self.model is not None and self.init_shape is not None:
             raise ConfigError("model and init_shape: give one of them, not both")
-        if world_size is not None:
-            self.resolve_dp_size(world_size)
+        Layout.build(self, world_size, prompt_tuning=prompt_tuning, quantized=quantized)
 
-    def _validate_peft(self) -> None:
+    def _validate_peft(self) -> bool:
+        """The PEFT fields; whether the run tunes a prompt (which limits the layout)."""
         peft = self.peft
         _choice("peft.type", peft.type, PEFT_TYPES)
         if self.peft_config is not None and peft.type != "none":
@@ -335,31 +327,12 @@ class CollieConfig:
         if peft.alpha <= 0:
             raise ConfigError(f"peft.alpha: must be > 0, got {peft.alpha}")
         _at_least("peft.num_virtual_tokens", peft.num_virtual_tokens, 1)
-        if self.peft_config is not None or peft.type != "none":
-            from collie.peft.settings import PromptSettings, peft_settings
-
-            # A peft object collie cannot honour fails here, by name.
-            if isinstance(peft_settings(self), PromptSettings):
-                if self.pp_size > 1:
-                    raise ConfigError("pp_size: prompt tuning runs with data and tensor parallel only (use pp_size=1)")
-                if self.sequence_parallel:
-                    raise ConfigError("sequence_parallel: prompt tuning needs every rank to see the start of the "
-                                      "sequence; turn sequence_parallel off")
+        # A peft object collie cannot honour fails here, by name.
+        return isinstance(peft_settings(self), PromptSettings)
 
     def resolve_dp_size(self, world_size: int) -> int:
         """The data-parallel size for `world_size` processes; infers it when unset."""
-        model_parallel = self.tp_size * self.pp_size
-        if self.dp_size is None:
-            if world_size % model_parallel:
-                raise ConfigError(
-                    f"tp_size*pp_size: {self.tp_size}*{self.pp_size}={model_parallel} does not divide "
-                    f"the world size {world_size}")
-            return world_size // model_parallel
-        if self.dp_size * model_parallel != world_size:
-            raise ConfigError(
-                f"dp_size*tp_size*pp_size: {self.dp_size}*{self.tp_size}*{self.pp_size}="
-                f"{self.dp_size * model_parallel} must equal the world size {world_size}")
-        return self.dp_size
+        return Layout.build(self, world_size).dp
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:

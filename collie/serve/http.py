@@ -1,0 +1,45 @@
+"""The HTTP side shared by `collie serve` and serving while training: uvicorn set up one way,
+the model id clients ask for, and the context a served model answers within."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Optional
+
+import uvicorn
+from fastapi import FastAPI
+
+
+def http_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+    """uvicorn for collie's endpoints: warnings only, no access log (prompts are not logged)."""
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+
+
+def start_in_background(server: uvicorn.Server, setting: str, timeout_s: float = 30.0) -> threading.Thread:
+    """Run `server` in a daemon thread and return once it listens; a server that cannot start
+    (the port is taken) is one line naming `setting`."""
+    thread = threading.Thread(target=server.run, name="collie-serve-http", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            config = server.config
+            raise RuntimeError(f"{setting}: could not listen on {config.host}:{config.port}")
+        time.sleep(0.02)
+    return thread
+
+
+def model_name(source: str, given: Optional[str]) -> str:
+    """The model id clients ask for: `given`, else the directory's (or URL's) last part."""
+    return given or os.path.basename(os.path.normpath(source.split("://", 1)[-1])) or "model"
+
+
+def context_length(hf_config, tokenizer) -> int:
+    """The positions the model was built for (its config), else what the tokenizer says."""
+    for name in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
+        value = getattr(hf_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return int(min(tokenizer.model_max_length, 1 << 20))
