@@ -57,7 +57,7 @@ def model_and_tokenizer(config_file: str, overrides: list[str], prepare: Optiona
     `prepare(model_dir) -> model_dir` runs on rank 0 first (e.g. to grow the vocabulary)."""
     import torch.distributed as dist
 
-    from collie.cli import seed_checkpoint
+    from collie.commands.train import seed_checkpoint
     from collie.distributed.env import init_distributed
     from collie.models.base import CollieModel, load_tokenizer
 

@@ -1,4 +1,7 @@
-"""The model families collie knows, listed explicitly (no registration on import)."""
+"""The model families collie knows, listed explicitly (no registration on import).
+
+It imports the families' specs only, never their model classes (a spec names its class by
+path), so `collie.models.base` looks families up here and the classes can subclass it."""
 
 from __future__ import annotations
 

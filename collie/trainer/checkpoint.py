@@ -25,9 +25,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
-    get_optimizer_state_dict,
     set_model_state_dict,
-    set_optimizer_state_dict,
 )
 
 from collie import storage
@@ -56,8 +54,9 @@ def is_corruption(error: BaseException) -> bool:
         return False
     if isinstance(error, OSError):
         return isinstance(error, FileNotFoundError)  # a file the checkpoint should hold is missing
-    return isinstance(error, (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError,
-                              AttributeError, RuntimeError))
+    # What unpickling and reading a damaged file raise (torch's zip reader: RuntimeError). A
+    # TypeError or AttributeError is a bug in the code that reads, never a property of the file.
+    return isinstance(error, (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, RuntimeError))
 
 
 def checkpoints_dir(output_dir: str) -> str:
@@ -97,15 +96,10 @@ def _model_options(adapters_only: bool) -> Optional[StateDictOptions]:
 
 
 def _states(trainer, model_only: bool, loading: bool = False) -> dict:
+    """The tensors DCP writes: the model's, and the optimizer's as its step strategy keys them."""
     state = {"model": get_model_state_dict(trainer.model, options=_model_options(trainer.peft is not None))}
-    if model_only:
-        return state
-    if trainer.updates_in_backward:
-        # Name-keyed tensors through DCP (any layout loads them); the rest goes to trainer_state.json.
-        optimizer = trainer.optimizer
-        state["optim_in_backward"] = optimizer.state_template() if loading else optimizer.state_dict()["state"]
-    else:
-        state["optim"] = get_optimizer_state_dict(trainer.model, trainer.optimizer)
+    if not model_only:
+        state.update(trainer.step_strategy.tensor_state(loading))
     return state
 
 
@@ -252,21 +246,13 @@ def load(trainer, path: str) -> None:
     if saved.get("model_only"):
         load_model_only(trainer.model, path, adapters_only=trainer.peft is not None)
         return
+    strategy = trainer.step_strategy
     state = _states(trainer, model_only=False, loading=True)
     _check_compatible(path, state)
-    # In-backward optimizers may have no state yet for some parameters in the checkpoint
-    # (saved before their first update): those keep the fresh state they were given.
-    _dcp_load(path, state, partial="optim_in_backward" in state)
+    _dcp_load(path, state, partial=strategy.partial_load)
     set_model_state_dict(trainer.model, state["model"], options=_model_options(trainer.peft is not None))
-    if "optim" in state:
-        set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optim"])
-    if "optim_in_backward" in state:
-        trainer.optimizer.load_state_dict({"state": state["optim_in_backward"], **saved["optimizer"]})
-    trainer.global_step, trainer.epoch = saved["global_step"], saved["epoch"]
-    trainer.batch_in_epoch = saved["batch_in_epoch"]
-    trainer.lr_scheduler.load_state_dict(saved["lr_scheduler"])
-    for callback, callback_state in zip(trainer.callbacks.callbacks, saved.get("callbacks", [])):
-        callback.load_state_dict(callback_state)
+    strategy.load_tensor_state(state, saved.get("optimizer", {}))
+    trainer.load_state_dict(saved)
     own = os.path.join(path, f"rank-{_rank()}.pt")
     if storage.isfile(own):
         try:
@@ -341,14 +327,11 @@ def _dcp_load(path: str, state: dict, partial: bool = False) -> None:
 
 
 def trainer_state(trainer, model_only: bool = False) -> dict:
-    state = {"global_step": trainer.global_step, "epoch": trainer.epoch, "batch_in_epoch": trainer.batch_in_epoch,
-             "model_only": model_only}
-    if not model_only:
-        state["lr_scheduler"] = trainer.lr_scheduler.state_dict()
-        state["callbacks"] = [c.state_dict() for c in trainer.callbacks.callbacks]
-        if trainer.updates_in_backward:
-            state["optimizer"] = {k: v for k, v in trainer.optimizer.state_dict().items() if k != "state"}
-    return state
+    """trainer_state.json: the Trainer's own state (a model-only checkpoint keeps its position)."""
+    state = trainer.state_dict()
+    if model_only:
+        state = {key: state[key] for key in ("global_step", "epoch", "batch_in_epoch")}
+    return {**state, "model_only": model_only}
 
 
 def rng_state() -> dict:

@@ -137,7 +137,8 @@ class LoadBestModelCallback(_MetricWatcher):
 
     def on_train_end(self, trainer) -> None:
         if self.best_step is not None:
-            checkpoint.load_model_only(trainer, self.best_path or self._path(trainer))
+            checkpoint.load_model_only(trainer.model, self.best_path or self._path(trainer),
+                                       adapters_only=trainer.peft is not None)
             log.info("loaded the best model (%s=%.6g at step %d)", self.monitor, self.best, self.best_step)
 
     def state_dict(self) -> dict:

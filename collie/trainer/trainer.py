@@ -1,8 +1,9 @@
 """The Trainer: a loop over global batches with events for callbacks, monitors and evaluators.
 
-The optimizer decides how gradients are applied: one that updates inside backward
-(`updates_in_backward = True`, e.g. LOMO) gets `backward(loss, last_microbatch)` calls; any
-other `torch.optim.Optimizer` gets the usual backward → clip → step → zero_grad.
+The optimizer decides how gradients are applied, through its step strategy
+(`collie.trainer.step_strategy`): one that updates inside backward (LOMO, AdaLomo) or the usual
+backward → clip → step → zero_grad. The Trainer is `Stateful` (`state_dict` /
+`load_state_dict`): the checkpointer saves it as it saves the model and optimizer.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from collie.config import CollieConfig, ConfigError
 from collie.config.peft_settings import PromptSettings, peft_settings
 from collie.config.quantization import quant_settings
 from collie.data.sampler import GlobalBatchSampler
-from collie.distributed.clip import clip_grad_norm, clip_grad_value
 from collie.distributed.parallel_model import ParallelModel
 from collie.distributed.parallelize import parallelize, weights_source
 from collie.distributed.peer_failure import as_peer_failure
 from collie.distributed.runtime import build_runtime, model_facts
-from collie.distributed.steps import StepResult, default_loss, refresh_hessian
+from collie.distributed.steps import StepResult, default_loss
 from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity
 from collie.evaluate.metrics import PPLMetric
 from collie.evaluate.results import evaluate_all, sample_lines
@@ -46,6 +46,7 @@ from collie.trainer.background_checkpoint import BackgroundWriter
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
 from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class, updates_in_backward
 from collie.trainer.preemption import PreemptionWatch
+from collie.trainer.step_strategy import step_strategy
 
 log = logging.getLogger("collie")
 
@@ -86,6 +87,9 @@ class Trainer:
                                               self.runtime.dp_rank, config.seed, shuffle=config.data.shuffle)
         self.total_steps = self._total_steps()
         self.optimizer = self._optimizer(optimizer)
+        self.step_strategy = step_strategy(self.model, self.optimizer, config.optimizer,
+                                           in_backward=updates_in_backward(self.optimizer),
+                                           pipelined=self.parallel.pipeline is not None, pp_group=self.runtime.pp_group)
         self.lr_scheduler = lr_scheduler or build_scheduler(self.optimizer, config.scheduler, max(1, self.total_steps))
         self.monitors = default_monitors(config) if monitors is None else list(monitors)
         self.evaluators = list(evaluators or [])
@@ -208,7 +212,26 @@ class Trainer:
 
     @property
     def updates_in_backward(self) -> bool:
-        return updates_in_backward(self.optimizer)
+        """Whether the optimizer updates parameters inside backward (LOMO, AdaLomo)."""
+        return self.step_strategy.updates_in_backward
+
+    # -- Stateful (what DCP and the checkpointer save and restore) ------------
+    def state_dict(self) -> dict:
+        """Where training stands (JSON data): the loop's position, the LR schedule, the
+        callbacks' state and the optimizer's settings that are not tensors."""
+        return {"global_step": self.global_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "callbacks": [c.state_dict() for c in self.callbacks.callbacks],
+                "optimizer": self.step_strategy.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from `state`; a model-only checkpoint's state holds the position alone."""
+        self.global_step, self.epoch, self.batch_in_epoch = state["global_step"], state["epoch"], \
+            state["batch_in_epoch"]
+        if "lr_scheduler" in state:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        for callback, callback_state in zip(self.callbacks.callbacks, state.get("callbacks", [])):
+            callback.load_state_dict(callback_state)
 
     # -- the loop -----------------------------------------------------------
     def _total_steps(self) -> int:
@@ -306,56 +329,26 @@ class Trainer:
             context = self.parallel.forward_context
             loss_of = lambda batch: default_loss(self.model, self.loss_fn, batch, context)  # noqa: E731
         ignore_index = getattr(self.loss_fn, "ignore_index", IGNORE_INDEX)
-        result = self.parallel.train_step(micro, loss_of, self._backward, ignore_index)
+        result = self.parallel.train_step(micro, loss_of, self.step_strategy.backward, ignore_index)
         if result.skipped:
             log.warning("step %d: no trainable tokens in the global batch (all labels are -100); step skipped",
                         self.global_step + 1)
-            self._drop_grads()
+            self.step_strategy.drop_gradients()
             return result
         if not math.isfinite(result.loss):
             return self._non_finite(result)
-        if self.updates_in_backward:
-            if self.parallel.pipeline is not None:
-                self.optimizer.step_from_grads()  # the schedule ran backward itself
-            # Parameters are updated; this no-op step keeps LR schedulers' step-order bookkeeping right.
-            self.optimizer.step()
-        else:
-            self._optimizer_step()
-            interval = getattr(self.optimizer, "hessian_update_interval", 0)
-            if interval and (self.global_step + 1) % interval == 0:
-                refresh_hessian(self.model, self.optimizer, micro[0])
+        self.step_strategy.update(self.global_step + 1, micro)
         self.lr_scheduler.step()
         return result
-
-    def _drop_grads(self) -> None:
-        # Not optimizer.zero_grad(): in-backward optimizers make it a no-op.
-        for p in self.model.parameters():
-            p.grad = None
-
-    def _backward(self, loss: torch.Tensor, is_last: bool) -> None:
-        if self.updates_in_backward:
-            self.optimizer.backward(loss, last_microbatch=is_last)
-        else:
-            loss.backward()
-
-    def _optimizer_step(self) -> None:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        cfg = self.config.optimizer
-        if cfg.clip_grad_value:
-            clip_grad_value(params, cfg.clip_grad_value)
-        if cfg.clip_grad_norm:
-            clip_grad_norm(params, cfg.clip_grad_norm, self.runtime.pp_group)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
     def _non_finite(self, result: StepResult) -> StepResult:
         """A NaN/inf loss: stop (default) or, with nan_policy=skip, drop this step's update.
         The optimizer and the last checkpoint are untouched either way."""
         step = self.global_step + 1
-        already_applied = self.updates_in_backward and self.parallel.pipeline is None
+        already_applied = self.step_strategy.applied_in_backward()
         if self.config.nan_policy == "skip" and not already_applied:
             log.warning("step %d: the loss is %s; the update is skipped (nan_policy=skip)", step, result.loss)
-            self._drop_grads()
+            self.step_strategy.drop_gradients()
             result.skipped = True
             return result
         applied = " (already applied inside backward)" if already_applied else ""

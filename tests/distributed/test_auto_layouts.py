@@ -13,8 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from collie import CollieConfig
-from collie.config import ConfigError
-from collie.config import Layout, ModelFacts
+from collie.config import ConfigError, Layout, ModelFacts
 from collie.models.auto.spec import AUTO
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -143,8 +143,8 @@ def test_a_sequence_without_its_answer_start_is_one_line(published):
 
 
 def test_chatglm2_configs_still_load_as_chatglm2(tmp_path):
-    from collie.models.chatglm.config import ChatGLMConfig
     from collie.models import LlamaForCausalLM
+    from collie.models.chatglm.config import ChatGLMConfig
 
     config = ChatGLMConfig(num_layers=1, padded_vocab_size=64, hidden_size=32, ffn_hidden_size=64, kv_channels=8,
                            num_attention_heads=4, multi_query_group_num=2)

@@ -9,9 +9,9 @@ from helpers import assert_matches_reference, assert_saves_back, tiny_llama_conf
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM as HFLlama
 
+from collie.models import LlamaForCausalLM
 from collie.models.base import CollieModel
 from collie.models.internlm2.config import InternLM2Config
-from collie.models import LlamaForCausalLM
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 16
 

@@ -8,12 +8,11 @@ import torch
 from helpers import Losses, save_tiny_hf_model, tiny_llama_config
 
 from collie import CollieConfig
-from collie.config import ConfigError
+from collie.config import ConfigError, Layout, ModelFacts
 from collie.data import CollieDatasetForTraining
-from collie.config import Layout, ModelFacts
 from collie.distributed.steps import chunked_loss
-from collie.models.base import CollieModel
 from collie.models import LlamaForCausalLM
+from collie.models.base import CollieModel
 from collie.models.llama.spec import LLAMA
 from collie.trainer import Trainer
 
