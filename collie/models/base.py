@@ -22,6 +22,7 @@ from collie import storage
 from collie.dtypes import DTYPES
 from collie.generation import GenerationMixin
 from collie.host_memory import return_freed_memory_to_os
+from collie.launch_env import launched_processes
 from collie.models.adapter_names import has_lora_adapters, is_adapter_name
 from collie.models.auto.spec import load_auto
 from collie.models.hf_io import DEFAULT_MAX_SHARD_BYTES, iter_hf_tensors
@@ -132,7 +133,7 @@ class CollieModel(GenerationMixin, nn.Module):
         model_cls = _model_class(cls, hf_config, path)
         if config is not None:
             config.model_config, config.model = hf_config, source
-        if config is not None and config.low_cpu_mem_usage and _launched_processes() > 1 and \
+        if config is not None and config.low_cpu_mem_usage and launched_processes() > 1 and \
                 not spec_for(hf_config).dims(hf_config).tied_embeddings:
             return _on_meta(model_cls, hf_config, config, dtype)
         if config is None or config.low_cpu_mem_usage:
@@ -220,18 +221,6 @@ def _load_transformers_model(cls: type, path: str, hf_config, config, dtype: tor
     if config is not None:
         config.model_config, config.model = hf_config, path
     return load_auto(path, dtype)
-
-
-def _launched_processes() -> int:
-    """How many processes the launcher started: torchrun's WORLD_SIZE, else Slurm's task count
-    (`collie.distributed.env.read_launch_env`'s rule, read here from the environment because
-    the models sit below `collie.distributed`)."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["WORLD_SIZE"])
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        return int(env["SLURM_NTASKS"])
-    return int(env.get("WORLD_SIZE", "1"))
 
 
 def _on_meta(model_cls: type, hf_config, collie_config, dtype: torch.dtype) -> "CollieModel":

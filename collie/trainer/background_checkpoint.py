@@ -2,9 +2,10 @@
 writes it from a background thread while training goes on; the step pays only for staging.
 
 The checkpoint is written under its staging name (`.tmp`, or its own name in an object store);
-only when the write has completed does rank 0 give it its name and move `latest` to it, so a kill during the background write leaves `latest` on the
-previous checkpoint. The background collectives run in a process group of their own (gloo), so
-they never interleave with the training step's.
+only when the write has completed does rank 0 give it its name and move `latest` to it, so a
+kill during the background write leaves `latest` on the previous checkpoint. The background
+collectives run in a process group of their own (gloo), so they never interleave with the
+training step's.
 """
 
 from __future__ import annotations

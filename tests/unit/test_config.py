@@ -73,3 +73,23 @@ def test_from_pretrained_reads_hf_config(tmp_path):
 def test_missing_yaml_file():
     with pytest.raises(ConfigError, match="config file not found"):
         CollieConfig.load("/nonexistent/cfg.yaml")
+
+
+def test_every_optimizer_name_has_one_builder():
+    from collie.config import OPTIMIZERS
+    from collie.trainer.optim_factory import OPTIMIZER_TABLE
+
+    assert tuple(OPTIMIZER_TABLE) == OPTIMIZERS
+
+
+def test_the_layout_holds_the_sizes_the_rest_asks_for():
+    from collie.config import Layout
+
+    layout = Layout.build(CollieConfig(tp_size=2, pp_size=2, pp_virtual_stages=2, pp_schedule="interleaved1f1b",
+                                       sequence_parallel=True), world_size=8)
+    assert (layout.dp, layout.tp, layout.pp, layout.stages, layout.world_size) == (2, 2, 2, 4, 8)
+    assert layout.sequence_multiple == 2 and layout.uses_fsdp and layout.replicates_through_fsdp
+    plain = Layout.build(CollieConfig(), world_size=2)
+    assert plain.dp == 2 and not plain.uses_fsdp and plain.sequence_multiple == 1
+    with pytest.raises(ConfigError, match="pp_virtual_stages: 1f1b runs one stage per rank"):
+        Layout.build(CollieConfig(pp_size=2, pp_virtual_stages=2), world_size=2)

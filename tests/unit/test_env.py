@@ -1,6 +1,6 @@
 import pytest
 
-from collie.distributed.env import first_slurm_host, read_launch_env
+from collie.launch_env import first_slurm_host, read_launch_env
 
 
 def test_slurm_variables_become_torchrun_variables():
