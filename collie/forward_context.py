@@ -14,30 +14,31 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 NON_FLASH_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def autocast_dtype(config, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype of `mixed_precision`, or None. GPUs only: on CPU bf16 matmuls are far
-    slower than fp32, so there compute stays in fp32."""
-    if config.mixed_precision == "no" or device.type != "cuda":
+def autocast_dtype(compute, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of `compute.mixed_precision` (the config's compute section), or None.
+    GPUs only: on CPU bf16 matmuls are far slower than fp32, so there compute stays in fp32."""
+    if compute.mixed_precision == "no" or device.type != "cuda":
         return None
-    return torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16
+    return torch.bfloat16 if compute.mixed_precision == "bf16" else torch.float16
 
 
-def offload_context(config, device: torch.device) -> Optional[ContextManager]:
-    """`activation_offload`: tensors saved for backward wait in pinned host memory, copied back
-    when backward needs them. GPUs only: on CPUs they already are in host memory."""
-    if not config.activation_offload or device.type != "cuda":
+def offload_context(memory, device: torch.device) -> Optional[ContextManager]:
+    """`memory.activation_offload`: tensors saved for backward wait in pinned host memory, copied
+    back when backward needs them. GPUs only: on CPUs they already are in host memory."""
+    if not memory.activation_offload or device.type != "cuda":
         return None
     return torch.autograd.graph.save_on_cpu(pin_memory=True)
 
 
 def forward_context(config, device: torch.device) -> ContextManager:
+    """The context of a `CollieConfig`'s compute and memory sections."""
     stack = contextlib.ExitStack()
-    dtype = autocast_dtype(config, device)
+    dtype = autocast_dtype(config.compute, device)
     if dtype is not None:
         stack.enter_context(torch.autocast(device.type, dtype=dtype))
-    if not config.use_flash:
+    if not config.compute.use_flash:
         stack.enter_context(sdpa_kernel(NON_FLASH_BACKENDS))
-    offload = offload_context(config, device)
+    offload = offload_context(config.memory, device)
     if offload is not None:
         stack.enter_context(offload)
     return stack

@@ -6,7 +6,6 @@ the layout itself; no optimizer, scheduler or Trainer is made."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Optional
@@ -51,13 +50,13 @@ def load_for_inference(source: str, config: CollieConfig,
         return _adapters(source, config, env.world_size)
     # Nothing is trained: the pipeline schedule's micro-batch count only has to be valid. A copy:
     # the caller's config is left as it was.
-    config = dataclasses.replace(config, init_shape=None,
-                                 gradient_accumulation_steps=max(config.gradient_accumulation_steps, config.pp_size))
+    config = config.replace(init_shape=None,
+                            gradient_accumulation_steps=max(config.gradient_accumulation_steps, config.pp_size))
     tokenizer = load_tokenizer(config.tokenizer or source, config.trust_remote_code)
     if is_checkpoint:
         checkpoint.read_trainer_state(source)
         # The architecture from the checkpoint's config.json; the weights from its DCP files below.
-        config = dataclasses.replace(config, model_config=load_hf_config(source), model=None)
+        config = config.replace(model_config=load_hf_config(source), model=None)
         model = CollieModel.from_config(config)
     else:
         model = CollieModel.from_pretrained(source, config=config)

@@ -4,7 +4,6 @@ second run with the same output_dir resumes from its latest checkpoint."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import socket
 
@@ -40,7 +39,7 @@ def run(args: argparse.Namespace) -> None:
     ensure_writable(config.output_dir)
     if not config.model:
         # From here on the seed checkpoint is the model (and what config.yaml records).
-        config = dataclasses.replace(config, model=seed_checkpoint(config, env), init_shape=None)
+        config = config.replace(model=seed_checkpoint(config, env), init_shape=None)
     tokenizer = load_tokenizer(config.tokenizer or config.model, config.trust_remote_code)
     model = CollieModel.from_pretrained(config.model, config=config)
     train_ds = CollieDatasetForTraining(config.data.train_file, tokenizer, max_length=config.data.max_length)

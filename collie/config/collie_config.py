@@ -8,6 +8,7 @@ from the HF `config.json` (`model_config`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -21,6 +22,21 @@ from collie.config.errors import ConfigError
 from collie.config.layout import Layout
 from collie.config.peft_settings import PromptSettings, peft_settings
 from collie.config.quantization import quant_settings
+from collie.config.sections import (
+    FLAT_NAMES,
+    CheckpointSection,
+    ComputeSection,
+    DataConfig,
+    MemorySection,
+    MonitorSection,
+    OptimizerConfig,
+    ParallelSection,
+    PeftSection,
+    SchedulerConfig,
+    ServeSection,
+    SourceSection,
+    TrainSection,
+)
 from collie.dtypes import DTYPES
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lomo", "adalomo", "adan", "lion", "sophiag")
@@ -37,168 +53,53 @@ INIT_METHODS = ("normal", "xavier_normal", "kaiming_normal", "none")
 _OBJECT_FIELDS = ("model_config", "peft_config", "quantization_config")
 
 
-@dataclass
-class OptimizerConfig:
-    name: str = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    momentum: float = 0.0
-    clip_grad_norm: Optional[float] = None
-    clip_grad_value: Optional[float] = None
-
-
-@dataclass
-class SchedulerConfig:
-    name: str = "constant"
-    warmup_steps: int = 0
-    # Used when warmup_steps is 0: a fraction of the total number of steps.
-    warmup_ratio: float = 0.0
-    # Cosine/linear decay ends at lr * min_lr_ratio.
-    min_lr_ratio: float = 0.0
-
-
-@dataclass
-class DataConfig:
-    train_file: Optional[str] = None
-    eval_file: Optional[str] = None
-    max_length: int = 512
-    # How many eval records (input/output format) also become generation samples.
-    generation_samples: int = 0
-    max_new_tokens: int = 32
-    padding_side: str = "right"
-    # Pack short training samples into rows of max_length (per-document attention and positions).
-    packing: bool = False
-    # A new random order of the training samples every epoch (seeded by `seed`); false keeps the
-    # dataset's own order (curricula, data already shuffled offline, side-by-side comparisons).
-    shuffle: bool = True
-
-
-@dataclass
-class ServeSection:
-    """The OpenAI endpoint (and a Gradio page) answering from the weights being trained; requests
-    are taken between steps. Off unless `port` is set."""
-    port: Optional[int] = None
-    host: str = "127.0.0.1"
-    max_batch_size: int = 8
-    max_queue: int = 64
-    # A local Gradio page (prompt box, settings, answer, the step it came from) on this port.
-    gradio_port: Optional[int] = None
-
-
-@dataclass
-class PeftSection:
-    """Parameter-efficient fine-tuning from YAML (`peft.type=lora peft.r=8`); `peft_config`
-    takes the same as a `peft` library config object."""
-
-    # none | lora | prompt_tuning
-    type: str = "none"
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    # Module names (ours or the checkpoint's, e.g. q_proj or wqkv), a regular expression, or
-    # "all-linear"; None: the attention query and value projections.
-    target_modules: Optional[Any] = None
-    # Rank-stabilised scaling alpha / sqrt(r) instead of alpha / r.
-    rslora: bool = False
-    # Prompt tuning: trained input embeddings put before every sequence; initialised from the
-    # embeddings of this text's tokens (repeated to length), or randomly when it is None.
-    num_virtual_tokens: int = 20
-    prompt_init_text: Optional[str] = None
-    # An existing peft adapter directory to continue training from.
-    adapter: Optional[str] = None
-
-
 PEFT_TYPES = ("none", "lora", "prompt_tuning")
 
 
-@dataclass
+@dataclass(init=False)
 class CollieConfig:
-    # -- model --------------------------------------------------------------
-    model: Optional[str] = None
-    # Random initialisation of a named LLaMA shape when `model` is not given.
-    init_shape: Optional[str] = None
-    tokenizer: Optional[str] = None
-    # -- CoLLiE's table -----------------------------------------------------
-    seed: int = 42
-    dp_size: Optional[int] = None
-    tp_size: int = 1
-    pp_size: int = 1
-    pp_partition_method: str = "uniform"
-    train_epochs: int = 1
-    eval_per_n_steps: int = 0
-    eval_per_n_epochs: int = 0
-    train_micro_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    eval_batch_size: int = 1
-    # Activation checkpointing: "none"; "full" recomputes whole blocks in backward; "selective"
-    # keeps the matmul and attention outputs and recomputes only the cheap ops between them
-    # (norms, activations, rotary, casts). true / false mean full / none.
-    checkpointing: Any = "none"
-    # With full or selective: checkpoint only every n-th block (1: all of them).
-    checkpointing_every: int = 1
-    # GPUs: what forward keeps for backward (with checkpointing, the blocks' inputs) waits in
-    # pinned host memory instead of GPU memory, at the cost of the copies.
-    activation_offload: bool = False
-    use_flash: bool = True
-    # torch.compile each decoder block (regional compilation: one compiled graph per block, so
-    # it starts fast; parameter names are unchanged). Mostly a GPU speed-up.
-    compile: bool = False
-    dropout: float = 0.0
-    init_method: str = "normal"
-    low_cpu_mem_usage: bool = True
-    model_config: Any = None
-    peft_config: Any = None
-    quantization_config: Any = None
-    # -- what a modern trainer needs ----------------------------------------
-    # > 0: train exactly this many optimizer steps, however many epochs that takes.
-    max_steps: int = 0
-    zero_stage: int = 0
-    cpu_offload: bool = False
-    sequence_parallel: bool = False
-    # Tensor parallel: keep logits sharded by vocabulary and compute the loss on the shards
-    # (never gathering batch × seq × vocab logits on one rank).
-    loss_parallel: bool = False
-    # > 0: the training loss is computed from the final hidden states this many tokens at a time:
-    # each chunk's logits are made, reduced and dropped, and backward recomputes them one chunk at
-    # a time, so [tokens × vocab] logits never exist whole. 0: from whole logits.
-    loss_chunk_tokens: int = 0
-    pp_schedule: str = "1f1b"
-    # Pipeline stages per rank (interleaved1f1b needs >= 2: rank r runs stages r, r+pp, ...).
-    pp_virtual_stages: int = 1
-    mixed_precision: str = "no"
-    # Storage dtype of the parameters ("auto" = float32). bfloat16 without fp32 master copies
-    # is LOMO's memory mode.
-    param_dtype: str = "auto"
-    # Compute dtype ("auto": float32 on CPU for bf16/fp16 storage, since bf16 matmuls are slow
-    # there, each layer upcasting its own weights; the storage dtype otherwise).
-    compute_dtype: str = "auto"
-    output_dir: Optional[str] = None
-    checkpoint_every_n_steps: int = 0
-    max_to_keep: int = 0
-    # A checkpoint that cannot be written (full disk, no permission): "stop" training, or
-    # "warn" and try again at the next checkpoint. Either way `latest` stays on a complete one.
-    checkpoint_errors: str = "stop"
-    # Stage checkpoints in host memory and write them in the background (training stalls only
-    # for the staging); `latest` moves once a write has completed.
-    checkpoint_async: bool = False
-    # What a NaN/inf loss does: "stop" training, or "skip" that step's update.
-    nan_policy: str = "stop"
-    # Seconds a collective may wait for its peers before it fails (None: PyTorch's default, 10
-    # minutes for gloo/NCCL): a dead or stalled rank then becomes an error naming the step, and
-    # torchrun --max-restarts restarts the job.
-    dist_timeout_s: Optional[float] = None
-    # Tokenizers/configs that ship their own Python code run it only when this is set.
-    trust_remote_code: bool = False
-    log_every_n_steps: int = 1
-    # console, csv (metrics.csv), tensorboard, plot (loss.png), wandb (optional package).
-    logging: list[str] = field(default_factory=lambda: ["console", "csv", "tensorboard", "plot"])
+    """Every knob of a run, in sections (`config.parallel.tp_size`); CoLLiE's flat names
+    (`config.tp_size`, `CollieConfig(tp_size=2)`, `tp_size: 2` in YAML) reach the same fields."""
+
+    source: SourceSection = field(default_factory=SourceSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    compute: ComputeSection = field(default_factory=ComputeSection)
+    memory: MemorySection = field(default_factory=MemorySection)
+    train: TrainSection = field(default_factory=TrainSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     peft: PeftSection = field(default_factory=PeftSection)
     serve: ServeSection = field(default_factory=ServeSection)
+    # Live objects rather than YAML data: the HF config, a peft config, transformers'
+    # BitsAndBytesConfig (or a mapping of its fields).
+    model_config: Any = None
+    peft_config: Any = None
+    quantization_config: Any = None
+
+    def __init__(self, **values: Any) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING
+                               else f.default)
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in _FIELD_NAMES and name not in FLAT_NAMES:
+            raise AttributeError(f"CollieConfig has no setting {name!r}")
+        object.__setattr__(self, name, value)
+
+    def replace(self, **values: Any) -> "CollieConfig":
+        """A copy with `values` set (flat or section names); this config is left as it is."""
+        new = copy.copy(self)
+        for f in dataclasses.fields(self):
+            if f.name not in _OBJECT_FIELDS:
+                object.__setattr__(new, f.name, copy.deepcopy(getattr(self, f.name)))
+        for name, value in values.items():
+            setattr(new, name, value)
+        return new
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -224,12 +125,9 @@ class CollieConfig:
                     data = yaml.safe_load(f) or {}
                 if not isinstance(data, dict):
                     raise ConfigError(f"{yaml_path}: expected a mapping of config keys at the top level")
-                layers.append(OmegaConf.create(data))
-            for item in overrides or []:
-                if "=" not in item:
-                    raise ConfigError(f"override {item!r} is not of the form key=value")
+                layers.append(OmegaConf.create(sectioned(data, yaml_path)))
             if overrides:
-                layers.append(OmegaConf.from_dotlist(list(overrides)))
+                layers.append(_override_layer(overrides))
             merged = OmegaConf.merge(*layers)
             config = OmegaConf.to_object(merged)
         except OmegaConfBaseException as e:
@@ -240,7 +138,7 @@ class CollieConfig:
         """A copy of this config with `key=value` overrides applied (live objects are kept)."""
         base = OmegaConf.structured(self._plain())
         try:
-            merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+            merged = OmegaConf.merge(base, _override_layer(overrides))
             new = OmegaConf.to_object(merged)
         except OmegaConfBaseException as e:
             raise ConfigError(_one_line(e)) from None
@@ -362,3 +260,43 @@ def _one_line(error: OmegaConfBaseException) -> str:
     message = str(error).splitlines()[0].strip() if str(error) else type(error).__name__
     key = getattr(error, "full_key", None)
     return f"{key}: {message}" if key else message
+
+
+def _flat_property(section: str, name: str) -> property:
+    def get(config: CollieConfig) -> Any:
+        return getattr(getattr(config, section), name)
+
+    def set_(config: CollieConfig, value: Any) -> None:
+        setattr(getattr(config, section), name, value)
+
+    return property(get, set_, doc=f"CoLLiE's name for `{section}.{name}`.")
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(CollieConfig))
+for _flat, (_section, _name) in FLAT_NAMES.items():
+    setattr(CollieConfig, _flat, _flat_property(_section, _name))
+
+
+def _override_layer(overrides: list[str]):
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+    data = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    return OmegaConf.create(sectioned(data, "the overrides"))
+
+
+def sectioned(data: dict, where: str) -> dict:
+    """YAML or override data with CoLLiE's flat keys moved into their sections; a setting given
+    both ways is refused by name."""
+    out = {key: value for key, value in data.items() if key not in FLAT_NAMES}
+    for key, value in data.items():
+        if key not in FLAT_NAMES:
+            continue
+        section, name = FLAT_NAMES[key]
+        target = out.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"{section}: expected a mapping of its settings in {where}")
+        if name in target:
+            raise ConfigError(f"{key} and {section}.{name}: the same setting is given twice in {where}")
+        target[name] = value
+    return out

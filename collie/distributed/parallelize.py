@@ -49,7 +49,7 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
         # Some styles (SequenceParallel) re-create parameters as trainable: keep frozen ones frozen.
         for name, p in model.named_parameters():
             p.requires_grad_(name not in frozen)
-    model.compute_dtype = compute_dtype(config, runtime.device, next(model.parameters()).dtype)
+    model.compute_dtype = compute_dtype(config.compute, runtime.device, next(model.parameters()).dtype)
     model.loss_chunk_tokens = config.loss_chunk_tokens
     mode = checkpointing_mode(config.checkpointing)
     if mode != "none":
@@ -82,14 +82,14 @@ def _load_shards(model: torch.nn.Module, path: str, runtime) -> None:
     model.load_hf_weights(path, partial=runtime.layout.pipelined)
 
 
-def compute_dtype(config, device: torch.device, storage: torch.dtype) -> Optional[torch.dtype]:
-    """Half-precision storage computes in float32 on CPU (no fast bf16 matmuls there); otherwise
-    compute happens in the storage dtype, unless `compute_dtype` says otherwise. None under
-    mixed precision: autocast decides there."""
-    if autocast_dtype(config, device) is not None:
+def compute_dtype(compute, device: torch.device, storage: torch.dtype) -> Optional[torch.dtype]:
+    """Of the config's compute section: half-precision storage computes in float32 on CPU (no
+    fast bf16 matmuls there); otherwise compute happens in the storage dtype, unless
+    `compute_dtype` says otherwise. None under mixed precision: autocast decides there."""
+    if autocast_dtype(compute, device) is not None:
         return None
-    if config.compute_dtype != "auto":
-        return DTYPES[config.compute_dtype]
+    if compute.compute_dtype != "auto":
+        return DTYPES[compute.compute_dtype]
     if device.type == "cpu" and storage in (torch.bfloat16, torch.float16):
         return torch.float32
     return storage
@@ -146,7 +146,7 @@ def apply_data_parallel(model: torch.nn.Module, spec, dp_mesh, layout, config) -
         log.info("cpu_offload has no effect here: training already runs on the CPU")
     elif config.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
-    dtype = autocast_dtype(config, torch.device(dp_mesh.device_type))
+    dtype = autocast_dtype(config.compute, torch.device(dp_mesh.device_type))
     if dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     for _, block in spec.block_items(model):

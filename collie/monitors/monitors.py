@@ -82,8 +82,8 @@ class MFUMonitor(Monitor):
     def _matmul_dtype(self, device: torch.device) -> torch.dtype:
         if self.config is None:
             return torch.bfloat16
-        storage = param_dtype(self.config)
-        return autocast_dtype(self.config, device) or compute_dtype(self.config, device, storage) or storage
+        storage, compute = param_dtype(self.config), self.config.compute
+        return autocast_dtype(compute, device) or compute_dtype(compute, device, storage) or storage
 
 
 class MemoryMonitor(Monitor):

@@ -15,7 +15,8 @@ import json
 import os
 import pickle
 import uuid
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -29,10 +30,23 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from collie import storage
-from collie.peft.adapter_files import write_checkpoint_record
 
 LATEST = "latest"
 TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class Checkpointed:
+    """What a checkpoint holds, registered by its owner (the Trainer): the model, the optimizer
+    through its step strategy, a `Stateful` object for everything else (JSON data), and the
+    files that make a checkpoint self-describing (config.json, tokenizer, a PEFT record),
+    written by `describe(directory)` on rank 0. The checkpointer touches nothing else."""
+    model: torch.nn.Module
+    optimizer: Any  # a StepStrategy: tensor_state / load_tensor_state / partial_load
+    state: Any  # Stateful: state_dict() / load_state_dict(state)
+    describe: Callable[[str], None]
+    # A PEFT run keeps its trainable parameters alone: the frozen base is the model it started from.
+    adapters_only: bool = False
 
 
 class CheckpointError(RuntimeError):
@@ -95,23 +109,19 @@ def _model_options(adapters_only: bool) -> Optional[StateDictOptions]:
     return StateDictOptions(ignore_frozen_params=True, strict=False) if adapters_only else None
 
 
-def _states(trainer, model_only: bool, loading: bool = False) -> dict:
+def _states(saved: Checkpointed, model_only: bool, loading: bool = False) -> dict:
     """The tensors DCP writes: the model's, and the optimizer's as its step strategy keys them."""
-    state = {"model": get_model_state_dict(trainer.model, options=_model_options(trainer.peft is not None))}
+    state = {"model": get_model_state_dict(saved.model, options=_model_options(saved.adapters_only))}
     if not model_only:
-        state.update(trainer.step_strategy.tensor_state(loading))
+        state.update(saved.optimizer.tensor_state(loading))
     return state
 
 
-def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: bool = False,
+def save(saved: Checkpointed, path: str, max_to_keep: int = 0, model_only: bool = False,
          mark_latest: bool = True, background=None) -> str:
     """Write a checkpoint (every rank calls this); returns its path. With `background` (a
     `BackgroundWriter`) only the state is staged here and the tensors are written in the
     background; the checkpoint gets its name and `latest` once that write has completed."""
-    if path is None:
-        if not trainer.config.output_dir:
-            raise ValueError("output_dir: set it (or pass a path) to save checkpoints")
-        path = os.path.join(checkpoints_dir(trainer.config.output_dir), f"step-{trainer.global_step}")
     path = _destination(path, mark_latest)
     tmp = staging_name(path)
     rank = _rank()
@@ -120,9 +130,9 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
     if rank == 0:
         storage.remove_tree(tmp)  # left by a save that was killed
     _barrier()
-    failure = _storage_failure(lambda: _write_files(trainer, tmp, rank, model_only))
+    failure = _storage_failure(lambda: _write_files(saved, tmp, rank, model_only))
     if failure is None and background is None:
-        failure = _storage_failure(lambda: dcp.save(_states(trainer, model_only), checkpoint_id=tmp,
+        failure = _storage_failure(lambda: dcp.save(_states(saved, model_only), checkpoint_id=tmp,
                                                     no_dist=_no_dist()))
     # Every rank learns whether any rank failed: they all stop (or go on) together.
     if _any_rank(failure is not None):
@@ -131,7 +141,7 @@ def save(trainer, path: Optional[str] = None, max_to_keep: int = 0, model_only: 
         _barrier()
         raise write_error(path, failure)
     if background is not None:
-        background.start(_states(trainer, model_only), tmp, path, mark_latest, max_to_keep)
+        background.start(_states(saved, model_only), tmp, path, mark_latest, max_to_keep)
         return path
     _barrier()
     if rank == 0:
@@ -191,27 +201,17 @@ def _storage_failure(write) -> Optional[BaseException]:
     return None
 
 
-def _write_files(trainer, tmp: str, rank: int, model_only: bool) -> None:
-    """Everything but the tensors: RNG state per rank; trainer state, config, tokenizer (rank 0)."""
+def _write_files(saved: Checkpointed, tmp: str, rank: int, model_only: bool) -> None:
+    """Everything but the tensors: RNG state per rank; the state, config, tokenizer (rank 0)."""
     storage.makedirs(tmp)
     # Every rank adds its own files (rank 0 cleared the directory before the barrier).
     with storage.staged(tmp, last=(), replace=False) as local:
-        _write_local_files(trainer, local, rank, model_only)
-
-
-def _write_local_files(trainer, tmp: str, rank: int, model_only: bool) -> None:
-    if not model_only:
-        torch.save({"rng": rng_state()}, os.path.join(tmp, f"rank-{rank}.pt"))
-    if rank == 0:
-        with open(os.path.join(tmp, TRAINER_STATE), "w") as f:
-            json.dump(trainer_state(trainer, model_only), f, indent=2)
-        if getattr(trainer, "peft", None) is not None:
-            write_checkpoint_record(tmp, trainer.peft.record(trainer.config.model))
-        model_config = getattr(trainer.model, "config", None)
-        if model_config is not None and hasattr(model_config, "save_pretrained"):
-            model_config.save_pretrained(tmp)
-        if trainer.tokenizer is not None:
-            trainer.tokenizer.save_pretrained(tmp)
+        if not model_only:
+            torch.save({"rng": rng_state()}, os.path.join(local, f"rank-{rank}.pt"))
+        if rank == 0:
+            with open(os.path.join(local, TRAINER_STATE), "w") as f:
+                json.dump(trainer_state(saved.state, model_only), f, indent=2)
+            saved.describe(local)
 
 
 def is_storage_error(error: BaseException) -> bool:
@@ -236,7 +236,7 @@ def _any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
-def load(trainer, path: str) -> None:
+def load(saved_objects: Checkpointed, path: str) -> None:
     """Restore a checkpoint; it may come from another parallel layout (DCP reshards).
 
     A model-only checkpoint restores the weights alone: training starts from step 0 with a
@@ -244,15 +244,15 @@ def load(trainer, path: str) -> None:
     """
     saved = read_trainer_state(path)
     if saved.get("model_only"):
-        load_model_only(trainer.model, path, adapters_only=trainer.peft is not None)
+        load_model_only(saved_objects.model, path, adapters_only=saved_objects.adapters_only)
         return
-    strategy = trainer.step_strategy
-    state = _states(trainer, model_only=False, loading=True)
+    strategy = saved_objects.optimizer
+    state = _states(saved_objects, model_only=False, loading=True)
     _check_compatible(path, state)
     _dcp_load(path, state, partial=strategy.partial_load)
-    set_model_state_dict(trainer.model, state["model"], options=_model_options(trainer.peft is not None))
+    set_model_state_dict(saved_objects.model, state["model"], options=_model_options(saved_objects.adapters_only))
     strategy.load_tensor_state(state, saved.get("optimizer", {}))
-    trainer.load_state_dict(saved)
+    saved_objects.state.load_state_dict(saved)
     own = os.path.join(path, f"rank-{_rank()}.pt")
     if storage.isfile(own):
         try:
@@ -326,9 +326,9 @@ def _dcp_load(path: str, state: dict, partial: bool = False) -> None:
                               "the checkpoint is incomplete or corrupted") from e
 
 
-def trainer_state(trainer, model_only: bool = False) -> dict:
-    """trainer_state.json: the Trainer's own state (a model-only checkpoint keeps its position)."""
-    state = trainer.state_dict()
+def trainer_state(stateful, model_only: bool = False) -> dict:
+    """trainer_state.json: the registered state (a model-only checkpoint keeps its position)."""
+    state = stateful.state_dict()
     if model_only:
         state = {key: state[key] for key in ("global_step", "epoch", "batch_in_epoch")}
     return {**state, "model_only": model_only}

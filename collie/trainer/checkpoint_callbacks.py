@@ -131,14 +131,16 @@ class LoadBestModelCallback(_MetricWatcher):
             self.best, self.best_step = value, trainer.global_step
             previous = self.best_path
             # In an object store the new state gets a fresh name: the previous one stays until it is written.
-            self.best_path = checkpoint.save(trainer, self._path(trainer), model_only=True, mark_latest=False)
+            self.best_path = checkpoint.save(trainer.checkpointed, self._path(trainer), model_only=True,
+                                             mark_latest=False)
             if previous not in (None, self.best_path) and trainer.runtime.is_main:
                 storage.remove_tree(previous)
 
     def on_train_end(self, trainer) -> None:
         if self.best_step is not None:
-            checkpoint.load_model_only(trainer.model, self.best_path or self._path(trainer),
-                                       adapters_only=trainer.peft is not None)
+            saved = trainer.checkpointed
+            checkpoint.load_model_only(saved.model, self.best_path or self._path(trainer),
+                                       adapters_only=saved.adapters_only)
             log.info("loaded the best model (%s=%.6g at step %d)", self.monitor, self.best, self.best_step)
 
     def state_dict(self) -> dict:

@@ -38,6 +38,7 @@ from collie.monitors.plot_sink import LossCurveSink
 from collie.monitors.run_files import RunFiles
 from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
 from collie.monitors.wandb_sink import WandbSink
+from collie.peft.adapter_files import write_checkpoint_record
 from collie.peft.attach import PeftRun, attach_peft
 from collie.serve.during_training import ServeCallback
 from collie.tokenization import pad_token_id
@@ -90,6 +91,9 @@ class Trainer:
         self.step_strategy = step_strategy(self.model, self.optimizer, config.optimizer,
                                            in_backward=updates_in_backward(self.optimizer),
                                            pipelined=self.parallel.pipeline is not None, pp_group=self.runtime.pp_group)
+        # What checkpoints hold: the checkpointer sees these and nothing else of the Trainer.
+        self.checkpointed = checkpoint.Checkpointed(self.model, self.step_strategy, self, self._describe_checkpoint,
+                                                    adapters_only=self.peft is not None)
         self.lr_scheduler = lr_scheduler or build_scheduler(self.optimizer, config.scheduler, max(1, self.total_steps))
         self.monitors = default_monitors(config) if monitors is None else list(monitors)
         self.evaluators = list(evaluators or [])
@@ -195,7 +199,11 @@ class Trainer:
         """A DCP checkpoint under `output_dir/checkpoints/step-N` (or `path`); `latest` names it.
         With `checkpoint_async` it is written in the background unless `wait` is set."""
         default_location = path is None
-        path = checkpoint.save(self, path, max_to_keep=max_to_keep, model_only=model_only,
+        if path is None:
+            if not self.config.output_dir:
+                raise ValueError("output_dir: set it (or pass a path) to save checkpoints")
+            path = os.path.join(checkpoint.checkpoints_dir(self.config.output_dir), f"step-{self.global_step}")
+        path = checkpoint.save(self.checkpointed, path, max_to_keep=max_to_keep, model_only=model_only,
                                background=self._background)
         if default_location and not model_only:
             self._checkpointed = (self.global_step, path)
@@ -207,13 +215,24 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: str) -> None:
-        checkpoint.load(self, path)
+        checkpoint.load(self.checkpointed, path)
         self.callbacks.fire("on_load_checkpoint", self, path)
 
     @property
     def updates_in_backward(self) -> bool:
         """Whether the optimizer updates parameters inside backward (LOMO, AdaLomo)."""
         return self.step_strategy.updates_in_backward
+
+    def _describe_checkpoint(self, directory: str) -> None:
+        """The files that let a checkpoint stand alone (`collie convert`, `collie serve`): the
+        model's config.json, the tokenizer, and a PEFT run's record of its adapters."""
+        if self.peft is not None:
+            write_checkpoint_record(directory, self.peft.record(self.config.model))
+        model_config = getattr(self.model, "config", None)
+        if hasattr(model_config, "save_pretrained"):  # transformers' PretrainedConfig, any family
+            model_config.save_pretrained(directory)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
 
     # -- Stateful (what DCP and the checkpointer save and restore) ------------
     def state_dict(self) -> dict:

@@ -132,4 +132,4 @@ def test_a_checkpoint_in_the_store_is_never_overwritten_in_place(s3_bucket, tmp_
     assert first == f"{s3_bucket}/run/checkpoints/step-1" and second.startswith(first + "-")
     assert checkpoint.latest(f"{s3_bucket}/run") == second
     assert {"trainer_state.json", "rank-0.pt", ".metadata"} <= set(storage.listdir(first))
-    checkpoint.load(trainer, second)
+    trainer.load_checkpoint(second)
