@@ -29,8 +29,6 @@ class LoadedModel:
     forward_context: Callable[[], ContextManager]
     tokenizer: object
     hf_config: object
-    # Prompt tuning: positions to keep before each prompt for the trained prompt.
-    reserved_positions: int = 0
     world_size: int = 1
     is_main: bool = True
     evaluators: list[Evaluator] = field(default_factory=list)
@@ -61,14 +59,14 @@ def load_for_inference(source: str, config: CollieConfig,
     else:
         model = CollieModel.from_pretrained(source, config=config)
     evaluators = evaluators_for(model, config, tokenizer) if evaluators_for else []
-    spec = spec_of(model)
+    spec, hf_config = spec_of(model), model.config
     runtime = build_runtime(config, model_facts(model, spec))
-    parallel = parallelize(model, spec, config, runtime, weights_from=weights_source(model, config))
+    parallel = parallelize(model, spec, config, runtime, weights_from=weights_source(model))
     if is_checkpoint:
         checkpoint.load_model_only(parallel.module, source)
     for evaluator in evaluators:
         evaluator.bind(parallel)
-    return LoadedModel(parallel.eval_model, parallel.forward_context, tokenizer, config.model_config,
+    return LoadedModel(parallel.eval_model, parallel.forward_context, tokenizer, hf_config,
                        world_size=env.world_size, is_main=env.is_main, evaluators=evaluators)
 
 
@@ -76,8 +74,8 @@ def _adapters(source: str, config: CollieConfig, world_size: int) -> LoadedModel
     if world_size > 1:
         raise ConfigError(f"{source}: peft adapters are served by one process; for a parallel layout merge them "
                           "first (collie convert ADAPTERS --merge-lora --to-hf DIR)")
-    model, base, reserved = model_with_adapter(source)
+    model, base = model_with_adapter(source)
     has_tokenizer = os.path.isfile(os.path.join(source, "tokenizer_config.json"))
     tokenizer = load_tokenizer(config.tokenizer or (source if has_tokenizer else base), config.trust_remote_code)
     model.eval()
-    return LoadedModel(model, contextlib.nullcontext, tokenizer, model.config, reserved)
+    return LoadedModel(model, contextlib.nullcontext, tokenizer, model.config)

@@ -1,4 +1,5 @@
-"""Where a DTensor's local shard sits in the whole tensor, and filling shards from whole tensors."""
+"""DTensor helpers in one place: the whole value, this rank's local shard, where that shard sits
+in the whole tensor, and filling shards from whole tensors. Plain tensors pass through."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ from torch.distributed.tensor import DTensor
 def whole(tensor: torch.Tensor) -> torch.Tensor:
     """A plain tensor holding the whole value (gathers or completes a DTensor's reduction)."""
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole (gathered) value on the CPU, detached: what an export writes."""
+    return whole(tensor).detach().cpu()
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's local shard of a DTensor (the storage collectives and in-place updates act
+    on); a plain tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def local_region(tensor: torch.Tensor) -> tuple[slice, ...]:

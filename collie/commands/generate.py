@@ -12,7 +12,6 @@ from collie import storage
 from collie.models.base import CollieModel, load_tokenizer
 from collie.peft.adapter_files import is_adapter_dir
 from collie.peft.convert import model_with_adapter
-from collie.tokenization import pad_token_id
 
 NAME = "generate"
 HELP = "continue a prompt with a saved model"
@@ -30,18 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
-    reserved = 0
     model_dir = storage.local_copy(args.model_dir)
     if is_adapter_dir(model_dir):  # a PEFT run's export: its adapters or prompt on their base model
-        model, base, reserved = model_with_adapter(model_dir)
+        model, base = model_with_adapter(model_dir)
         has_tokenizer = os.path.isfile(os.path.join(model_dir, "tokenizer_config.json"))
         tokenizer = load_tokenizer(model_dir if has_tokenizer else base)
     else:
         model = CollieModel.from_pretrained(model_dir)
         tokenizer = load_tokenizer(model_dir)
     model.eval()
-    # Prompt tuning: positions before the text for the trained prompt.
-    input_ids = torch.tensor([[pad_token_id(tokenizer)] * reserved + tokenizer(args.prompt)["input_ids"]])
+    input_ids = torch.tensor([tokenizer(args.prompt)["input_ids"]])
     sampling = {"generator": torch.Generator().manual_seed(args.seed)}
     if not isinstance(model, CollieModel):  # transformers' own class (collie.models.auto) seeds globally
         torch.manual_seed(args.seed)

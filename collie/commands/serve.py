@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
                                                                 max_new, engine.pad_id, choose))
         return
     served = ServedModel(model_name(args.model, args.model_name), loaded.tokenizer,
-                         context_length(loaded.hf_config, loaded.tokenizer), reserved_positions=loaded.reserved_positions,
+                         context_length(loaded.hf_config, loaded.tokenizer, loaded.model),
                          default_max_tokens=args.default_max_tokens)
     server = http_server(build_app(engine, served), args.host, args.port)
     failure: list[BaseException] = []

@@ -18,13 +18,10 @@ class ColliePadder:
     """
 
     def __init__(self, pad_token_id: int, padding_side: str = "right",
-                 max_length: Optional[int] = None, pad_to: Optional[int] = None, multiple_of: int = 1,
-                 virtual_tokens: int = 0) -> None:
+                 max_length: Optional[int] = None, pad_to: Optional[int] = None, multiple_of: int = 1) -> None:
         """`pad_to` pads every batch to exactly that length (pipeline stages exchange
         fixed-shape activations); otherwise batches are padded to their longest item, rounded
-        up to `multiple_of` (sequence parallel splits the sequence evenly over ranks).
-        `virtual_tokens` (prompt tuning) puts that many attended, untrained positions before
-        every row, ahead of any left padding, for the model to fill with the prompt."""
+        up to `multiple_of` (sequence parallel splits the sequence evenly over ranks)."""
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side: {padding_side!r} is not one of left, right")
         self.pad_token_id = pad_token_id
@@ -32,7 +29,6 @@ class ColliePadder:
         self.max_length = max_length
         self.pad_to = pad_to
         self.multiple_of = multiple_of
-        self.virtual_tokens = virtual_tokens
 
     def __call__(self, items: list[dict]) -> dict:
         longest = self.pad_to or max(len(item["input_ids"]) for item in items)
@@ -50,18 +46,10 @@ class ColliePadder:
             # padding a pad would precede it and predict it: ignore it, so both sides agree.
             labels = [[IGNORE_INDEX, *item["labels"][1:]] if item["labels"] else [] for item in items]
             batch["labels"] = self._stack(labels, longest, IGNORE_INDEX)
-        if self.virtual_tokens:
-            batch = self._reserve_prompt(batch)
         for key in items[0]:
             if key not in batch and key != "document_ids":
                 batch[key] = [item[key] for item in items]
         return batch
-
-    def _reserve_prompt(self, batch: dict) -> dict:
-        rows, n = batch["input_ids"].shape[0], self.virtual_tokens
-        fills = {"input_ids": self.pad_token_id, "attention_mask": 1, "labels": IGNORE_INDEX}
-        return {key: torch.cat([torch.full((rows, n), fills[key], dtype=torch.long), value], dim=1)
-                for key, value in batch.items()}
 
     def _stack(self, rows: list[list[int]], length: int, fill: int) -> torch.Tensor:
         out = torch.full((len(rows), length), fill, dtype=torch.long)

@@ -12,7 +12,7 @@ from collie.data.collate import ColliePadder
 from collie.distributed.pipeline import PipelinedModel, PipelineRunner, save_pipelined
 from collie.distributed.steps import StepResult, run_micro_batches, run_pipeline_step
 from collie.forward_context import forward_context
-from collie.models.base import full_tensor
+from collie.tensors import full_tensor
 
 
 class ParallelModel:
@@ -25,8 +25,6 @@ class ParallelModel:
     def __init__(self, module: torch.nn.Module, spec, config, runtime) -> None:
         self.module, self.spec, self.config, self.runtime = module, spec, config, runtime
         self.layout = runtime.layout
-        # Positions at the start of every row that prompt tuning fills (0: none).
-        self.virtual_tokens = 0
         self.pipeline: Optional[PipelineRunner] = None
         self.eval_model: torch.nn.Module = module
         if self.layout.pipelined:
@@ -42,7 +40,7 @@ class ParallelModel:
         # Pipeline stages exchange fixed-shape activations: every batch is padded to max_length there.
         return ColliePadder(pad_token_id, padding_side, max_length=max_length,
                             pad_to=max_length if self.pipeline is not None else None,
-                            multiple_of=self.layout.sequence_multiple, virtual_tokens=self.virtual_tokens)
+                            multiple_of=self.layout.sequence_multiple)
 
     @property
     def update_after_backward(self) -> bool:

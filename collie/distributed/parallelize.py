@@ -21,7 +21,7 @@ from collie.distributed.parallel_model import ParallelModel
 from collie.distributed.pipeline import local_stages, split_for_stages, stage_layer_ranges
 from collie.dtypes import DTYPES
 from collie.forward_context import autocast_dtype
-from collie.models.base import is_meta
+from collie.models.base import is_meta, model_source
 from collie.peft.qlora import quantize_frozen_linears
 from collie.peft.quantize import require_backend
 from collie.peft.tensor_parallel import with_lora_styles
@@ -160,12 +160,12 @@ def apply_data_parallel(model: torch.nn.Module, spec, dp_mesh, layout, config) -
         fully_shard(model, **kwargs)
 
 
-def weights_source(model: torch.nn.Module, config) -> Optional[str]:
+def weights_source(model: torch.nn.Module) -> Optional[str]:
     """Where an empty (meta-device) model's weights are: `from_pretrained` under a multi-process
-    launch records them in `config.model` and leaves loading until the model is sharded."""
+    launch records its directory in the model and leaves loading until the model is sharded."""
     if not is_meta(model):
         return None
-    if not config.model:
-        raise ConfigError("model: the model has no weights yet (meta device) and config.model names no "
-                          "directory to load them from; build it with from_pretrained(path, config=config)")
-    return storage.local_copy(config.model)
+    if not model_source(model):
+        raise ConfigError("model: the model has no weights yet (meta device) and names no directory to load "
+                          "them from; build it with from_pretrained(path)")
+    return storage.local_copy(model_source(model))

@@ -18,10 +18,10 @@ from torch import nn
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
 from collie.generation import GenerationMixin
-from collie.models.base import CausalLMOutput, full_tensor
+from collie.models.base import CausalLMOutput
 from collie.models.hf_writer import write_hf_model
 from collie.models.loss import causal_lm_loss, chunked_lm_loss
-from collie.tensors import whole
+from collie.tensors import full_tensor, whole
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}  # one stage per rank
 

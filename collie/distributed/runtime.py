@@ -16,8 +16,10 @@ from collie.distributed.env import DistEnv, init_distributed
 log = logging.getLogger("collie")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Runtime:
+    """What is resolved when a run starts, never changed after: the process (rank, device,
+    backend), the checked layout, and the (pp, dp, tp) mesh."""
     env: DistEnv
     layout: Layout
     mesh: Optional[DeviceMesh] = None

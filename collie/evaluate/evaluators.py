@@ -54,7 +54,6 @@ class Evaluator:
         self.forward_context, self.loss_context = parallel.forward_context, parallel.loss_context
         if isinstance(self.collate_fn, ColliePadder):
             self.collate_fn.multiple_of = parallel.layout.sequence_multiple
-            self.collate_fn.virtual_tokens = parallel.virtual_tokens
 
     def evaluate(self) -> dict:
         """Run over this rank's share of the dataset; return `{metric: value}` merged over metrics."""

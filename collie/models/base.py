@@ -28,7 +28,7 @@ from collie.models.auto.spec import load_auto
 from collie.models.hf_io import DEFAULT_MAX_SHARD_BYTES, iter_hf_tensors
 from collie.models.hf_writer import write_hf_model
 from collie.models.registry import config_class_for, spec_for
-from collie.tensors import copy_whole_into, whole
+from collie.tensors import copy_whole_into, full_tensor
 
 
 @dataclass
@@ -94,6 +94,9 @@ class CollieModel(GenerationMixin, nn.Module):
     compute_dtype: Optional[torch.dtype] = None
     # > 0: a forward given labels computes its loss in chunks of this many tokens (and no logits).
     loss_chunk_tokens: int = 0
+    # The HF directory (or URL) the weights come from, set by `from_pretrained`: a model still
+    # empty (meta) under a multi-process launch is loaded from it once it is sharded.
+    source: Optional[str] = None
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -115,13 +118,14 @@ class CollieModel(GenerationMixin, nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, config=None, dtype: Optional[torch.dtype] = None) -> "CollieModel":
         """Load an HF directory. `config` is an optional CollieConfig (dropout, param_dtype,
-        low_cpu_mem_usage); it records the model (`model_config`, `model = path`).
+        low_cpu_mem_usage), read and never changed; the model records where it came from
+        (`model.source`).
 
         With `low_cpu_mem_usage` (the default) the model is built on the meta device and each
         checkpoint tensor is copied into place as it is read: peak memory ≈ one model. Under
         a multi-process launch, with a CollieConfig, the model is returned empty (on the meta
         device): the Trainer splits and shards it first, then each rank copies in only its own
-        shards of `config.model`, one checkpoint tensor at a time (no rank ever holds the
+        shards of `model.source`, one checkpoint tensor at a time (no rank ever holds the
         whole model).
         """
         return_freed_memory_to_os()  # reading frees a buffer per tensor: give the pages back
@@ -131,17 +135,18 @@ class CollieModel(GenerationMixin, nn.Module):
         if not spec_for(hf_config).supports_model_parallel:
             return _load_transformers_model(cls, path, hf_config, config, dtype)
         model_cls = _model_class(cls, hf_config, path)
-        if config is not None:
-            config.model_config, config.model = hf_config, source
         if config is not None and config.low_cpu_mem_usage and launched_processes() > 1 and \
                 not spec_for(hf_config).dims(hf_config).tied_embeddings:
-            return _on_meta(model_cls, hf_config, config, dtype)
+            model = _on_meta(model_cls, hf_config, config, dtype)
+            model.source = source
+            return model
         if config is None or config.low_cpu_mem_usage:
             model = _materialize(model_cls, hf_config, config, dtype)
         else:
             model = model_cls(training_config(hf_config, config)).to(dtype)
             model.export_config = hf_config
         model.load_hf_weights(path)
+        model.source = source
         return model
 
     def load_hf_weights(self, path: str, partial: bool = False) -> None:
@@ -218,8 +223,6 @@ def _load_transformers_model(cls: type, path: str, hf_config, config, dtype: tor
     """A model type collie has no family for, as transformers' own class (see collie.models.auto)."""
     if cls is not CollieModel:
         raise ValueError(f"{path!r} holds a {hf_config.model_type!r} model, not a {cls.__name__}")
-    if config is not None:
-        config.model_config, config.model = hf_config, path
     return load_auto(path, dtype)
 
 
@@ -246,9 +249,11 @@ def param_dtype(config) -> torch.dtype:
     return DTYPES.get(name, torch.float32)
 
 
-def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """A whole (gathered) tensor on the CPU, from a plain tensor or any DTensor sharding."""
-    return whole(tensor).detach().cpu()
+def model_source(model: nn.Module) -> Optional[str]:
+    """Where a model's weights came from: a collie model's `source`, transformers' `name_or_path`."""
+    if isinstance(model, CollieModel):
+        return model.source
+    return getattr(model, "name_or_path", None) or None
 
 
 def is_meta(model: nn.Module) -> bool:

@@ -23,6 +23,7 @@ from torch.optim import Optimizer
 from collie.distributed.clip import total_norm
 from collie.dtypes import at_least_fp32, row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
+from collie.tensors import local_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +36,6 @@ class _Mode(enum.Enum):
     UPDATE = "update"  # update the parameter from its gradient, free it
 
 
-def full_or_local(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor itself, or a DTensor's local shard (the storage collectives act on)."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
 def update_in_row_blocks(p: torch.Tensor, grad: torch.Tensor,
                          update: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
     """Run `update(work, grad_rows)` over blocks of rows of the local storage of `p` and `grad`.
@@ -47,7 +43,7 @@ def update_in_row_blocks(p: torch.Tensor, grad: torch.Tensor,
     `work` is at least fp32: the parameter's own rows when it already is (updated in place),
     otherwise an upcast copy of the block written back afterwards. So a bf16 parameter is never
     copied whole into fp32: for a 7B model's embedding that copy alone would be 0.5 GB."""
-    local_p, local_grad = full_or_local(p.detach()), full_or_local(grad)
+    local_p, local_grad = local_tensor(p.detach()), local_tensor(grad)
     for rows in row_blocks(local_p):
         stored = local_p[rows]
         work = stored.to(at_least_fp32(stored.dtype))
@@ -302,7 +298,7 @@ class FusedBackwardOptimizer(Optimizer):
             grad = grad.redistribute(p.device_mesh, p.placements)
         if self._dp_group is not None:
             # SUM then divide: gloo has no AVG.
-            local = full_or_local(grad)
+            local = local_tensor(grad)
             dist.all_reduce(local, group=self._dp_group)
             local.div_(dist.get_world_size(self._dp_group))
         return grad
@@ -314,7 +310,7 @@ class FusedBackwardOptimizer(Optimizer):
 
     def _global_grad_norm(self, norms: list[torch.Tensor]) -> torch.Tensor:
         """L2 norm of all gradients from the per-parameter norms (a global reduction)."""
-        return total_norm(norms, self._pp_group, device=full_or_local(self._named_params[0][1]).device)
+        return total_norm(norms, self._pp_group, device=local_tensor(self._named_params[0][1]).device)
 
     def _on_grad_ready(self, p: torch.Tensor) -> None:
         """Post-accumulate-grad hook: ``p.grad`` is complete for this backward pass."""

@@ -15,9 +15,9 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from collie.dtypes import at_least_fp32, row_blocks
-from collie.optim._fused import FusedBackwardOptimizer, dense_rows, full_or_local, update_in_row_blocks
+from collie.optim._fused import FusedBackwardOptimizer, dense_rows, update_in_row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
-from collie.tensors import local_region, whole
+from collie.tensors import local_region, local_tensor, whole
 
 
 class AdaLomo(FusedBackwardOptimizer):
@@ -107,7 +107,7 @@ class AdaLomo(FusedBackwardOptimizer):
         beta2 = 1.0 - math.pow(self._step_count, self.decay_rate)
         grad = self._prepared(grad)
         region = local_region(grad)
-        local_grad = full_or_local(grad)
+        local_grad = local_tensor(grad)
         if grad.dim() >= 2:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
             row_mean, col_mean = self._squared_means(grad)
@@ -151,7 +151,7 @@ class AdaLomo(FusedBackwardOptimizer):
 
     def _param_rms(self, p: torch.Tensor) -> torch.Tensor:
         """RMS of the parameter in at least fp32, widening a block of rows at a time."""
-        local = full_or_local(p.detach())
+        local = local_tensor(p.detach())
         if isinstance(p, DTensor) or local.dtype == at_least_fp32(local.dtype):
             return self._rms(p.detach().to(at_least_fp32(p.dtype)))
         squares = sum(torch.linalg.vector_norm(local[rows].to(at_least_fp32(local.dtype))).square()

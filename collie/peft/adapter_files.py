@@ -21,9 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from collie.config import ConfigError
 from collie.config.peft_settings import LoraSettings, from_peft_config
-from collie.models.base import full_tensor
 from collie.peft.lora import adapter_modules, hf_module_names
-from collie.tensors import copy_whole_into
+from collie.tensors import copy_whole_into, full_tensor
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -26,7 +26,7 @@ from collie.peft.adapter_files import (
     write_adapter,
 )
 from collie.peft.lora import add_lora, merge_adapters
-from collie.peft.prompt_tuning import PROMPT_PARAM, attach_prompt, write_prompt
+from collie.peft.prompt_tuning import PROMPT_PARAM, attach_prompt, prompt_length, write_prompt
 from collie.tokenization import copy_tokenizer_files
 
 
@@ -47,8 +47,8 @@ def checkpoint_to_adapter(checkpoint_dir: str, out_dir: str) -> None:
 def merge_lora(source: str, out_dir: str, base: Optional[str] = None) -> None:
     """Fold the adapters of `source` (a peft adapter directory or a LoRA run's checkpoint) into
     their base model and write the result as an HF directory, in the base's dtype."""
-    model, base, virtual_tokens = model_with_adapter(source, base, stored_dtype=True)
-    if virtual_tokens:
+    model, base = model_with_adapter(source, base, stored_dtype=True)
+    if prompt_length(model):
         raise ConfigError(f"--merge-lora: {source!r} holds a trained prompt, not LoRA adapters: there is nothing to "
                           "merge into the weights")
     model.save_pretrained(out_dir)
@@ -56,12 +56,12 @@ def merge_lora(source: str, out_dir: str, base: Optional[str] = None) -> None:
 
 
 def model_with_adapter(source: str, base: Optional[str] = None,
-                       stored_dtype: bool = False) -> tuple[CollieModel, str, int]:
+                       stored_dtype: bool = False) -> tuple[CollieModel, str]:
     """The base model of `source` (a peft adapter directory or a PEFT run's checkpoint) with
-    LoRA adapters folded in or the trained prompt attached (single process); also the base's
-    directory and the positions to reserve before each prompt (prompt tuning, else 0). The
-    model is in fp32, or with `stored_dtype` in the base's own dtype (a LoRA update is
-    computed in at least fp32 either way)."""
+    LoRA adapters folded in or the trained prompt attached (single process, the prompt put
+    in front inside its forward), and the base's directory. The model is in fp32, or with
+    `stored_dtype` in the base's own dtype (a LoRA update is computed in at least fp32 either
+    way)."""
     record = read_checkpoint_record(source)
     if record is None and not is_adapter_dir(source):
         raise ConfigError(f"{source!r} is neither a peft adapter directory nor a checkpoint of a PEFT run")
@@ -80,7 +80,7 @@ def model_with_adapter(source: str, base: Optional[str] = None,
         run.start_from = (_dcp_tensors(source, [PROMPT_PARAM])[PROMPT_PARAM] if record is not None
                           else run.start_from)
         run.initialise(model, seed=0)
-        return model, base, settings.num_virtual_tokens
+        return model, base
     if record is not None:
         settings, ranks = lora_from_record(record)
         tensors = _checkpoint_tensors(source, ranks)
@@ -89,7 +89,7 @@ def model_with_adapter(source: str, base: Optional[str] = None,
     add_lora(model, spec, settings, ranks)
     load_adapter_tensors(model, tensors, source)
     merge_adapters(model)
-    return model, base, 0
+    return model, base
 
 
 def _checkpoint_tensors(path: str, ranks: Ranks) -> dict[str, torch.Tensor]:

@@ -23,9 +23,6 @@ class LoraRun:
     # Whole adapter tensors read from `settings.adapter` (None: a fresh initialisation).
     start_from: Optional[dict[str, torch.Tensor]] = None
 
-    # LoRA reserves no positions in the batch (prompt tuning does).
-    virtual_tokens = 0
-
     def initialise(self, module: torch.nn.Module, seed: int) -> None:
         """Fill this rank's adapters, once the model is parallelized."""
         if self.start_from is None:

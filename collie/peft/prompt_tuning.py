@@ -1,14 +1,18 @@
 """Prompt tuning: n trained input embeddings in front of every sequence, the base frozen.
 
-The padder reserves the first n positions of every row (mask 1, label -100, before any left
-padding, as peft lays them out), and the model puts the prompt's embeddings there when a
-sequence starts (not on later decoding steps, which continue from the cache). The prompt is a
+Nothing outside this file knows: hooks on the model put the prompt in front inside forward,
+as peft does. On a sequence's first pass (no KV cache, or an empty one) the input ids become
+embeddings with the prompt's n in front (`inputs_embeds`), the attention mask gets n leading
+ones (on every pass: it covers the whole past), labels n leading -100, given position ids
+shift by n, an empty KV cache gets room for n more positions, and the logits lose the prompt's
+n positions again, so callers see logits aligned with their own input ids. The prompt is a
 parameter of the model (`prompt.weight`), so data and tensor parallel treat it as any other.
 Files are peft's: `adapter_model.safetensors` holds `prompt_embeddings`.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import asdict, dataclass
 from typing import Optional
@@ -21,10 +25,11 @@ from collie import storage
 from collie.config import ConfigError
 from collie.config.peft_settings import PromptSettings
 from collie.dtypes import at_least_fp32
-from collie.models.base import full_tensor, is_meta, load_tokenizer
+from collie.models.base import is_meta, load_tokenizer, model_source
 from collie.models.hf_io import iter_hf_tensors
 from collie.models.init import named_generator
-from collie.tensors import copy_whole_into
+from collie.models.loss import IGNORE_INDEX
+from collie.tensors import copy_whole_into, full_tensor
 
 PROMPT_PARAM = "prompt.weight"
 PEFT_KEY = "prompt_embeddings"
@@ -34,13 +39,68 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 class PromptEmbedding(nn.Module):
     def __init__(self, num_virtual_tokens: int, hidden: int, dtype: torch.dtype, device) -> None:
         super().__init__()
+        self.length = num_virtual_tokens  # a plain int: the weight may be sharded or empty
         self.weight = nn.Parameter(torch.empty(num_virtual_tokens, hidden, dtype=dtype, device=device))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """Embeddings whose first n positions (reserved by the padder) become the prompt."""
-        n = self.weight.shape[0]
-        prompt = self.weight.to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)
-        return torch.cat([prompt, h[:, n:]], dim=1)
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, hidden] -> [batch, n + seq, hidden]: the prompt in front, in `embeds`' dtype."""
+        prompt = self.weight.to(embeds.dtype).unsqueeze(0).expand(embeds.shape[0], -1, -1)
+        return torch.cat([prompt, embeds], dim=1)
+
+
+class PromptInFront:
+    """The forward hooks `attach_prompt` puts on the model (see the module's docstring). They
+    are registered on the single-device model before `parallelize`, so they run inside whatever
+    wraps it (DDP calls the model; FSDP's own hooks unshard first, being prepended)."""
+
+    def __init__(self, model: nn.Module, spec, n: int) -> None:
+        self.spec, self.n = spec, n
+        # The forward's parameter names, to read positional arguments as keywords.
+        self.names = list(inspect.signature(model.forward).parameters)
+        self.first_pass = False  # set before forward, read after it: did the prompt go in front?
+
+    def before(self, model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        kwargs = {**dict(zip(self.names, args)), **kwargs}
+        n, cache = self.n, kwargs.get("kv_cache")
+        self.first_pass = cache is None or cache.length == 0
+        mask = kwargs.get("attention_mask")
+        if mask is not None:  # the mask covers the whole past, the prompt included
+            kwargs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
+        positions = kwargs.get("position_ids")
+        if positions is not None:
+            positions = positions + n
+            if self.first_pass:
+                start = torch.arange(n, device=positions.device, dtype=positions.dtype)
+                positions = torch.cat([start.expand(positions.shape[0], n), positions], dim=1)
+            kwargs["position_ids"] = positions
+        if not self.first_pass:
+            return (), kwargs
+        if cache is not None:
+            # Callers size a cache for their own tokens; nothing is allocated before the first
+            # write (KVCache), so the prompt's positions are added here, once.
+            cache.max_len += n
+        embeds = kwargs.pop("inputs_embeds", None)
+        input_ids = kwargs.pop("input_ids", None)
+        if embeds is None:
+            embeds = self.spec.edge(model, "embedding")(input_ids)
+        dtype = getattr(model, "compute_dtype", None) or embeds.dtype
+        kwargs["inputs_embeds"] = model.prompt(embeds.to(dtype))
+        labels = kwargs.get("labels")
+        if labels is not None:
+            kwargs["labels"] = torch.cat([labels.new_full((labels.shape[0], n), IGNORE_INDEX), labels], dim=1)
+        return (), kwargs
+
+    def after(self, model: nn.Module, args: tuple, output):
+        if self.first_pass and getattr(output, "logits", None) is not None:
+            output.logits = output.logits[:, self.n:]  # aligned with the caller's input ids
+        self.first_pass = False
+        return output
+
+
+def prompt_length(model: nn.Module) -> int:
+    """The positions a trained prompt takes in front of every sequence (0: none), so that
+    whoever bounds a sequence's length (serving's context) can leave room for them."""
+    return sum(module.length for module in model.modules() if isinstance(module, PromptEmbedding))
 
 
 @dataclass
@@ -48,10 +108,6 @@ class PromptRun:
     settings: PromptSettings
     # The whole prompt to start from (an init text's embeddings, or a saved adapter).
     start_from: Optional[torch.Tensor] = None
-
-    @property
-    def virtual_tokens(self) -> int:
-        return self.settings.num_virtual_tokens
 
     def initialise(self, module: nn.Module, seed: int) -> None:
         weight = module.prompt.weight
@@ -72,8 +128,15 @@ class PromptRun:
 
 
 def attach_prompt(model: nn.Module, spec, settings: PromptSettings, config) -> PromptRun:
-    """Freeze the model and give it a prompt; reads where the prompt starts from now, while
-    the model is still whole."""
+    """Freeze the model and give it a prompt, put in front inside its forward; reads where the
+    prompt starts from now, while the model is still whole."""
+    if spec.position_ids is not None:
+        raise ConfigError("peft.type: prompt tuning needs a family whose positions follow the attention mask; "
+                          f"{type(model).__name__} derives them from its tokens")
+    if not spec.supports_model_parallel:
+        raise ConfigError(f"peft.type: prompt tuning runs on collie's model families; "
+                          f"{getattr(model.config, 'model_type', 'this model')!r} runs as transformers' own class "
+                          "(use peft.type=lora)")
     dims = spec.dims(model.config)
     start_from = None
     if settings.adapter:
@@ -85,6 +148,9 @@ def attach_prompt(model: nn.Module, spec, settings: PromptSettings, config) -> P
     weight = spec.edge(model, "embedding").weight
     model.prompt = PromptEmbedding(settings.num_virtual_tokens, dims.hidden, at_least_fp32(weight.dtype),
                                    weight.device)
+    hooks = PromptInFront(model, spec, settings.num_virtual_tokens)
+    model.register_forward_pre_hook(hooks.before, with_kwargs=True)
+    model.register_forward_hook(hooks.after)
     return PromptRun(settings, start_from)
 
 
@@ -110,7 +176,8 @@ def read_prompt(path: str, num_virtual_tokens: int, hidden: int) -> torch.Tensor
 
 def _text_embeddings(model: nn.Module, spec, settings: PromptSettings, config) -> torch.Tensor:
     """peft's TEXT init: the embeddings of the text's tokens, repeated to the prompt's length."""
-    source = config.tokenizer or config.model
+    weights = config.model or model_source(model)
+    source = config.tokenizer or weights
     if not source:
         raise ConfigError("peft.prompt_init_text: needs a tokenizer (set `tokenizer` or `model`)")
     ids = load_tokenizer(source, config.trust_remote_code)(settings.init_text, add_special_tokens=False)["input_ids"]
@@ -123,8 +190,8 @@ def _text_embeddings(model: nn.Module, spec, settings: PromptSettings, config) -
         return embedding.detach()[ids].float()
     # An empty model (multi-process loading): read the rows from its checkpoint.
     wanted = f"{spec.edge_name('embedding')}.weight"
-    for hf_name, tensor in iter_hf_tensors(storage.local_copy(config.model)):
+    for hf_name, tensor in iter_hf_tensors(storage.local_copy(weights)):
         for name, part in spec.adapter.split(hf_name, tensor, model.config):
             if name == wanted:
                 return part[ids].float()
-    raise ConfigError(f"peft.prompt_init_text: {config.model} holds no embedding ({wanted})")
+    raise ConfigError(f"peft.prompt_init_text: {weights} holds no embedding ({wanted})")

@@ -16,7 +16,6 @@ from starlette.exceptions import HTTPException
 
 from collie.serve.engine import Engine, Event, Job, Overloaded
 from collie.serve.protocol import APIError, ChatRequest, CompletionRequest, check_sampling, parse, rows_for
-from collie.tokenization import pad_token_id
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to what fits
 
@@ -24,17 +23,14 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; cha
 class ServedModel:
     """What the routes need to know about the model besides the engine."""
 
-    def __init__(self, name: str, tokenizer, context_length: int, reserved_positions: int = 0,
-                 default_max_tokens: int = 1024) -> None:
+    def __init__(self, name: str, tokenizer, context_length: int, default_max_tokens: int = 1024) -> None:
         self.name, self.tokenizer, self.context_length = name, tokenizer, context_length
         # A chat request without max_tokens gets this many at most (or what fits): the KV cache of
         # a batch is sized by its longest budget, so "the whole context" is not the default.
         self.default_max_tokens = default_max_tokens
-        self.reserved_positions = reserved_positions  # prompt tuning: positions before the text
 
     def encode(self, text: str) -> list[int]:
-        pad = pad_token_id(self.tokenizer)
-        return [pad] * self.reserved_positions + self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def chat_prompt(self, request: ChatRequest) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -44,8 +40,7 @@ class ServedModel:
             raise APIError(400, "messages: must not be empty", "messages")
         turns = [{"role": m.role, "content": m.text()} for m in request.messages]
         text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        pad = pad_token_id(self.tokenizer)
-        return [pad] * self.reserved_positions + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def build_app(engine: Engine, served: ServedModel) -> FastAPI:

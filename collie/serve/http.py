@@ -10,6 +10,9 @@ from typing import Optional
 
 import uvicorn
 from fastapi import FastAPI
+from torch import nn
+
+from collie.peft.prompt_tuning import prompt_length
 
 
 def http_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
@@ -36,8 +39,13 @@ def model_name(source: str, given: Optional[str]) -> str:
     return given or os.path.basename(os.path.normpath(source.split("://", 1)[-1])) or "model"
 
 
-def context_length(hf_config, tokenizer) -> int:
-    """The positions the model was built for (its config), else what the tokenizer says."""
+def context_length(hf_config, tokenizer, model: nn.Module) -> int:
+    """The positions a request may use: those the model was built for (its config, else what
+    the tokenizer says), less those a trained prompt takes in front of every sequence."""
+    return _positions(hf_config, tokenizer) - prompt_length(model)
+
+
+def _positions(hf_config, tokenizer) -> int:
     for name in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
         value = getattr(hf_config, name, None)
         if isinstance(value, int) and value > 0:

@@ -31,6 +31,7 @@ from collie.evaluate.metrics import PPLMetric
 from collie.evaluate.results import evaluate_all, sample_lines
 from collie.events import Callback, CallbackList
 from collie.host_memory import return_freed_memory_to_os
+from collie.models.base import model_source
 from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.models.registry import spec_of
 from collie.monitors.monitors import Monitor, StepStats, default_monitors
@@ -63,6 +64,8 @@ class Trainer:
         return_freed_memory_to_os()
         self.config = config
         self.spec = spec_of(model)
+        # The base model's directory, which PEFT files and checkpoints record.
+        self.base_model = config.model or model_source(model)
         self.runtime = build_runtime(config, model_facts(model, self.spec),
                                      prompt_tuning=isinstance(peft_settings(config), PromptSettings),
                                      quantized=quant_settings(config.quantization_config) is not None)
@@ -75,7 +78,6 @@ class Trainer:
         self.model = self.parallel.module
         if self.peft is not None:
             self.peft.initialise(self.model, config.seed)
-            self.parallel.virtual_tokens = self.peft.virtual_tokens
         self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
         self.train_fn = train_fn
         self.train_dataset = train_dataset
@@ -131,7 +133,7 @@ class Trainer:
         in_backward = updates_in_backward(optimizer if optimizer is not None
                                           else optimizer_class(self.config.optimizer.name))
         parallel = parallelize(model, self.spec, self.config, self.runtime,
-                               weights_from=weights_source(model, self.config), replicate_wrapper=not in_backward)
+                               weights_from=weights_source(model), replicate_wrapper=not in_backward)
         if optimizer is not None and not in_backward:
             rebind_parameters(optimizer, names, parallel.module.state_dict(keep_vars=True))
         return parallel
@@ -188,7 +190,7 @@ class Trainer:
             if self.peft is None:
                 self.parallel.export(local, tokenizer)
             else:
-                self.peft.save(local, self.model, self.spec, self.runtime, base_model=self.config.model)
+                self.peft.save(local, self.model, self.spec, self.runtime, base_model=self.base_model)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(local)
         self.runtime.barrier()
@@ -227,7 +229,7 @@ class Trainer:
         """The files that let a checkpoint stand alone (`collie convert`, `collie serve`): the
         model's config.json, the tokenizer, and a PEFT run's record of its adapters."""
         if self.peft is not None:
-            write_checkpoint_record(directory, self.peft.record(self.config.model))
+            write_checkpoint_record(directory, self.peft.record(self.base_model))
         model_config = getattr(self.model, "config", None)
         if hasattr(model_config, "save_pretrained"):  # transformers' PretrainedConfig, any family
             model_config.save_pretrained(directory)

@@ -59,24 +59,25 @@ class LlamaForCausalLM(CollieModel):
         self.lm_head = Linear(args.hidden, args.vocab, bias=self.head_bias)
         if args.tied_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        # Prompt tuning's trained embeddings for the positions the padder reserves (collie.peft).
-        self.prompt: Optional[nn.Module] = None
         # A plain attribute, not a buffer: it is recomputed cheaply, never checkpointed,
         # and survives meta-device construction.
         self._inv_freq = inverse_frequencies(args.rotary_dim, args.rope_theta, args.rope_scaling)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+    def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
-                kv_cache: Optional[KVCache] = None) -> CausalLMOutput:
+                kv_cache: Optional[KVCache] = None, inputs_embeds: Optional[torch.Tensor] = None) -> CausalLMOutput:
+        """`inputs_embeds` [batch, seq, hidden] (as in transformers) replaces `input_ids` and the
+        embedding lookup; positions then come from `attention_mask` or `position_ids`."""
         # Sizes from the input, not from h: under sequence parallel h holds a slice of the sequence.
-        seq = input_ids.shape[1]
-        h = self.embed_tokens(input_ids) if self.embed_tokens is not None else input_ids
-        if self.embed_tokens is not None and self.compute_dtype is not None:
+        tokens = input_ids if inputs_embeds is None else inputs_embeds
+        seq = tokens.shape[1]
+        if inputs_embeds is not None:
+            h = inputs_embeds
+        else:
+            h = self.embed_tokens(input_ids) if self.embed_tokens is not None else input_ids
+        if (self.embed_tokens is not None or inputs_embeds is not None) and self.compute_dtype is not None:
             h = h.to(self.compute_dtype)  # activations carry the compute dtype from here on
-        past = kv_cache.length if kv_cache is not None else 0
-        if self.prompt is not None and past == 0:
-            h = self.prompt(h)  # prompt tuning: the prompt takes the reserved first positions
-        cos, sin, mask = self.rotary_and_mask(input_ids, attention_mask, position_ids, kv_cache, h.dtype)
+        cos, sin, mask = self.rotary_and_mask(tokens, attention_mask, position_ids, kv_cache, h.dtype)
         for layer in self.layers.values():
             h = layer(h, cos, sin, mask, kv_cache)
         if kv_cache is not None:
