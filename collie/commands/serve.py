@@ -14,6 +14,7 @@ import threading
 
 from collie.config import CollieConfig
 from collie.inference import load_for_inference
+from collie.models.registry import spec_for
 from collie.serve.app import ServedModel, build_app
 from collie.serve.engine import Engine, decode
 from collie.serve.http import context_length, http_server, model_name
@@ -52,9 +53,9 @@ def run(args: argparse.Namespace) -> None:
         lockstep.follow(lambda prompts, max_new, choose: decode(loaded.model, loaded.forward_context, prompts,
                                                                 max_new, engine.pad_id, choose))
         return
+    dims = spec_for(loaded.hf_config).dims(loaded.hf_config)
     served = ServedModel(model_name(args.model, args.model_name), loaded.tokenizer,
-                         context_length(loaded.hf_config, loaded.tokenizer, loaded.model),
-                         default_max_tokens=args.default_max_tokens)
+                         context_length(dims, loaded.tokenizer, loaded.model), default_max_tokens=args.default_max_tokens)
     server = http_server(build_app(engine, served), args.host, args.port)
     failure: list[BaseException] = []
 

@@ -34,11 +34,10 @@ class Evaluator:
         self.metrics = metrics
         self.eval_fn = eval_fn
         self.name = name or type(self).__name__
-        tokenizer = getattr(dataset, "tokenizer", None)
-        data = getattr(config, "data", None)
-        side = self.padding_side or (data.padding_side if data is not None else "right")
-        self.collate_fn = collate_fn or ColliePadder(pad_token_id(tokenizer), padding_side=side,
-                                                     max_length=data.max_length if data is not None else None)
+        # A collate_fn of the caller's is used as given; the default padder is made again for
+        # the layout at `bind`.
+        self.collate_fn = collate_fn or self._padder(multiple_of=1)
+        self._own_padder = collate_fn is None
         self.runtime: Any = None  # set by the Trainer: device, dp rank/size, process groups
         # Set by the Trainer too: the context forwards run in (autocast, attention kernels), and
         # the one a loss is computed in (loss_parallel).
@@ -52,8 +51,16 @@ class Evaluator:
             parallel.layout.check_token_by_token(self.name)
         self.model, self.runtime = parallel.eval_model, parallel.runtime
         self.forward_context, self.loss_context = parallel.forward_context, parallel.loss_context
-        if isinstance(self.collate_fn, ColliePadder):
-            self.collate_fn.multiple_of = parallel.layout.sequence_multiple
+        if self._own_padder:
+            self.collate_fn = self._padder(multiple_of=parallel.layout.sequence_multiple)
+
+    def _padder(self, multiple_of: int) -> ColliePadder:
+        """Pads with the dataset tokenizer's pad id, on this evaluator's side, to `data.max_length`
+        at most and to a multiple of `multiple_of` (sequence parallel splits sequences evenly)."""
+        data = getattr(self.config, "data", None)
+        side = self.padding_side or (data.padding_side if data is not None else "right")
+        return ColliePadder(pad_token_id(getattr(self.dataset, "tokenizer", None)), padding_side=side,
+                            max_length=data.max_length if data is not None else None, multiple_of=multiple_of)
 
     def evaluate(self) -> dict:
         """Run over this rank's share of the dataset; return `{metric: value}` merged over metrics."""

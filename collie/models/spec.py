@@ -35,12 +35,14 @@ class ModelDims:
     hidden: int
     vocab: int
     tied_embeddings: bool = False
+    # The positions the model was built for (None: its config does not say).
+    max_positions: Optional[int] = None
 
     @classmethod
     def of(cls, args: Any) -> "ModelDims":
         """The dims of a family's network settings (any object with these fields: `DecoderArgs`)."""
         return cls(layers=args.layers, heads=args.heads, kv_heads=args.kv_heads, hidden=args.hidden,
-                   vocab=args.vocab, tied_embeddings=args.tied_embeddings)
+                   vocab=args.vocab, tied_embeddings=args.tied_embeddings, max_positions=args.max_positions)
 
 
 def dense_flops_per_token(dims: ModelDims, seq_len: int, trainable_params: float) -> float:

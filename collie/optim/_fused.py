@@ -73,9 +73,10 @@ class FusedBackwardOptimizer(Optimizer):
     loss scaling is wanted. The whole model is one parameter group (only its
     trainable parameters); ``param_groups[0]["lr"]`` is what LR schedulers change.
 
-    Trainer protocol: ``updates_in_backward = True`` tells the trainer to call
-    :meth:`backward` once per micro-batch instead of ``loss.backward()`` +
-    :meth:`step`; :meth:`step` and :meth:`zero_grad` are harmless no-ops.
+    Trainer protocol: ``updates_in_backward = True`` makes the Trainer run it through its
+    in-backward step strategy (``collie.trainer.step_strategy.StepInBackward``), which calls
+    :meth:`backward` once per micro-batch instead of ``loss.backward()`` + :meth:`step`;
+    :meth:`step` and :meth:`zero_grad` are harmless no-ops.
     """
 
     updates_in_backward = True

@@ -46,8 +46,8 @@ class ServeCallback(Callback):
         if not trainer.runtime.is_main:
             return
         name = model_name(trainer.base_model or trainer.config.output_dir or "model", self.model_name)
-        served = ServedModel(name, trainer.tokenizer, context_length(trainer.model.config, trainer.tokenizer,
-                                                                    parallel.eval_model))
+        dims = trainer.spec.dims(trainer.model.config)
+        served = ServedModel(name, trainer.tokenizer, context_length(dims, trainer.tokenizer, parallel.eval_model))
         self._server = http_server(build_app(self.engine, served), self.host, self.port)
         self._thread = start_in_background(self._server, "serve.port")
         log.info("serving %r at http://%s:%d/v1 while training (answered between steps)", name, self.host, self.port)

@@ -39,15 +39,8 @@ def model_name(source: str, given: Optional[str]) -> str:
     return given or os.path.basename(os.path.normpath(source.split("://", 1)[-1])) or "model"
 
 
-def context_length(hf_config, tokenizer, model: nn.Module) -> int:
-    """The positions a request may use: those the model was built for (its config, else what
-    the tokenizer says), less those a trained prompt takes in front of every sequence."""
-    return _positions(hf_config, tokenizer) - prompt_length(model)
-
-
-def _positions(hf_config, tokenizer) -> int:
-    for name in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
-        value = getattr(hf_config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return int(min(tokenizer.model_max_length, 1 << 20))
+def context_length(dims, tokenizer, model: nn.Module) -> int:
+    """The positions a request may use: those the model was built for (its family's dims, else
+    what the tokenizer says), less those a trained prompt takes in front of every sequence."""
+    positions = dims.max_positions or int(min(tokenizer.model_max_length, 1 << 20))
+    return positions - prompt_length(model)

@@ -13,13 +13,6 @@ from collie import optim
 from collie.config import ConfigError, OptimizerConfig, SchedulerConfig
 
 
-def updates_in_backward(optimizer) -> bool:
-    """Whether an optimizer (or optimizer class) updates parameters inside backward (LOMO,
-    AdaLomo): the Trainer must know before it parallelizes the model, since such optimizers
-    average data-parallel gradients themselves."""
-    return bool(getattr(optimizer, "updates_in_backward", False))
-
-
 def _adam(cls: type) -> Callable:
     def build(model: torch.nn.Module, params: list, cfg: OptimizerConfig) -> torch.optim.Optimizer:
         return cls(params, lr=cfg.lr, betas=tuple(cfg.betas[:2]), eps=cfg.eps, weight_decay=cfg.weight_decay,

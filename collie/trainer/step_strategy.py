@@ -4,8 +4,6 @@ update happens inside backward (LOMO, AdaLomo). Neither caller asks which one ru
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
@@ -93,9 +91,14 @@ class StepInBackward(StepStrategy):
 
     updates_in_backward = True
 
-    def __init__(self, model: torch.nn.Module, optimizer, pipelined: bool) -> None:
-        super().__init__(model, optimizer)
-        self.pipelined = pipelined
+    def __init__(self, optimizer, parallel) -> None:
+        super().__init__(parallel.module, optimizer)
+        self.pipelined = parallel.pipeline is not None
+        # The optimizer hooks the parameters the layout put in place and learns who owns the
+        # gradients: itself (averaging replicas), FSDP or the pipeline schedule.
+        optimizer.configure_parallel(parallel.module, dp_group=parallel.replica_group,
+                                     update_after_backward=parallel.update_after_backward,
+                                     pp_group=parallel.runtime.pp_group)
 
     def backward(self, loss: torch.Tensor, is_last: bool) -> None:
         self.optimizer.backward(loss, last_microbatch=is_last)
@@ -127,8 +130,15 @@ class StepInBackward(StepStrategy):
         return True
 
 
-def step_strategy(model: torch.nn.Module, optimizer, settings: OptimizerConfig, in_backward: bool,
-                  pipelined: bool, pp_group: Optional[object] = None) -> StepStrategy:
-    if in_backward:
-        return StepInBackward(model, optimizer, pipelined)
-    return StepAfterBackward(model, optimizer, settings, pp_group)
+def updates_in_backward(optimizer) -> bool:
+    """Whether an optimizer (or optimizer class) updates parameters inside backward (LOMO,
+    AdaLomo: `updates_in_backward = True`). Asked once, while a run is assembled: such optimizers
+    average data-parallel gradients themselves, so the layout must know before it is applied."""
+    return bool(getattr(optimizer, "updates_in_backward", False))
+
+
+def step_strategy(optimizer, settings: OptimizerConfig, parallel) -> StepStrategy:
+    """The strategy of `optimizer` on the parallelized model (`ParallelModel`)."""
+    if updates_in_backward(optimizer):
+        return StepInBackward(optimizer, parallel)
+    return StepAfterBackward(parallel.module, optimizer, settings, parallel.runtime.pp_group)

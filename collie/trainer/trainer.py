@@ -46,9 +46,9 @@ from collie.tokenization import pad_token_id
 from collie.trainer import checkpoint
 from collie.trainer.background_checkpoint import BackgroundWriter
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
-from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class, updates_in_backward
+from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class
 from collie.trainer.preemption import PreemptionWatch
-from collie.trainer.step_strategy import step_strategy
+from collie.trainer.step_strategy import step_strategy, updates_in_backward
 
 log = logging.getLogger("collie")
 
@@ -89,10 +89,10 @@ class Trainer:
                                               config.gradient_accumulation_steps, self.runtime.dp_size,
                                               self.runtime.dp_rank, config.seed, shuffle=config.data.shuffle)
         self.total_steps = self._total_steps()
-        self.optimizer = self._optimizer(optimizer)
-        self.step_strategy = step_strategy(self.model, self.optimizer, config.optimizer,
-                                           in_backward=updates_in_backward(self.optimizer),
-                                           pipelined=self.parallel.pipeline is not None, pp_group=self.runtime.pp_group)
+        self.optimizer = optimizer or build_optimizer(self.model, config.optimizer)
+        if getattr(self.optimizer, "hessian_update_interval", 0):
+            self.runtime.layout.check_whole_model_optimizer()
+        self.step_strategy = step_strategy(self.optimizer, config.optimizer, self.parallel)
         # What checkpoints hold: the checkpointer sees these and nothing else of the Trainer.
         self.checkpointed = checkpoint.Checkpointed(self.model, self.step_strategy, self, self._describe_checkpoint,
                                                     adapters_only=self.peft is not None)
@@ -137,16 +137,6 @@ class Trainer:
         if optimizer is not None and not in_backward:
             rebind_parameters(optimizer, names, parallel.module.state_dict(keep_vars=True))
         return parallel
-
-    def _optimizer(self, optimizer: Optional[torch.optim.Optimizer]) -> torch.optim.Optimizer:
-        optimizer = optimizer or build_optimizer(self.model, self.config.optimizer)
-        if updates_in_backward(optimizer):
-            optimizer.configure_parallel(self.model, dp_group=self.parallel.replica_group,
-                                         update_after_backward=self.parallel.update_after_backward,
-                                         pp_group=self.runtime.pp_group)
-        if getattr(optimizer, "hessian_update_interval", 0):
-            self.runtime.layout.check_whole_model_optimizer()
-        return optimizer
 
     # -- public API ---------------------------------------------------------
     def train(self, resume_from: Optional[str] = None) -> None:

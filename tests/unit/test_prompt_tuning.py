@@ -15,6 +15,7 @@ from collie import CollieConfig
 from collie.config import ConfigError
 from collie.data import CollieDatasetForTraining
 from collie.models.base import CollieModel
+from collie.models.registry import spec_of
 from collie.trainer import Callback, Trainer
 
 RECORDS = [{"tokens": [(7 * i + 3 * j) % 200 + 1 for j in range(8 + i % 5)]} for i in range(16)]
@@ -173,13 +174,13 @@ def test_a_prompt_adapter_is_served_like_peft_and_its_positions_count(base, tmp_
                 expected = torch.cat([expected, next_token], dim=1)
             assert [int(t[row]) for t in chosen] == expected[0, len(prompt):].tolist()
     positions = loaded.hf_config.max_position_embeddings
-    assert context_length(loaded.hf_config, loaded.tokenizer, loaded.model) == positions - N
+    dims = spec_of(loaded.model).dims(loaded.hf_config)
+    assert context_length(dims, loaded.tokenizer, loaded.model) == positions - N
 
 
 def test_a_model_without_a_collie_family_refuses_a_prompt_in_one_line(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from collie.models.registry import spec_of
     from collie.peft.attach import attach_peft
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(str(tmp_path / "gpt2"))

@@ -28,7 +28,17 @@ def auto_dims(config) -> ModelDims:
     heads = config.num_attention_heads
     return ModelDims(layers=config.num_hidden_layers, heads=heads,
                      kv_heads=getattr(config, "num_key_value_heads", None) or heads, hidden=config.hidden_size,
-                     vocab=config.vocab_size, tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)))
+                     vocab=config.vocab_size, tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+                     max_positions=_max_positions(config))
+
+
+def _max_positions(config) -> Optional[int]:
+    """transformers' configs name their context in several ways."""
+    for name in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def build_auto(hf_config) -> nn.Module:
