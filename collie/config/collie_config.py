@@ -1,9 +1,10 @@
-"""`CollieConfig`: every knob of a training run, as plain data.
+"""`CollieConfig`: every knob of a training run, as plain data, in sections.
 
-The schema is a dataclass; OmegaConf does the YAML parsing, the merging of
-`key=value` overrides and the type checking, so a typo or a wrong type fails with
-the name of the offending key. Model architecture is not duplicated here: it comes
-from the HF `config.json` (`model_config`).
+The schema is a dataclass of section dataclasses (`collie.config.sections`); OmegaConf does
+the YAML parsing, the merging of `key=value` overrides and the type checking, so a typo or a
+wrong type fails with the name of the offending key. CoLLiE's flat names are moved into their
+sections before merging. Model architecture is not duplicated here: it comes from the HF
+`config.json` (`model_config`).
 """
 
 from __future__ import annotations
@@ -18,25 +19,12 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from collie.config import sections
 from collie.config.errors import ConfigError
 from collie.config.layout import Layout
 from collie.config.peft_settings import PromptSettings, peft_settings
 from collie.config.quantization import quant_settings
-from collie.config.sections import (
-    FLAT_NAMES,
-    CheckpointSection,
-    ComputeSection,
-    DataConfig,
-    MemorySection,
-    MonitorSection,
-    OptimizerConfig,
-    ParallelSection,
-    PeftSection,
-    SchedulerConfig,
-    ServeSection,
-    SourceSection,
-    TrainSection,
-)
+from collie.config.sections import FLAT_NAMES
 from collie.dtypes import DTYPES
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lomo", "adalomo", "adan", "lion", "sophiag")
@@ -51,8 +39,6 @@ PADDING_SIDES = ("left", "right")
 INIT_METHODS = ("normal", "xavier_normal", "kaiming_normal", "none")
 # Fields that hold live objects (an HF config, a peft config) rather than YAML data.
 _OBJECT_FIELDS = ("model_config", "peft_config", "quantization_config")
-
-
 PEFT_TYPES = ("none", "lora", "prompt_tuning")
 
 
@@ -61,18 +47,18 @@ class CollieConfig:
     """Every knob of a run, in sections (`config.parallel.tp_size`); CoLLiE's flat names
     (`config.tp_size`, `CollieConfig(tp_size=2)`, `tp_size: 2` in YAML) reach the same fields."""
 
-    source: SourceSection = field(default_factory=SourceSection)
-    parallel: ParallelSection = field(default_factory=ParallelSection)
-    compute: ComputeSection = field(default_factory=ComputeSection)
-    memory: MemorySection = field(default_factory=MemorySection)
-    train: TrainSection = field(default_factory=TrainSection)
-    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    monitor: MonitorSection = field(default_factory=MonitorSection)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    peft: PeftSection = field(default_factory=PeftSection)
-    serve: ServeSection = field(default_factory=ServeSection)
+    source: sections.SourceSection = field(default_factory=sections.SourceSection)
+    parallel: sections.ParallelSection = field(default_factory=sections.ParallelSection)
+    compute: sections.ComputeSection = field(default_factory=sections.ComputeSection)
+    memory: sections.MemorySection = field(default_factory=sections.MemorySection)
+    train: sections.TrainSection = field(default_factory=sections.TrainSection)
+    checkpoint: sections.CheckpointSection = field(default_factory=sections.CheckpointSection)
+    monitor: sections.MonitorSection = field(default_factory=sections.MonitorSection)
+    optimizer: sections.OptimizerConfig = field(default_factory=sections.OptimizerConfig)
+    scheduler: sections.SchedulerConfig = field(default_factory=sections.SchedulerConfig)
+    data: sections.DataConfig = field(default_factory=sections.DataConfig)
+    peft: sections.PeftSection = field(default_factory=sections.PeftSection)
+    serve: sections.ServeSection = field(default_factory=sections.ServeSection)
     # Live objects rather than YAML data: the HF config, a peft config, transformers'
     # BitsAndBytesConfig (or a mapping of its fields).
     model_config: Any = None
