@@ -1,9 +1,13 @@
 """DTensor helpers in one place: the whole value, this rank's local shard, where that shard sits
-in the whole tensor, and filling shards from whole tensors. Plain tensors pass through."""
+in the whole tensor, and filling shards from whole tensors. Plain tensors pass through. Also
+CoLLiE's `broadcast_tensor` (a tensor only one rank holds, to every rank)."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 
@@ -41,3 +45,20 @@ def copy_whole_into(target: torch.Tensor, whole: torch.Tensor) -> None:
         target.to_local().copy_(whole[local_region(target)])
     else:
         target.copy_(whole)
+
+
+def broadcast_tensor(tensor: Optional[torch.Tensor], dtype: Optional[torch.dtype] = None, src: int = 0,
+                     shape: Optional[tuple] = None, ndim: Optional[int] = None, group=None) -> torch.Tensor:
+    """CoLLiE's broadcast of a tensor only rank `src` holds (the others pass None): its shape and
+    dtype travel first unless given (`ndim` is accepted for CoLLiE's signature; the shape says it)."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return tensor
+    is_src = dist.get_rank() == src
+    if shape is None or dtype is None:
+        meta = [(tuple(tensor.shape), tensor.dtype) if is_src else None]
+        dist.broadcast_object_list(meta, src=src, group=group)
+        shape, dtype = meta[0][0] if shape is None else shape, meta[0][1] if dtype is None else dtype
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    buffer = tensor.to(device=device, dtype=dtype).contiguous() if is_src else torch.empty(shape, dtype=dtype, device=device)
+    dist.broadcast(buffer, src=src, group=group)
+    return buffer

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 
 from collie.config import CollieConfig
 from collie.inference import load_for_inference
 from collie.models.registry import spec_for
-from collie.serve.app import ServedModel, build_app
-from collie.serve.engine import Engine, decode
-from collie.serve.http import context_length, http_server, model_name
-from collie.serve.lockstep import Lockstep
+from collie.serve.app import ServedModel
+from collie.serve.http import context_length, model_name
+from collie.serve.standalone import serve_until_stopped
 
 log = logging.getLogger("collie")
 
@@ -45,38 +42,8 @@ def run(args: argparse.Namespace) -> None:
     config = CollieConfig.load(args.config, args.overrides)
     config.validate()
     loaded = load_for_inference(args.model, config)
-    world_size = loaded.world_size
-    lockstep = Lockstep() if world_size > 1 else None
-    engine = Engine(loaded.model, loaded.tokenizer, loaded.forward_context, args.max_batch_size,
-                    args.max_queue, lockstep=lockstep)
-    if lockstep is not None and lockstep.rank != 0:
-        lockstep.follow(lambda prompts, max_new, choose: decode(loaded.model, loaded.forward_context, prompts,
-                                                                max_new, engine.pad_id, choose))
-        return
     dims = spec_for(loaded.hf_config).dims(loaded.hf_config)
     served = ServedModel(model_name(args.model, args.model_name), loaded.tokenizer,
                          context_length(dims, loaded.tokenizer, loaded.model), default_max_tokens=args.default_max_tokens)
-    server = http_server(build_app(engine, served), args.host, args.port)
-    failure: list[BaseException] = []
-
-    def decode_forever() -> None:
-        try:
-            engine.serve_forever()
-        except BaseException as e:  # the ranks can no longer decode together: stop serving
-            failure.append(e)
-            server.should_exit = True
-
-    decoder = threading.Thread(target=decode_forever, name="collie-decode", daemon=True)
-    decoder.start()
-    log.info("serving %r at http://%s:%d/v1 (%d process(es)); SIGTERM or Ctrl-C drains and stops",
-             served.name, args.host, args.port, world_size)
-    # uvicorn drains on SIGTERM / Ctrl-C, then raises the signal again under the handler found at
-    # start: this one lets the ranks stop together and the process exit 0.
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda *_: None)
-    server.run()  # returns once the requests in flight are answered
-    engine.stop()
-    decoder.join()
-    if failure:
-        raise failure[0]
-    log.info("stopped: every request was answered")
+    serve_until_stopped(loaded.model, loaded.tokenizer, loaded.forward_context, served, args.host, args.port,
+                        loaded.world_size, args.max_batch_size, args.max_queue)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -20,8 +21,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from collie.config import sections
+from collie.config.deepspeed import apply_ds_config, check_batch_agreement, read_ds_config
 from collie.config.errors import ConfigError
 from collie.config.layout import Layout
+from collie.config.model_path import read_model_config, resolve_model_path
 from collie.config.peft_settings import PromptSettings, peft_settings
 from collie.config.quantization import quant_settings
 from collie.config.sections import FLAT_NAMES
@@ -37,8 +40,16 @@ DTYPE_CHOICES = ("auto", *DTYPES)
 SINKS = ("console", "csv", "tensorboard", "plot", "wandb")
 PADDING_SIDES = ("left", "right")
 INIT_METHODS = ("normal", "xavier_normal", "kaiming_normal", "none")
-# Fields that hold live objects (an HF config, a peft config) rather than YAML data.
-_OBJECT_FIELDS = ("model_config", "peft_config", "quantization_config")
+# Fields that hold live objects (an HF config, a peft config) rather than YAML data; CoLLiE's
+# ds_config is read into the sections when it is set, which are what a saved config holds.
+_OBJECT_FIELDS = ("model_config", "peft_config", "quantization_config", "ds_config")
+# CoLLiE's spellings of our settings.
+_COLLIE_ALIASES = {"initization_method": "init_method"}
+# CoLLiE's init_method {"init_func": torch.nn.init.<name>, "init_kwargs": {...}}: its functions,
+# and the only kwargs that mean what collie's initialisations do.
+_INIT_FUNCTIONS = {"normal_": "normal", "xavier_normal_": "xavier_normal", "kaiming_normal_": "kaiming_normal"}
+_INIT_DEFAULT_KWARGS = ({}, {"mean": 0.0, "std": 0.02})
+log = logging.getLogger("collie")
 PEFT_TYPES = ("none", "lora", "prompt_tuning")
 
 
@@ -64,6 +75,9 @@ class CollieConfig:
     model_config: Any = None
     peft_config: Any = None
     quantization_config: Any = None
+    # CoLLiE's DeepSpeed settings (a dict or a JSON path), translated into the sections above
+    # when set (`collie.config.deepspeed`).
+    ds_config: Any = None
 
     def __init__(self, **values: Any) -> None:
         for f in dataclasses.fields(self):
@@ -73,8 +87,19 @@ class CollieConfig:
             setattr(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        name = _COLLIE_ALIASES.get(name, name)
         if name not in _FIELD_NAMES and name not in FLAT_NAMES:
             raise AttributeError(f"CollieConfig has no setting {name!r}")
+        if name == "ds_config":
+            value = read_ds_config(value)
+            apply_ds_config(self, value)
+        elif name == "init_method":
+            value = _init_method_name(value)
+        elif name == "pp_partition_method" and isinstance(value, str) and value.startswith("type:"):
+            # CoLLiE's "type:<Layer>" balances the count of that layer type per stage, which for
+            # collie's models (one block type) is the uniform split.
+            log.info("pp_partition_method: %s splits the blocks evenly, as collie's 'uniform' does", value)
+            value = "uniform"
         object.__setattr__(self, name, value)
 
     def replace(self, **values: Any) -> "CollieConfig":
@@ -89,14 +114,21 @@ class CollieConfig:
 
     # -- construction -------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str, **overrides: Any) -> "CollieConfig":
-        """A config whose `model_config` is the HF `config.json` found in `path`."""
-        from transformers import AutoConfig
-
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ConfigError(f"model: no config.json in {path!r} (expected a Hugging Face model directory)")
-        config = cls(model=path, **overrides)
-        config.model_config = AutoConfig.from_pretrained(path, local_files_only=True)
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "CollieConfig":
+        """A config whose `model_config` is the HF `config.json` of `name_or_path` (a directory,
+        or a hub id in the local Hugging Face cache). As in CoLLiE, keyword arguments that are
+        collie settings set them and the others set fields of the model config;
+        `trust_remote_code` is accepted, and no checkpoint code is ever run."""
+        if kwargs.pop("trust_remote_code", False):
+            log.info("trust_remote_code: collie reads every family with its own code and never runs a "
+                     "checkpoint's Python files")
+        settings = {k: kwargs.pop(k) for k in list(kwargs) if _COLLIE_ALIASES.get(k, k) in _FIELD_NAMES | set(FLAT_NAMES)}
+        path = resolve_model_path(name_or_path)
+        config = cls(model=path, **settings)
+        model_config = read_model_config(path)
+        for name, value in kwargs.items():
+            setattr(model_config, name, value)
+        config.model_config = model_config
         return config
 
     @classmethod
@@ -174,6 +206,11 @@ class CollieConfig:
         if self.dist_timeout_s is not None and self.dist_timeout_s <= 0:
             raise ConfigError(f"dist_timeout_s: must be > 0 seconds, got {self.dist_timeout_s}")
         _at_least("data.max_length", self.data.max_length, 2)
+        if self.data.num_workers:
+            raise ConfigError(f"dataloader_num_workers: collie reads samples in the training process; set 0, "
+                              f"got {self.data.num_workers}")
+        if self.ds_config:
+            check_batch_agreement(self, self.ds_config, world_size)
         _choice("checkpointing", checkpointing_mode(self.checkpointing), CHECKPOINTING)
         _at_least("checkpointing_every", self.checkpointing_every, 1)
         _at_least("loss_chunk_tokens", self.loss_chunk_tokens, 0)
@@ -217,6 +254,18 @@ class CollieConfig:
     def resolve_dp_size(self, world_size: int) -> int:
         """The data-parallel size for `world_size` processes; infers it when unset."""
         return Layout.build(self, world_size).dp
+
+
+def _init_method_name(value: Any) -> Any:
+    """collie's name for an init method given CoLLiE's way (a dict naming a torch.nn.init function)."""
+    if not isinstance(value, dict):
+        return value
+    function = getattr(value.get("init_func"), "__name__", value.get("init_func"))
+    kwargs = dict(value.get("init_kwargs") or {})
+    if function not in _INIT_FUNCTIONS or kwargs not in _INIT_DEFAULT_KWARGS:
+        raise ConfigError(f"init_method: collie initialises with {', '.join(_INIT_FUNCTIONS)} (torch.nn.init) "
+                          f"at the model config's initializer_range; got {function} with {kwargs}")
+    return _INIT_FUNCTIONS[function]
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:

@@ -180,15 +180,14 @@ class Layout:
 
 
 def _dp_size(config, world_size: Optional[int]) -> int:
+    """The configured dp_size when it fits the world; otherwise, as CoLLiE does, what fits:
+    world size / (tp_size * pp_size) (`build_runtime` logs the change)."""
     model_parallel = config.tp_size * config.pp_size
     if world_size is None:
         return config.dp_size or 1
-    if config.dp_size is None:
-        if world_size % model_parallel:
-            raise ConfigError(f"tp_size*pp_size: {config.tp_size}*{config.pp_size}={model_parallel} does not divide "
-                              f"the world size {world_size}")
-        return world_size // model_parallel
-    if config.dp_size * model_parallel != world_size:
-        raise ConfigError(f"dp_size*tp_size*pp_size: {config.dp_size}*{config.tp_size}*{config.pp_size}="
-                          f"{config.dp_size * model_parallel} must equal the world size {world_size}")
-    return config.dp_size
+    if config.dp_size is not None and config.dp_size * model_parallel == world_size:
+        return config.dp_size
+    if world_size % model_parallel:
+        raise ConfigError(f"tp_size*pp_size: {config.tp_size}*{config.pp_size}={model_parallel} does not divide "
+                          f"the world size {world_size}")
+    return world_size // model_parallel

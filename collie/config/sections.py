@@ -114,6 +114,13 @@ class MonitorSection:
     # console, csv (metrics.csv), tensorboard, plot (loss.png), wandb (optional package).
     sinks: list[str] = field(default_factory=lambda: ["console", "csv", "tensorboard", "plot"])
     log_every_n_steps: int = 1
+    # Where metrics.csv, tensorboard/ and loss.png go (None: output_dir). CoLLiE's
+    # ds_config.monitor_config sets it to its output_path/<job name>.
+    dir: Optional[str] = None
+    # W&B's project (None: $WANDB_PROJECT or "collie"), team and group.
+    wandb_project: Optional[str] = None
+    wandb_entity: Optional[str] = None
+    wandb_group: Optional[str] = None
 
 
 @dataclass
@@ -152,6 +159,8 @@ class DataConfig:
     # A new random order of the training samples every epoch (seeded by `seed`); false keeps the
     # dataset's own order (curricula, data already shuffled offline, side-by-side comparisons).
     shuffle: bool = True
+    # CoLLiE's `dataloader_num_workers`: collie reads samples in the training process (0 only).
+    num_workers: int = 0
 
 
 @dataclass
@@ -210,4 +219,5 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "checkpoint_async": ("checkpoint", "background"),
     "logging": ("monitor", "sinks"),
     "log_every_n_steps": ("monitor", "log_every_n_steps"),
+    "dataloader_num_workers": ("data", "num_workers"),
 }

@@ -8,6 +8,7 @@ resumed run continues the same sequence by skipping whole batches (nothing is re
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import torch
@@ -15,7 +16,11 @@ import torch
 
 class GlobalBatchSampler:
     def __init__(self, num_samples: int, micro_batch_size: int, grad_accum: int, dp_size: int,
-                 dp_rank: int, seed: int, shuffle: bool = True) -> None:
+                 dp_rank: int, seed: int, shuffle: bool = True, keep_last: bool = False) -> None:
+        """`keep_last`: an incomplete last global batch is kept (the Trainer drops it, so every
+        step has the same size); it is shared evenly over the data-parallel ranks, topped up from
+        the epoch's first samples to a multiple of `dp_size` (as torch's `DistributedSampler`
+        does), and its last micro-batch may be short."""
         self.num_samples = num_samples
         self.micro_batch_size = micro_batch_size
         self.grad_accum = grad_accum
@@ -23,14 +28,17 @@ class GlobalBatchSampler:
         self.dp_rank = dp_rank
         self.seed = seed
         self.shuffle = shuffle
+        self.keep_last = keep_last
         self.global_batch_size = micro_batch_size * grad_accum * dp_size
-        if num_samples < self.global_batch_size:
+        if num_samples < self.global_batch_size and not keep_last:
             raise ValueError(
                 f"train_micro_batch_size*gradient_accumulation_steps*dp_size: the global batch "
                 f"({self.global_batch_size}) is larger than the dataset ({num_samples} samples)")
 
     def batches_per_epoch(self) -> int:
-        # An incomplete last global batch is dropped; with shuffling a different tail each epoch.
+        # Without keep_last an incomplete last global batch is dropped; with shuffling a different tail each epoch.
+        if self.keep_last:
+            return -(-self.num_samples // self.global_batch_size)
         return self.num_samples // self.global_batch_size
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[list[list[int]]]:
@@ -40,8 +48,10 @@ class GlobalBatchSampler:
             order = torch.randperm(self.num_samples, generator=generator).tolist()
         else:
             order = list(range(self.num_samples))
-        local = self.micro_batch_size * self.grad_accum
+        if self.keep_last:
+            order += list(itertools.islice(itertools.cycle(order), -len(order) % self.dp_size))
         for b in range(start_batch, self.batches_per_epoch()):
             batch = order[b * self.global_batch_size:(b + 1) * self.global_batch_size]
+            local = len(batch) // self.dp_size  # micro_batch × grad_accum (fewer in a kept last batch)
             mine = batch[self.dp_rank * local:(self.dp_rank + 1) * local]
             yield [mine[i:i + self.micro_batch_size] for i in range(0, local, self.micro_batch_size)]

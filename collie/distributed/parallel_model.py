@@ -61,15 +61,22 @@ class ParallelModel:
 
     # -- running it ------------------------------------------------------------
     def train_step(self, micro_batches: list[dict], loss_of: Callable[[dict], torch.Tensor],
-                   backward: Callable[[torch.Tensor, bool], None], ignore_index: int) -> StepResult:
+                   backward: Callable[[torch.Tensor, bool], None], ignore_index: int,
+                   pipeline_loss: Optional[Callable] = None) -> StepResult:
         """Forward and backward over the step's micro-batches (the pipeline schedule runs its own
-        backward); the loss is the mean over the global batch's trainable tokens."""
+        backward, with `pipeline_loss(logits, labels)` on the last stage, None for collie's
+        next-token loss); the loss is the mean over the global batch's trainable tokens."""
         rt = self.runtime
         if self.pipeline is not None:
-            return run_pipeline_step(self.pipeline, micro_batches, rt.dp_sum, rt.pp_sum, rt.dp_size, ignore_index)
+            return run_pipeline_step(self.pipeline, micro_batches, rt.dp_sum, rt.pp_sum, rt.dp_size, ignore_index,
+                                     pipeline_loss)
         with self.loss_context():
             return run_micro_batches(self.module, micro_batches, loss_of, backward, rt.dp_sum, rt.dp_size,
                                      ignore_index)
+
+    def load_hf(self, path: str) -> None:
+        """Weights in HF format (what `export` writes) into this rank's share of the model."""
+        self.module.load_hf_weights(path, partial=self.pipeline is not None)
 
     def export(self, path: str, tokenizer=None) -> None:
         """The model (and tokenizer) in HF format, from any layout; every rank calls it."""

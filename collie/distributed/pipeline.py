@@ -20,7 +20,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from collie.generation import GenerationMixin
 from collie.models.base import CausalLMOutput
 from collie.models.hf_writer import write_hf_model
-from collie.models.loss import causal_lm_loss, chunked_lm_loss
+from collie.models.loss import IGNORE_INDEX, causal_lm_loss, chunked_lm_loss, count_loss_tokens
 from collie.tensors import full_tensor, whole
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}  # one stage per rank
@@ -158,6 +158,9 @@ class PipelineRunner:
                                      index, num_stages, runtime.device, group=runtime.pp_group)
                        for index, view in views]
         self.loss_weight = 1.0
+        # The step's loss function (None: collie's next-token loss) and the label it ignores.
+        self.loss_fn: Optional[Callable] = None
+        self.ignore_index = IGNORE_INDEX
         if layout.pp_schedule == "interleaved1f1b":
             self.schedule = ScheduleInterleaved1F1B(self.stages, n_microbatches=micro, loss_fn=self._loss,
                                                     scale_grads=False)
@@ -168,15 +171,22 @@ class PipelineRunner:
     def _loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Summed per micro-batch and weighted by the global token count: the step's loss is the
         # mean over all trainable tokens of the global batch, as without pipelining. A chunked
-        # loss arrives already summed from the last stage.
-        summed = output.sum() if self.chunk_tokens else causal_lm_loss(output, labels, reduction="sum")
+        # loss arrives already summed from the last stage. A user's loss function is a token mean
+        # (as `run_micro_batches` takes it too), so its sum is the mean times the tokens.
+        if self.chunk_tokens:
+            summed = output.sum()
+        elif self.loss_fn is None:
+            summed = causal_lm_loss(output, labels, self.ignore_index, reduction="sum")
+        else:
+            summed = self.loss_fn(output, labels) * count_loss_tokens(labels, self.ignore_index)
         return summed * self.loss_weight
 
     def step(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
-             loss_weight: float) -> float:
+             loss_weight: float, loss_fn: Optional[Callable] = None, ignore_index: int = IGNORE_INDEX) -> float:
         """Forward and backward of every micro-batch; returns Σ loss contributions on the rank
-        holding the last stage (0 elsewhere)."""
-        self.loss_weight = loss_weight
+        holding the last stage (0 elsewhere). `loss_fn(logits, labels)`: a token-mean loss of the
+        user's (None: collie's next-token loss)."""
+        self.loss_weight, self.loss_fn, self.ignore_index = loss_weight, loss_fn, ignore_index
         losses: list[torch.Tensor] = []
         # Keyword arguments reach every stage (split into micro-batches like the input).
         kwargs = {"attention_mask": attention_mask}

@@ -85,18 +85,29 @@ class Runtime:
             dist.barrier()
 
 
+_latest: list[Runtime] = []
+
+
+def latest_runtime() -> Optional[Runtime]:
+    """The runtime built last in this process (CoLLiE's global `env` reads its ranks and groups)."""
+    return _latest[-1] if _latest else None
+
+
 def build_runtime(config, model: Optional[ModelFacts] = None, prompt_tuning: bool = False,
                   quantized: bool = False) -> Runtime:
     """Initialise the process group (if launched with several processes), the checked layout
     for its world size, and the mesh."""
     env = init_distributed(config.dist_timeout_s)
     layout = Layout.build(config, env.world_size, model, prompt_tuning=prompt_tuning, quantized=quantized)
-    if config.dp_size is None and env.world_size > 1 and env.is_main:
-        log.info("dp_size inferred as %d (world %d / tp %d / pp %d)", layout.dp, env.world_size, layout.tp, layout.pp)
+    if config.dp_size != layout.dp and env.world_size > 1 and env.is_main:
+        given = "" if config.dp_size is None else f" (dp_size={config.dp_size} does not fit)"
+        log.info("dp_size set to %d = world %d / tp %d / pp %d%s", layout.dp, env.world_size, layout.tp, layout.pp, given)
     mesh = None
     if env.world_size > 1:
         mesh = init_device_mesh(env.device.type, (layout.pp, layout.dp, layout.tp), mesh_dim_names=("pp", "dp", "tp"))
-    return Runtime(env, layout, mesh)
+    runtime = Runtime(env, layout, mesh)
+    _latest[:] = [runtime]
+    return runtime
 
 
 def model_facts(model: torch.nn.Module, spec) -> ModelFacts:

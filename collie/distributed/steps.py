@@ -9,7 +9,7 @@ therefore change neither the loss nor the gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,7 @@ def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of
 
 def run_pipeline_step(runner, micro_batches: list[dict], dp_sum: Callable[[list[float]], list[float]],
                       pp_sum: Callable[[float], float], dp_size: int,
-                      ignore_index: int = IGNORE_INDEX) -> StepResult:
+                      ignore_index: int = IGNORE_INDEX, loss_fn: Optional[Callable] = None) -> StepResult:
     """The same step through a pipeline schedule: the last stage sums each micro-batch's token
     losses weighted by the global token count; the mean then reaches every stage."""
     counts = _count(micro_batches, dp_sum, ignore_index)
@@ -80,7 +80,8 @@ def run_pipeline_step(runner, micro_batches: list[dict], dp_sum: Callable[[list[
         return StepResult(float("nan"), counts.real_tokens, skipped=True)
     input_ids, labels, attention_mask = (torch.cat([mb[key] for mb in micro_batches])
                                          for key in ("input_ids", "labels", "attention_mask"))
-    contribution = runner.step(input_ids, labels, attention_mask, loss_weight=dp_size / counts.loss_tokens)
+    contribution = runner.step(input_ids, labels, attention_mask, loss_weight=dp_size / counts.loss_tokens,
+                               loss_fn=loss_fn, ignore_index=ignore_index)
     (loss,) = dp_sum([contribution / dp_size])
     return StepResult(pp_sum(loss), counts.real_tokens)
 

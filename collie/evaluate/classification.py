@@ -1,22 +1,35 @@
 """Classification by the model's own likelihood: every option is scored as a continuation of
 the prompt (sum of its tokens' log-probabilities, or their mean with `length_normalised`), and
-the best one is the prediction. Runs on any layout, as the perplexity evaluator does."""
+the best one is the prediction. Runs on any layout, as the perplexity evaluator does.
+
+CoLLiE's `EvaluatorForClassfication` is this class; CoLLiE scored an option by its mean loss,
+which is `length_normalised=True` here."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from collie.dtypes import at_least_fp32
 from collie.evaluate.evaluators import Evaluator
+from collie.evaluate.metrics import BaseMetric
 from collie.models.loss import IGNORE_INDEX
 from collie.tensors import whole
 
 
 class EvaluatorForClassification(Evaluator):
-    def __init__(self, model, config, dataset, metrics, length_normalised: bool = False, **kwargs: Any) -> None:
+    def __init__(self, model: torch.nn.Module, config, dataset, metrics: Optional[dict[str, BaseMetric]] = None,
+                 length_normalised: bool = False, only_latin: bool = True, max_new_tokens: int = 3,
+                 loss_fn: Optional[Callable] = None, **kwargs: Any) -> None:
+        # CoLLiE's only_latin / max_new_tokens steer its generation-based (HELM) classification.
+        if not only_latin or max_new_tokens != 3:
+            raise ValueError("EvaluatorForClassification(only_latin, max_new_tokens): collie classifies by option "
+                             "likelihood only, not by generating (HELM style); leave them out")
+        if loss_fn is not None:
+            raise ValueError("EvaluatorForClassification(loss_fn=...): options are scored by their log-likelihood; "
+                             "length_normalised=True scores them by mean loss, as CoLLiE's GPTLMLoss did")
         super().__init__(model, config, dataset, metrics, **kwargs)
         self.length_normalised = length_normalised
 

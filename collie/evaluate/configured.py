@@ -6,8 +6,10 @@ from __future__ import annotations
 from collie.config import CollieConfig
 from collie.data import CollieDatasetForGeneration, CollieDatasetForTraining
 from collie.data.datasets import generation_records
-from collie.evaluate.evaluators import Evaluator, EvaluatorForGeneration, EvaluatorForPerplexity
-from collie.evaluate.metrics import DecodeMetric, PPLMetric
+from collie.evaluate.decode_metric import DecodeMetric
+from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity
+from collie.evaluate.generation_evaluator import EvaluatorForGeneration
+from collie.evaluate.metrics import PPLMetric
 
 
 def configured_evaluators(model, config: CollieConfig, tokenizer) -> list[Evaluator]:
@@ -21,6 +23,6 @@ def configured_evaluators(model, config: CollieConfig, tokenizer) -> list[Evalua
     if data.generation_samples:
         prompts = CollieDatasetForGeneration(generation_records(eval_ds, data.generation_samples), tokenizer,
                                              max_length=data.max_length)
-        evaluators.append(EvaluatorForGeneration(model, config, prompts, {"decode": DecodeMetric()},
+        evaluators.append(EvaluatorForGeneration(model, config, prompts, {"decode": DecodeMetric(verbose=False)},
                                                  max_new_tokens=data.max_new_tokens))
     return evaluators

@@ -2,16 +2,21 @@
 
 Each data-parallel rank evaluates its own strided share of the dataset; metrics are then
 reduced across ranks, so the numbers do not depend on the layout.
+
+They take CoLLiE's arguments too: `eval_fn(evaluator, batch) -> dict` (the class's own
+`eval_fn` runs `eval_batch`), `monitors` (the Trainer reads their `eval_columns`), datasets of
+raw tensors, and CoLLiE's `eval(dataloader)`, which returns `{"<metric>#<key>": value}`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Optional
 
 import torch
 
 from collie.data.collate import ColliePadder
+from collie.evaluate.eval_items import token_lists
 from collie.evaluate.metrics import BaseMetric
 from collie.models.loss import causal_lm_loss, count_loss_tokens
 from collie.tensors import whole
@@ -25,14 +30,24 @@ class Evaluator:
     # Whether it works with sequence parallel (generation does not: it decodes token by token).
     supports_sequence_parallel = True
 
-    def __init__(self, model: torch.nn.Module, config, dataset, metrics: dict[str, BaseMetric],
+    def __init__(self, model: torch.nn.Module, config, dataset, metrics: Optional[dict[str, BaseMetric]] = None,
                  eval_fn: Optional[Callable] = None, collate_fn: Optional[Callable] = None,
-                 name: Optional[str] = None) -> None:
+                 name: Optional[str] = None, tokenizer: Any = None, monitors: Optional[list] = None,
+                 server: Any = None) -> None:
+        if server is not None:
+            raise ValueError(f"{type(self).__name__}(server=...): collie serves during training from the Trainer; "
+                             "pass data_provider (or serve.port) to the Trainer")
         self.model = model
         self.config = config
         self.dataset = dataset
-        self.metrics = metrics
-        self.eval_fn = eval_fn
+        self.metrics = dict(metrics or {})
+        for metric in self.metrics.values():
+            if hasattr(metric, "construct"):
+                metric.construct(self)  # CoLLiE's hook: a metric's `gather` finds the ranks through it
+        if eval_fn is not None:
+            self.eval_fn = eval_fn
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(dataset, "tokenizer", None)
+        self.monitors = list(monitors or [])
         self.name = name or type(self).__name__
         # A collate_fn of the caller's is used as given; the default padder is made again for
         # the layout at `bind`.
@@ -43,6 +58,15 @@ class Evaluator:
         # the one a loss is computed in (loss_parallel).
         self.forward_context: Callable[[], ContextManager] = contextlib.nullcontext
         self.loss_context: Callable[[], ContextManager] = contextlib.nullcontext
+
+    @staticmethod
+    def eval_fn(evaluator: "Evaluator", batch) -> dict:
+        """One batch's results for the metrics (CoLLiE's signature; a caller's `eval_fn` replaces it)."""
+        return evaluator.eval_batch(batch)
+
+    @property
+    def engine(self):
+        raise AttributeError("collie has no DeepSpeed engine; an eval_fn calls evaluator.model")
 
     def bind(self, parallel) -> None:
         """Run on a Trainer's parallelized model (`collie.distributed.parallel_model.ParallelModel`):
@@ -64,31 +88,66 @@ class Evaluator:
 
     def evaluate(self) -> dict:
         """Run over this rank's share of the dataset; return `{metric: value}` merged over metrics."""
-        for metric in self.metrics.values():
-            metric.reset()
+        results: dict = {}
+        for name, values in self._run(self._batches()).items():
+            results.update(values if isinstance(values, dict) else {name: values})
+        return results
+
+    def eval(self, dataloader: Optional[Iterable] = None) -> dict:
+        """CoLLiE's evaluation: over `dataloader`'s batches (collated already; each rank runs what
+        its own loader yields) or this rank's share of the dataset. Returns CoLLiE's keys,
+        `"<metric name>#<key>"`; a metric whose `get_metric` returns None is left out."""
+        results: dict = {}
+        for name, values in self._run(self._batches() if dataloader is None else dataloader).items():
+            if isinstance(values, dict):
+                results.update({f"{name}#{key}": value for key, value in values.items()})
+            else:
+                results[name] = values
+        return results
+
+    def _batches(self) -> Iterator:
         rank, size = (self.runtime.dp_rank, self.runtime.dp_size) if self.runtime else (0, 1)
         indices = list(range(rank, len(self.dataset), size))
         batch_size = self.config.eval_batch_size if self.config is not None else 1
+        for start in range(0, len(indices), batch_size):
+            yield self.prepare([self.dataset[i] for i in indices[start:start + batch_size]])
+
+    def _run(self, batches: Iterable) -> dict:
+        """Each metric's `get_metric()` after `batches`, combined over data-parallel ranks, by metric name."""
+        for metric in self.metrics.values():
+            metric.reset()
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), self.forward_context():
-                for start in range(0, len(indices), batch_size):
-                    batch = self.prepare([self.dataset[i] for i in indices[start:start + batch_size]])
-                    result = self.eval_fn(self, batch) if self.eval_fn else self.eval_batch(batch)
+                for batch in batches:
+                    result = self.eval_fn(self, batch)
+                    if not isinstance(result, dict):
+                        raise TypeError(f"{self.name}: eval_fn returned {type(result).__name__}; "
+                                        "the metrics need a dict")
                     for metric in self.metrics.values():
-                        metric.update(result)
+                        gathers = getattr(metric, "gather_result", False) and not getattr(metric, "combines_ranks", True)
+                        metric.update(metric.gather(result) if gathers else result)
         finally:
             self.model.train(was_training)
-        results: dict = {}
-        for metric in self.metrics.values():
+        results = {}
+        for name, metric in self.metrics.items():
             metric.reduce(self.runtime.dp_group if self.runtime else None)
-            results.update(metric.get_metric())
+            values = metric.get_metric()
+            if values is not None:
+                results[name] = values
         return results
 
     def prepare(self, items: list[dict]):
-        """The batch `eval_batch` receives: the items, padded."""
-        return self.collate_fn(items)
+        """The batch `eval_fn` receives: the items padded (raw tensors made lists first), or a
+        caller's `collate_fn` applied to them as they are."""
+        if not self._own_padder:
+            return self.collate_fn(items)
+        return self.collate_fn([self.padder_item(token_lists(item)) for item in items])
+
+    def padder_item(self, item: dict) -> dict:
+        """What of `item` the default padder pads."""
+        return item
 
     def eval_batch(self, batch: dict) -> dict:
         raise NotImplementedError
@@ -99,38 +158,33 @@ class Evaluator:
 
 
 class EvaluatorForPerplexity(Evaluator):
+    """Perplexity over every labelled token (`PPLMetric`). An item without labels takes its loss
+    on every token. CoLLiE's `loss_fn(logits, labels)` (a mean loss), when given, scores each
+    batch instead: the result is then CoLLiE's `{"ppl": exp(loss)}`, averaged over batches."""
+
+    def __init__(self, model: torch.nn.Module, config, dataset, metrics: Optional[dict[str, BaseMetric]] = None,
+                 *, loss_fn: Optional[Callable] = None, **kwargs: Any) -> None:
+        super().__init__(model, config, dataset, metrics, **kwargs)
+        self.loss_fn = loss_fn
+
+    def padder_item(self, item: dict) -> dict:
+        return item if "labels" in item else {**item, "labels": list(item["input_ids"])}
+
     def eval_batch(self, batch: dict) -> dict:
         labels = batch["labels"].to(self.device)
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        if self.loss_fn is not None:
+            loss = self.loss_fn(whole(self.model(ids, attention_mask=mask).logits), labels)
+            return {"ppl": torch.exp(loss.detach().double()).reshape(1)}
         tokens = count_loss_tokens(labels)
         if getattr(self.model, "loss_chunk_tokens", 0) > 0:
             # The model computes the mean loss a chunk of tokens at a time: no whole logits.
             with self.loss_context():
                 loss = whole(self.model(ids, attention_mask=mask, labels=labels).loss)
-            return {"nll_sum": loss * tokens if tokens else 0.0, "tokens": tokens}
-        logits = whole(self.model(ids, attention_mask=mask).logits)
-        return {"nll_sum": causal_lm_loss(logits, labels, reduction="sum"), "tokens": tokens}
-
-
-class EvaluatorForGeneration(Evaluator):
-    """Greedy (or sampled) continuation of each prompt, decoded to text."""
-
-    padding_side = "left"
-    supports_sequence_parallel = False
-
-    def __init__(self, model, config, dataset, metrics, tokenizer=None, max_new_tokens: int = 32,
-                 do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 **kwargs: Any) -> None:
-        super().__init__(model, config, dataset, metrics, **kwargs)
-        self.tokenizer = tokenizer or dataset.tokenizer
-        self.generation = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                               top_k=top_k, top_p=top_p, eos_token_id=self.tokenizer.eos_token_id,
-                               pad_token_id=pad_token_id(self.tokenizer))
-
-    def eval_batch(self, batch: dict) -> dict:
-        input_ids = batch["input_ids"].to(self.device)
-        mask = batch["attention_mask"].to(self.device)
-        out = self.model.generate(input_ids, attention_mask=mask, **self.generation)
-        continuation = out[:, input_ids.shape[1]:]
-        preds = self.tokenizer.batch_decode(continuation, skip_special_tokens=True)
-        return {"prompt": batch["text"], "pred": preds, "target": batch["target"]}
+            nll_sum = loss * tokens if tokens else 0.0
+        else:
+            nll_sum = causal_lm_loss(whole(self.model(ids, attention_mask=mask).logits), labels, reduction="sum")
+        # "ppl" is the batch's perplexity, for a CoLLiE metric that reads it; PPLMetric weighs by tokens.
+        batch_ppl = torch.exp(torch.as_tensor(nll_sum, dtype=torch.float64).detach().cpu() / tokens) if tokens \
+            else torch.tensor(float("nan"), dtype=torch.float64)
+        return {"nll_sum": nll_sum, "tokens": tokens, "ppl": batch_ppl.reshape(1)}

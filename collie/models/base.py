@@ -19,6 +19,8 @@ import torch.distributed as dist
 from torch import nn
 
 from collie import storage
+from collie.config import CollieConfig
+from collie.config.model_path import resolve_model_path
 from collie.dtypes import DTYPES
 from collie.generation import GenerationMixin
 from collie.host_memory import return_freed_memory_to_os
@@ -105,9 +107,12 @@ class CollieModel(GenerationMixin, nn.Module):
         """A randomly initialised model; the same seed gives the same weights everywhere.
 
         `config` is an HF config, or a CollieConfig holding one (`model_config`), whose `seed`,
-        `param_dtype` and `init_method` then apply unless given here."""
-        hf_config = getattr(config, "model_config", None) or config
-        collie_config = config if hf_config is not config else None
+        `param_dtype` and `init_method` then apply unless given here; or, as in CoLLiE, a model
+        directory (or hub id) whose CollieConfig is read."""
+        if isinstance(config, str):
+            config = CollieConfig.from_pretrained(config)
+        hf_config = family_config(getattr(config, "model_config", None) or config)
+        collie_config = config if getattr(config, "model_config", None) is not None else None
         model = _materialize(_model_class(cls, hf_config), hf_config, collie_config,
                              dtype or param_dtype(collie_config))
         if seed is None:
@@ -116,10 +121,16 @@ class CollieModel(GenerationMixin, nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, path: str, config=None, dtype: Optional[torch.dtype] = None) -> "CollieModel":
+    def from_pretrained(cls, path: str, config=None, dtype: Optional[torch.dtype] = None,
+                        **settings: Any) -> "CollieModel":
         """Load an HF directory. `config` is an optional CollieConfig (dropout, param_dtype,
         low_cpu_mem_usage), read and never changed; the model records where it came from
         (`model.source`).
+
+        CoLLiE's forms work too: `config` a model directory (or hub id) whose CollieConfig is
+        read, with `settings` setting its fields (CoLLiE's keyword arguments); `settings` beside
+        a CollieConfig set fields of the model's HF config (`use_cache=True`). CoLLiE's
+        `process_exclusion` is accepted: collie always reads one checkpoint tensor at a time.
 
         With `low_cpu_mem_usage` (the default) the model is built on the meta device and each
         checkpoint tensor is copied into place as it is read: peak memory ≈ one model. Under
@@ -128,9 +139,14 @@ class CollieModel(GenerationMixin, nn.Module):
         shards of `model.source`, one checkpoint tensor at a time (no rank ever holds the
         whole model).
         """
+        settings.pop("process_exclusion", None)
+        if isinstance(config, str) or (config is None and settings):
+            config, settings = CollieConfig.from_pretrained(config or path, **settings), {}
         return_freed_memory_to_os()  # reading frees a buffer per tensor: give the pages back
-        source, path = path, storage.local_copy(path)  # an object-store URL is read from a local copy
-        hf_config = load_hf_config(path)
+        # A hub id is read from the local HF cache, an object-store URL from a local copy.
+        source = resolve_model_path(path)
+        path = storage.local_copy(source)
+        hf_config = _with_model_fields(load_hf_config(path), settings, config)
         dtype = dtype or param_dtype(config)
         if not spec_for(hf_config).supports_model_parallel:
             return _load_transformers_model(cls, path, hf_config, config, dtype)
@@ -208,6 +224,32 @@ class CollieModel(GenerationMixin, nn.Module):
 
     def reset_parameters(self, init_method: str = "normal", seed: int = 0) -> None:
         raise NotImplementedError
+
+
+# CoLLiE's name for the base class of its models.
+CollieModelForCausalLM = CollieModel
+
+
+def _with_model_fields(hf_config, fields: dict, collie_config):
+    """`hf_config` with `fields` (keyword arguments given beside a CollieConfig) set on it; a
+    field the CollieConfig has belongs there, not here."""
+    for name, value in fields.items():
+        if collie_config is not None and hasattr(collie_config, name):
+            raise TypeError(f"from_pretrained: {name!r} is a CollieConfig setting; set it on the config you pass")
+        setattr(hf_config, name, value)
+    return hf_config
+
+
+def family_config(hf_config):
+    """`hf_config` as its family's config class: `CollieConfig.from_pretrained` keeps a family
+    transformers does not ship as a plain PretrainedConfig (the config floor knows no families)."""
+    model_type = getattr(hf_config, "model_type", None)
+    fields = {**hf_config.to_dict(), "model_type": model_type} if hasattr(hf_config, "to_dict") else {}
+    # All the fields: ChatGLM-6B and ChatGLM2/3 share a model_type, and their fields tell them apart.
+    config_cls = config_class_for(fields or {"model_type": model_type})
+    if config_cls is None or isinstance(hf_config, config_cls):
+        return hf_config
+    return config_cls(**fields)
 
 
 def _model_class(cls: type, hf_config, path: Optional[str] = None) -> type:

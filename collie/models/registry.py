@@ -10,8 +10,8 @@ from typing import Optional
 from torch import nn
 
 from collie.models.auto.spec import AUTO, is_causal_lm_type
-from collie.models.chatglm.spec import CHATGLM, GLM
-from collie.models.chatglm_v1.spec import CHATGLM_V1
+from collie.models.chatglm.spec import CHATGLM_V1
+from collie.models.chatglm2.spec import CHATGLM, GLM
 from collie.models.internlm.spec import INTERNLM
 from collie.models.internlm2.spec import INTERNLM2
 from collie.models.llama.spec import LLAMA, MISTRAL, QWEN2

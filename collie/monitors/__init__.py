@@ -5,12 +5,15 @@ from collie.monitors.monitors import (
                                       MemoryMonitor,
                                       MFUMonitor,
                                       Monitor,
+                                      MonitorGroup,
                                       StepStats,
                                       StepTimeMonitor,
                                       TGSMonitor,
                                       default_monitors,
 )
 from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
+from collie.monitors.system_io import CPUMemoryMonitor, DiskIOMonitor, NetworkIOMonitor
 
-__all__ = ["ConsoleSink", "CSVSink", "EvalMonitor", "LossMonitor", "LRMonitor", "MemoryMonitor", "MFUMonitor",
-           "Monitor", "Sink", "StepStats", "StepTimeMonitor", "TGSMonitor", "TensorBoardSink", "default_monitors"]
+__all__ = ["ConsoleSink", "CPUMemoryMonitor", "CSVSink", "DiskIOMonitor", "EvalMonitor", "LossMonitor", "LRMonitor",
+           "MemoryMonitor", "MFUMonitor", "Monitor", "MonitorGroup", "NetworkIOMonitor", "Sink",
+           "StepStats", "StepTimeMonitor", "TGSMonitor", "TensorBoardSink", "default_monitors"]

@@ -130,6 +130,28 @@ class EvalMonitor(Monitor):
         return {key: value for key, value in results.items() if isinstance(value, (int, float))}
 
 
+class MonitorGroup(Monitor):
+    """Several monitors as one: their columns merged, in order (CoLLiE's `_MultiMonitors`)."""
+
+    def __init__(self, monitors: list[Monitor]) -> None:
+        super().__init__(None)
+        self.monitors = list(monitors)
+
+    def start(self, device: torch.device) -> None:
+        for monitor in self.monitors:
+            monitor.start(device)
+
+    def stop(self) -> None:
+        for monitor in self.monitors:
+            monitor.stop()
+
+    def step_columns(self, stats: StepStats) -> dict:
+        return {key: value for monitor in self.monitors for key, value in monitor.step_columns(stats).items()}
+
+    def eval_columns(self, results: dict) -> dict:
+        return {key: value for monitor in self.monitors for key, value in monitor.eval_columns(results).items()}
+
+
 def default_monitors(config=None) -> list[Monitor]:
     return [LossMonitor(config), LRMonitor(config), TGSMonitor(config), StepTimeMonitor(config),
             MFUMonitor(config), MemoryMonitor(config), EvalMonitor(config)]

@@ -132,7 +132,7 @@ class FusedBackwardOptimizer(Optimizer):
         :meth:`step_from_grads` after it; the gradient norm is then summed over all stages.
         """
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if [p for _, p in named] != [p for _, p in self._named_params]:
+        if [id(p) for _, p in named] != [id(p) for _, p in self._named_params]:
             if self.state:
                 raise ValueError("configure_parallel: the optimizer already has state for the old parameters")
             self._named_params = named

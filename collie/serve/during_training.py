@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from collie.events import Callback
 from collie.serve.app import ServedModel, build_app
 from collie.serve.engine import Engine, decode
-from collie.serve.gradio_page import GradioProvider
+from collie.serve.gradio_page import GradioPage
 from collie.serve.http import context_length, http_server, model_name, start_in_background
 from collie.serve.lockstep import Lockstep
 
@@ -25,15 +25,22 @@ log = logging.getLogger("collie")
 
 
 class ServeCallback(Callback):
+    """`gradio_port`: a Gradio page there; `page`: another page, made from the endpoint's URL and
+    the model's name (CoLLiE's providers, `collie.serve.providers`)."""
+
     def __init__(self, port: int, host: str = "127.0.0.1", max_batch_size: int = 8, max_queue: int = 64,
-                 model_name: Optional[str] = None, gradio_port: Optional[int] = None) -> None:
-        self.port, self.host, self.model_name, self.gradio_port = port, host, model_name, gradio_port
+                 model_name: Optional[str] = None, gradio_port: Optional[int] = None,
+                 page: Optional[Callable[[str, str], object]] = None) -> None:
+        self.port, self.host, self.model_name = port, host, model_name
+        if gradio_port is not None:
+            page = lambda api_url, name: GradioPage(api_url, name, port=gradio_port, host=host)  # noqa: E731
+        self.page = page
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.engine = None
         self.lockstep = None
         self._server = None
         self._thread: Optional[threading.Thread] = None
-        self._gradio = None
+        self._page = None
 
     def on_train_begin(self, trainer) -> None:
         if trainer.tokenizer is None:
@@ -51,11 +58,10 @@ class ServeCallback(Callback):
         self._server = http_server(build_app(self.engine, served), self.host, self.port)
         self._thread = start_in_background(self._server, "serve.port")
         log.info("serving %r at http://%s:%d/v1 while training (answered between steps)", name, self.host, self.port)
-        if self.gradio_port is not None:
+        if self.page is not None:
             api_host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-            self._gradio = GradioProvider(f"http://{api_host}:{self.port}/v1", name, port=self.gradio_port,
-                                          host=self.host)
-            self._gradio.start()
+            self._page = self.page(f"http://{api_host}:{self.port}/v1", name)
+            self._page.start()
 
     def on_train_batch_end(self, trainer, loss) -> None:
         self._serve_waiting(trainer)
@@ -64,8 +70,8 @@ class ServeCallback(Callback):
         if trainer.runtime.is_main:
             self.engine.stop()  # from now on new requests are refused (503) while the server closes
         self._serve_waiting(trainer, everything=True)  # the final weights answer what is queued
-        if self._gradio is not None:
-            self._gradio.stop()
+        if self._page is not None:
+            self._page.stop()
         if self._server is not None:
             self._server.should_exit = True
             self._thread.join(timeout=60)

@@ -1,4 +1,4 @@
-"""CoLLiE's in-training web page (`GradioProvider`): type a prompt while the model trains and see
+"""CoLLiE's in-training web page (the page of its `GradioProvider`): type a prompt while the model trains and see
 the current weights answer, with the step they come from. It is a client of the OpenAI endpoint
 (`serve.port`), so it shows exactly what any other client gets. Local by default: it binds
 127.0.0.1 and never opens a public share link.
@@ -9,29 +9,20 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-import httpx
+from collie.serve.page_client import PageDefaults, ask_endpoint
 
 log = logging.getLogger("collie")
 
 
-class GradioProvider:
-    def __init__(self, api_url: str, model_name: str, port: int = 7860, host: str = "127.0.0.1") -> None:
+class GradioPage:
+    def __init__(self, api_url: str, model_name: str, port: int = 7860, host: str = "127.0.0.1",
+                 defaults: Optional[PageDefaults] = None) -> None:
         self.api_url, self.model_name, self.port, self.host = api_url.rstrip("/"), model_name, port, host
+        self.defaults = defaults or PageDefaults()
         self.demo = None
 
     def answer(self, prompt: str, max_tokens: float, temperature: float, top_p: float) -> tuple[str, str]:
-        """(the answer, which step's weights gave it) — or the endpoint's error message."""
-        body = {"model": self.model_name, "prompt": prompt, "max_tokens": int(max_tokens),
-                "temperature": float(temperature), "top_p": float(top_p)}
-        try:
-            response = httpx.post(f"{self.api_url}/completions", json=body, timeout=600)
-        except httpx.HTTPError as e:
-            return f"error: the endpoint did not answer ({e})", ""
-        data = response.json()
-        if response.status_code != 200:
-            return f"error: {data.get('error', {}).get('message', response.text)}", ""
-        step = data.get("system_fingerprint", "").removeprefix("collie-step-")
-        return data["choices"][0]["text"], f"answered by the weights of step {step}" if step else ""
+        return ask_endpoint(self.api_url, self.model_name, prompt, max_tokens, temperature, top_p)
 
     def build(self):
         import gradio as gr
@@ -40,9 +31,9 @@ class GradioProvider:
             gr.Markdown(f"### {self.model_name} — answers come from the weights being trained")
             prompt = gr.Textbox(label="Prompt", lines=4, elem_id="prompt")
             with gr.Row():
-                max_tokens = gr.Slider(1, 512, value=64, step=1, label="max tokens")
-                temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0: greedy)")
-                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top p")
+                max_tokens = gr.Slider(1, 512, value=self.defaults.max_tokens, step=1, label="max tokens")
+                temperature = gr.Slider(0.0, 2.0, value=self.defaults.temperature, step=0.05, label="temperature (0: greedy)")
+                top_p = gr.Slider(0.05, 1.0, value=self.defaults.top_p, step=0.05, label="top p")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             output = gr.Textbox(label="Answer", lines=6, elem_id="answer")
             step = gr.Markdown(elem_id="step")

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -42,10 +42,12 @@ from collie.monitors.wandb_sink import WandbSink
 from collie.peft.adapter_files import write_checkpoint_record
 from collie.peft.attach import PeftRun, attach_peft
 from collie.serve.during_training import ServeCallback
+from collie.serve.providers import BaseProvider
 from collie.tokenization import pad_token_id
 from collie.trainer import checkpoint
 from collie.trainer.background_checkpoint import BackgroundWriter
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
+from collie.trainer.collie_arguments import check_io_options, pipeline_loss, step_loss_fn, training_collate
 from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class
 from collie.trainer.preemption import PreemptionWatch
 from collie.trainer.step_strategy import step_strategy, updates_in_backward
@@ -54,12 +56,18 @@ log = logging.getLogger("collie")
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, config: CollieConfig, loss_fn: Optional[Callable] = None,
-                 optimizer: Optional[torch.optim.Optimizer] = None, lr_scheduler=None, train_dataset=None,
-                 eval_dataset=None, callbacks: Optional[list[Callback]] = None,
-                 monitors: Optional[list[Monitor]] = None, evaluators: Optional[list[Evaluator]] = None,
-                 train_fn: Optional[Callable] = None, eval_fn: Optional[Callable] = None,
-                 tokenizer=None) -> None:
+    def __init__(self, model: torch.nn.Module, config: CollieConfig, tokenizer=None,
+                 loss_fn: Optional[Callable] = None, train_fn: Optional[Callable] = None,
+                 eval_fn: Optional[Callable] = None, optimizer: Optional[torch.optim.Optimizer] = None,
+                 lr_scheduler=None, train_dataset=None, eval_dataset=None,
+                 callbacks: Union[Callback, list[Callback], None] = None,
+                 train_dataset_collate_fn: Optional[Callable] = None, eval_dataset_collate_fn: Optional[Callable] = None,
+                 server=None, monitors: Optional[list[Monitor]] = None, metrics: Optional[dict] = None,
+                 evaluators: Optional[list[Evaluator]] = None, data_provider: Optional[BaseProvider] = None) -> None:
+        """CoLLiE's arguments, in CoLLiE's order. `train_fn(trainer, batch, global_step)` returns a
+        micro-batch's loss (collie runs backward and the step); `eval_dataset` is evaluated with
+        `metrics` (perplexity when not given); `data_provider` (or a CoLLiE `Server` holding one)
+        opens a page that answers from the weights being trained."""
         config.validate()
         return_freed_memory_to_os()
         self.config = config
@@ -71,18 +79,25 @@ class Trainer:
                                      quantized=quant_settings(config.quantization_config) is not None)
         if train_fn is not None:
             self.runtime.layout.check_custom_step()
+        provider = data_provider or getattr(server, "data_provider", None)
         # PEFT: adapters or a prompt go on the single-device model; parallelism then treats them
         # as any other parameters.
         self.peft: Optional[PeftRun] = attach_peft(model, self.spec, config)
+        self.callbacks = CallbackList(self._assemble_callbacks(callbacks, provider))
+        self.callbacks.fire("on_setup_parallel_model", self)
         self.parallel = self._parallelize(model, optimizer)
         self.model = self.parallel.module
         if self.peft is not None:
             self.peft.initialise(self.model, config.seed)
         self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
-        self.train_fn = train_fn
+        self._pipeline_loss = pipeline_loss(self.loss_fn, config.loss_chunk_tokens > 0) \
+            if self.runtime.layout.pipelined else None
+        self.train_fn = step_loss_fn(train_fn) if train_fn is not None else None
         self.train_dataset = train_dataset
-        self.tokenizer = tokenizer or getattr(train_dataset, "tokenizer", None)
-        self.padder = self.parallel.padder(pad_token_id(self.tokenizer), config.data.padding_side, config.data.max_length)
+        self.tokenizer = tokenizer or getattr(train_dataset, "tokenizer", None) or getattr(provider, "tokenizer", None)
+        side = "left" if getattr(train_dataset_collate_fn, "padding_side", None) == "left" else config.data.padding_side
+        self.padder = training_collate(train_dataset_collate_fn, self.runtime.layout.pipelined) or \
+            self.parallel.padder(pad_token_id(self.tokenizer), side, config.data.max_length)
         self.sampler = None
         if train_dataset is not None:
             self.sampler = GlobalBatchSampler(len(train_dataset), config.train_micro_batch_size,
@@ -101,18 +116,10 @@ class Trainer:
         self.evaluators = list(evaluators or [])
         if eval_dataset is not None:
             self.evaluators.append(EvaluatorForPerplexity(self.model, config, eval_dataset,
-                                                          {"ppl": PPLMetric()}, eval_fn=eval_fn))
+                                                          metrics or {"ppl": PPLMetric()}, eval_fn=eval_fn,
+                                                          collate_fn=eval_dataset_collate_fn))
         for evaluator in self.evaluators:
             evaluator.bind(self.parallel)
-        callbacks = list(callbacks or [])
-        if config.checkpoint_every_n_steps:
-            callbacks.append(CheckpointCallback(every_n_steps=config.checkpoint_every_n_steps,
-                                                max_to_keep=config.max_to_keep))
-        if config.serve.port is not None:
-            serve = config.serve
-            callbacks.append(ServeCallback(serve.port, serve.host, serve.max_batch_size, serve.max_queue,
-                                           gradio_port=serve.gradio_port))
-        self.callbacks = CallbackList(callbacks)
         self.global_step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -125,8 +132,28 @@ class Trainer:
         self._checkpointed: Optional[tuple[int, str]] = None
         self.sinks: list[Sink] = []
         self._flops_per_token: Optional[float] = None
+        self.callbacks.fire("on_after_trainer_initialized", self)
 
     # -- assembly -----------------------------------------------------------
+    def _assemble_callbacks(self, callbacks: Union[Callback, list[Callback], None],
+                            provider: Optional[BaseProvider]) -> list[Callback]:
+        """The caller's callbacks, then the ones the config asks for: periodic checkpoints and
+        serving during training (`serve.port`, or CoLLiE's `data_provider`)."""
+        config = self.config
+        callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks or [])
+        if config.checkpoint_every_n_steps:
+            callbacks.append(CheckpointCallback(every_n_steps=config.checkpoint_every_n_steps,
+                                                max_to_keep=config.max_to_keep))
+        if config.serve.port is not None:
+            serve = config.serve
+            callbacks.append(ServeCallback(serve.port, serve.host, serve.max_batch_size, serve.max_queue,
+                                           gradio_port=serve.gradio_port))
+        if provider is not None:
+            if config.serve.port is not None:
+                raise ConfigError("data_provider and serve.port: both serve during training; give one")
+            callbacks.append(provider.serve_callback(config.serve))
+        return callbacks
+
     def _parallelize(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> ParallelModel:
         """Apply the layout; point a user-built optimizer at the parameters it put in place."""
         names = {id(p): name for name, p in model.named_parameters()}
@@ -140,6 +167,10 @@ class Trainer:
 
     # -- public API ---------------------------------------------------------
     def train(self, resume_from: Optional[str] = None) -> None:
+        """Train (continuing from `resume_from`, or from output_dir's latest checkpoint)."""
+        if resume_from is not None and not isinstance(resume_from, (str, os.PathLike)):
+            raise TypeError("train: collie draws global batches from train_dataset itself; pass the dataset to "
+                            f"the Trainer instead of a {type(resume_from).__name__}")
         if self.train_dataset is None:
             raise ValueError("train_dataset: the Trainer needs a training dataset to train")
         resume_from = resume_from or checkpoint.latest(self.config.output_dir)
@@ -162,6 +193,12 @@ class Trainer:
             self.callbacks.fire("on_train_end", self)
         self._complete_background_checkpoint(wait=True)  # train() returns with every checkpoint complete
 
+    def eval(self, dataloader=None) -> dict:
+        """CoLLiE's name: run every evaluator (their metrics merged into one dict)."""
+        if dataloader is not None:
+            raise TypeError("eval: each evaluator reads its own dataset; give it to the evaluator")
+        return self.evaluate()
+
     def evaluate(self) -> dict:
         self.callbacks.fire("on_evaluate_begin", self)
         results = evaluate_all(self.evaluators)
@@ -171,9 +208,10 @@ class Trainer:
         self.callbacks.fire("on_evaluate_end", self, results)
         return results
 
-    def save_model(self, path: str) -> None:
+    def save_model(self, path: str, process_exclusion: bool = False, **kwargs) -> None:
         """The model (and tokenizer) in Hugging Face format; a PEFT run writes its adapters or
         prompt in peft's format (`PeftModel.from_pretrained(base, path)` loads them)."""
+        check_io_options(process_exclusion, kwargs)
         tokenizer = self.tokenizer if self.runtime.is_main else None
         # An object-store destination: written locally, uploaded by rank 0 (config.json last).
         with storage.staged(path, upload=self.runtime.is_main) as local:
@@ -186,10 +224,21 @@ class Trainer:
         self.runtime.barrier()
         self.callbacks.fire("on_save_model", self, path)
 
+    def load_model(self, path: str, process_exclusion: bool = False, **kwargs) -> None:
+        """Weights `save_model` wrote (HF format) into the model being trained, under any layout."""
+        check_io_options(process_exclusion, kwargs)
+        if self.peft is not None:
+            raise ConfigError("load_model: a PEFT run's adapters come back with load_checkpoint (or "
+                              "peft.adapter in the config)")
+        self.callbacks.fire("on_load_model", self, path)
+        self.parallel.load_hf(storage.local_copy(path))
+        self.runtime.barrier()
+
     def save_checkpoint(self, path: Optional[str] = None, max_to_keep: int = 0, model_only: bool = False,
-                        wait: bool = False) -> str:
+                        wait: bool = False, process_exclusion: bool = False, **kwargs) -> str:
         """A DCP checkpoint under `output_dir/checkpoints/step-N` (or `path`); `latest` names it.
         With `checkpoint_async` it is written in the background unless `wait` is set."""
+        check_io_options(process_exclusion, kwargs)
         default_location = path is None
         if path is None:
             if not self.config.output_dir:
@@ -206,9 +255,20 @@ class Trainer:
         self.callbacks.fire("on_save_checkpoint", self, path)
         return path
 
-    def load_checkpoint(self, path: str) -> None:
+    def load_checkpoint(self, path: str, process_exclusion: bool = False, **kwargs) -> None:
+        check_io_options(process_exclusion, kwargs)
         checkpoint.load(self.checkpointed, path)
         self.callbacks.fire("on_load_checkpoint", self, path)
+
+    @property
+    def epoch_idx(self) -> int:
+        """CoLLiE's name for the epoch being trained (0-based)."""
+        return self.epoch
+
+    @property
+    def batch_idx(self) -> int:
+        """CoLLiE's 0-based index of the current batch within its epoch."""
+        return self.batch_in_epoch - 1
 
     @property
     def updates_in_backward(self) -> bool:
@@ -232,7 +292,7 @@ class Trainer:
         callbacks' state and the optimizer's settings that are not tensors."""
         return {"global_step": self.global_step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "lr_scheduler": self.lr_scheduler.state_dict(),
-                "callbacks": [c.state_dict() for c in self.callbacks.callbacks],
+                "callbacks": self.callbacks.state_dicts(self),
                 "optimizer": self.step_strategy.extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -241,8 +301,7 @@ class Trainer:
             state["batch_in_epoch"]
         if "lr_scheduler" in state:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        for callback, callback_state in zip(self.callbacks.callbacks, state.get("callbacks", [])):
-            callback.load_state_dict(callback_state)
+        self.callbacks.load_state_dicts(self, state.get("callbacks", []))
 
     # -- the loop -----------------------------------------------------------
     def _total_steps(self) -> int:
@@ -335,12 +394,13 @@ class Trainer:
         micro = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in self.padder(mb).items()} for mb in items]
         self.model.train()
         if self.train_fn is not None:
-            loss_of = lambda batch: self.train_fn(self, batch)  # noqa: E731
+            loss_of = lambda batch: self.train_fn(self, batch, self.global_step)  # noqa: E731
         else:
             context = self.parallel.forward_context
             loss_of = lambda batch: default_loss(self.model, self.loss_fn, batch, context)  # noqa: E731
         ignore_index = getattr(self.loss_fn, "ignore_index", IGNORE_INDEX)
-        result = self.parallel.train_step(micro, loss_of, self.step_strategy.backward, ignore_index)
+        result = self.parallel.train_step(micro, loss_of, self.step_strategy.backward, ignore_index,
+                                          self._pipeline_loss)
         if result.skipped:
             log.warning("step %d: no trainable tokens in the global batch (all labels are -100); step skipped",
                         self.global_step + 1)
@@ -378,8 +438,9 @@ class Trainer:
         return row
 
     def _eval_columns(self, results: dict) -> dict:
+        """Columns of the Trainer's monitors and of the evaluators' own (CoLLiE's `monitors=`)."""
         row: dict = {}
-        for monitor in self.monitors:
+        for monitor in [*self.monitors, *(m for e in self.evaluators for m in getattr(e, "monitors", None) or [])]:
             row.update(monitor.eval_columns(results))
         return row
 
@@ -398,7 +459,8 @@ class Trainer:
         cfg = self.config
         if "console" in cfg.logging:
             self.sinks.append(ConsoleSink(self.total_steps, self.global_step, cfg.log_every_n_steps))
-        files = RunFiles(cfg.output_dir, resumed) if cfg.output_dir else None
+        where = cfg.monitor.dir or cfg.output_dir
+        files = RunFiles(where, resumed) if where else None
         if files is not None and "csv" in cfg.logging:
             csv_sink = CSVSink(os.path.join(files.local, "metrics.csv"), resume=resumed)
             if resumed:
@@ -411,7 +473,7 @@ class Trainer:
             kept = next((s.rows for s in self.sinks if isinstance(s, CSVSink)), [])
             self.sinks.append(LossCurveSink(os.path.join(files.local, "loss.png"), kept))
         if "wandb" in cfg.logging:
-            self.sinks.append(WandbSink(files.local if files else None, cfg.to_dict(), resumed))
+            self.sinks.append(WandbSink(files.local if files else None, cfg.to_dict(), resumed, cfg.monitor))
         if files is not None and files.remote:
             self.sinks.append(files)  # last: uploads what the sinks above have just written
 

@@ -5,8 +5,8 @@ against the same family in one process."""
 from transformers import MistralConfig, Qwen2Config
 
 from collie.models.base import CollieModel
-from collie.models.chatglm.config import ChatGLMConfig
-from collie.models.chatglm_v1.config import ChatGLMv1Config
+from collie.models.chatglm.config import ChatGLMv1Config
+from collie.models.chatglm2.config import ChatGLMConfig
 from collie.models.internlm.config import InternLMConfig
 from collie.models.internlm2.config import InternLM2Config
 from collie.models.moss.config import MossConfig

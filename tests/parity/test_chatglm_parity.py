@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from transformers import GlmConfig, GlmForCausalLM
 
 from collie.models.base import CollieModel
-from collie.models.chatglm.config import ChatGLMConfig
+from collie.models.chatglm2.config import ChatGLMConfig
 
 
 def _chatglm_checkpoint(hf: GlmForCausalLM) -> dict:

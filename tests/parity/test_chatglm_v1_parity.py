@@ -14,7 +14,7 @@ from helpers import assert_saves_back
 from safetensors.torch import save_file
 
 from collie.models.base import CollieModel
-from collie.models.chatglm_v1.model import ChatGLMv1ForCausalLM
+from collie.models.chatglm.model import ChatGLMForCausalLM
 
 VOCAB, HIDDEN, HEADS, LAYERS, INNER = 128, 64, 4, 2, 160
 MASK, GMASK, BOS, EOS, PAD = 120, 121, 122, 123, 3
@@ -111,7 +111,7 @@ PROMPTS = [[5, 9, 17, 30, GMASK, BOS, 33, 41, 7], [11, 12, MASK, 13, 14, BOS, 50
 def test_logits_generation_and_save_match_the_published_architecture(published, tmp_path):
     path, state = published
     ours = CollieModel.from_pretrained(str(path), dtype=torch.float64).eval()
-    assert isinstance(ours, ChatGLMv1ForCausalLM)
+    assert isinstance(ours, ChatGLMForCausalLM)
     with torch.no_grad():
         for ids in PROMPTS:
             diff = (ours(torch.tensor([ids])).logits[0] - reference_logits(state, ids)).abs().max()
@@ -143,10 +143,10 @@ def test_a_sequence_without_its_answer_start_is_one_line(published):
 
 
 def test_chatglm2_configs_still_load_as_chatglm2(tmp_path):
-    from collie.models import LlamaForCausalLM
-    from collie.models.chatglm.config import ChatGLMConfig
+    from collie.models import ChatGLM2ForCausalLM
+    from collie.models.chatglm2.config import ChatGLMConfig
 
     config = ChatGLMConfig(num_layers=1, padded_vocab_size=64, hidden_size=32, ffn_hidden_size=64, kv_channels=8,
                            num_attention_heads=4, multi_query_group_num=2)
     CollieModel.from_config(config, seed=0).save_pretrained(str(tmp_path))
-    assert type(CollieModel.from_pretrained(str(tmp_path))) is LlamaForCausalLM
+    assert type(CollieModel.from_pretrained(str(tmp_path))) is ChatGLM2ForCausalLM

@@ -50,11 +50,12 @@ def test_validate_names_the_field(overrides, message):
         CollieConfig.load(None, overrides).validate()
 
 
-def test_world_size_must_match_layout():
+def test_dp_size_follows_the_world_as_in_collie():
     config = CollieConfig(dp_size=2, tp_size=2)
     assert config.resolve_dp_size(4) == 2
-    with pytest.raises(ConfigError, match=r"dp_size\*tp_size\*pp_size: 2\*2\*1=4 must equal the world size 2"):
-        config.validate(world_size=2)
+    # CoLLiE's scripts say dp_size=1 and launch more ranks: dp is world / (tp * pp).
+    assert config.resolve_dp_size(2) == 1
+    assert CollieConfig(dp_size=1, tp_size=2).resolve_dp_size(8) == 4
     assert CollieConfig(tp_size=2).resolve_dp_size(8) == 4
     with pytest.raises(ConfigError, match="does not divide the world size 3"):
         CollieConfig(tp_size=2).resolve_dp_size(3)

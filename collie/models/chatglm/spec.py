@@ -1,40 +1,37 @@
-"""ChatGLM2/3 (their published checkpoints) and GLM (transformers' format): the decoder network
-with partial, interleaved rotary and row-stacked q/k/v and gate/up."""
+"""ChatGLM-6B (v1): its own blocks on the decoder network (collie.models.chatglm.model) with its published names.
+It shares `model_type: chatglm` with ChatGLM2/3; `accepts` tells the configs apart."""
 
 from __future__ import annotations
 
-import dataclasses
-
-from transformers import GlmConfig
-
-from collie.models.chatglm.config import ChatGLMConfig
-from collie.models.chatglm.hf_adapter import ChatGLMHFAdapter, GlmHFAdapter
-from collie.models.common.args import DecoderArgs, decoder_args
-from collie.models.common.spec import decoder_spec, shape_config_of
-
-
-def glm_args(config) -> DecoderArgs:
-    """transformers' GLM: `attention_bias` is on q/k/v only, and its rotary pairs interleave."""
-    args = decoder_args(config)
-    return dataclasses.replace(args, qkv_bias=bool(config.attention_bias), o_bias=False,
-                               rope_interleaved=bool(getattr(config, "rope_interleaved", True)))
+from collie.models.chatglm.args import glm_v1_args
+from collie.models.chatglm.config import ChatGLMv1Config, is_chatglm_v1
+from collie.models.chatglm.hf_adapter import ChatGLMv1HFAdapter
+from collie.models.chatglm.positions import glm_positions
+from collie.models.common.spec import SHAPES
+from collie.models.common.tp_plan import block_plan
+from collie.models.spec import ModelSpec
 
 
-def _chatglm_shape(fields: dict, tokenizer) -> ChatGLMConfig:
-    heads = fields["num_attention_heads"]
-    return ChatGLMConfig(num_layers=fields["num_hidden_layers"], padded_vocab_size=fields["vocab_size"],
-                         hidden_size=fields["hidden_size"], ffn_hidden_size=fields["intermediate_size"],
-                         kv_channels=fields["hidden_size"] // heads, num_attention_heads=heads,
-                         multi_query_group_num=fields["num_key_value_heads"], seq_length=4096,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+def glm_v1_tp_plan(model, sequence_parallel: bool = False, loss_parallel: bool = False) -> dict:
+    return block_plan(model, ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.fc_in"),
+                      ("self_attn.o_proj", "mlp.fc_out"), ("input_layernorm", "post_attention_layernorm"),
+                      sequence_parallel, loss_parallel)
 
 
-def _glm_shape(fields: dict, tokenizer) -> GlmConfig:
-    head_dim = fields["hidden_size"] // fields["num_attention_heads"]
-    return shape_config_of(GlmConfig, head_dim=head_dim, attention_bias=True)(fields, tokenizer)
+def _shape(fields: dict, tokenizer) -> ChatGLMv1Config:
+    # A random model for tests and trials: with a tokenizer that has no [gMASK]/<sop>, its bos
+    # (which starts every sequence) plays both, so every token is in the answer (a causal LM).
+    bos = tokenizer.bos_token_id
+    return ChatGLMv1Config(vocab_size=fields["vocab_size"], hidden_size=fields["hidden_size"],
+                           num_layers=fields["num_hidden_layers"], num_attention_heads=fields["num_attention_heads"],
+                           inner_hidden_size=fields["intermediate_size"], max_sequence_length=2048,
+                           bos_token_id=bos, gmask_token_id=bos, mask_token_id=bos,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
-CHATGLM = decoder_spec(name="chatglm", model_types=("chatglm",), adapter=ChatGLMHFAdapter(),
-                       config_cls=ChatGLMConfig, shape_config=_chatglm_shape)
-GLM = decoder_spec(name="glm", model_types=("glm",), adapter=GlmHFAdapter(), args=glm_args, shape_config=_glm_shape)
+CHATGLM_V1 = ModelSpec(name="chatglm_v1", model_types=("chatglm",),
+                       model="collie.models.chatglm.model:ChatGLMForCausalLM", adapter=ChatGLMv1HFAdapter(),
+                       tp_plan=glm_v1_tp_plan, args=glm_v1_args, shapes=SHAPES, shape_config=_shape,
+                       config_cls=ChatGLMv1Config, accepts=is_chatglm_v1,
+                       position_ids=lambda input_ids, attention_mask, config, kv_cache=None:
+                       glm_positions(input_ids, attention_mask, config, kv_cache))

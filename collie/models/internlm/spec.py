@@ -16,5 +16,6 @@ class InternLMHFAdapter(TransformersLayoutAdapter):
 SHAPES_WITHOUT_GQA = {name: {k: v for k, v in fields.items() if k != "num_key_value_heads"}
                       for name, fields in SHAPES.items()}
 INTERNLM = decoder_spec(name="internlm", model_types=("internlm",), adapter=InternLMHFAdapter(),
+                        model="collie.models.internlm.model:InternLMForCausalLM",
                         config_cls=InternLMConfig, shapes=SHAPES_WITHOUT_GQA,
                         shape_config=shape_config_of(InternLMConfig))

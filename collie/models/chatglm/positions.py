@@ -1,6 +1,6 @@
 """ChatGLM-6B (v1)'s positions and attention mask, computed from the token ids: a prompt (before
 the bos token `<sop>`) that attends both ways, then an answer that attends causally, with 2-D
-positions (see `collie.models.chatglm_v1.model`). The spec hands `glm_positions` to every
+positions (see `collie.models.chatglm.model`). The spec hands `glm_positions` to every
 pipeline stage, so it lives apart from the model."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from collie.models.chatglm_v1.positions import glm_positions, prefix_mask
+from collie.models.chatglm.positions import glm_positions, prefix_mask
 from collie.models.common.args import DecoderArgs
 from collie.models.common.attention import Attention
 from collie.models.common.decoder import LlamaForCausalLM
@@ -54,7 +54,7 @@ class GLMBlock(nn.Module):
         return x * self.alpha + self.mlp(x)
 
 
-class ChatGLMv1ForCausalLM(LlamaForCausalLM):
+class ChatGLMForCausalLM(LlamaForCausalLM):
     block_cls = GLMBlock
     norm_cls = LayerNorm
 

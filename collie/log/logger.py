@@ -1,0 +1,7 @@
+"""The logger collie writes to (the parent of every `collie.*` module's logger)."""
+
+import logging
+
+__all__ = ["logger"]
+
+logger = logging.getLogger("collie")

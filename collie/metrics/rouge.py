@@ -1,0 +1,5 @@
+"""CoLLiE's `collie.metrics.rouge`."""
+
+from collie.evaluate.text_metrics import RougeMetric
+
+__all__ = ["RougeMetric"]

@@ -1,0 +1,66 @@
+"""The Trainer's arguments as CoLLiE's scripts give them, made into what the loop runs: a
+`train_fn(trainer, batch, global_step)`, collate functions, I/O options. Each one either means
+the same in collie or is refused in one line."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional
+
+import torch
+
+from collie.config import ConfigError
+from collie.data.collate import ColliePadder
+from collie.models.loss import IGNORE_INDEX, GPTLMLoss
+
+
+def step_loss_fn(train_fn: Callable) -> Callable[[Any, dict, int], torch.Tensor]:
+    """A train_fn called as `(trainer, batch, global_step)` (CoLLiE) or `(trainer, batch)`; it
+    returns the micro-batch's loss tensor, and collie runs backward and the optimizer step."""
+    try:
+        takes_step = len(inspect.signature(train_fn).parameters) >= 3
+    except (TypeError, ValueError):  # a builtin or C callable: CoLLiE's form
+        takes_step = True
+
+    def loss_of(trainer, batch: dict, global_step: int) -> torch.Tensor:
+        loss = train_fn(trainer, batch, global_step) if takes_step else train_fn(trainer, batch)
+        if not (torch.is_tensor(loss) and loss.requires_grad):
+            raise ConfigError("train_fn: return the loss tensor; collie runs backward and the optimizer step "
+                              "itself (CoLLiE's train_fn called trainer.engine.backward, a DeepSpeed engine "
+                              f"collie does not have), got {type(loss).__name__}")
+        return loss
+    return loss_of
+
+
+def pipeline_loss(loss_fn: Callable, chunked: bool) -> Optional[Callable]:
+    """The loss the last pipeline stage computes: None for collie's own next-token loss, else the
+    user's (a token mean over its labels, as without pipelining)."""
+    if type(loss_fn) is GPTLMLoss and loss_fn.ignore_index == IGNORE_INDEX:
+        return None
+    if chunked:
+        raise ConfigError("loss_fn: with loss_chunk_tokens the last stage computes collie's next-token loss "
+                          "inside the model; set loss_chunk_tokens=0 to use your loss_fn")
+    return loss_fn
+
+
+def training_collate(collate_fn: Optional[Callable], pipelined: bool) -> Optional[Callable]:
+    """A caller's `train_dataset_collate_fn`, or None to pad with the layout's own padder (a
+    ColliePadder given CoLLiE's way pads on its side, to what the layout needs)."""
+    if collate_fn is None or isinstance(collate_fn, ColliePadder):
+        return None
+    if pipelined:
+        raise ConfigError("train_dataset_collate_fn: pipeline stages exchange fixed-shape activations, so collie "
+                          "pads training batches itself under pp_size > 1; leave it out")
+    return collate_fn
+
+
+def check_io_options(process_exclusion: bool, options: dict) -> None:
+    """CoLLiE's save/load options: `process_exclusion` (one process at a time, to bound memory)
+    is what collie always does in effect — each rank writes or reads only its own shards — and
+    `protocol` must be a local/fsspec path."""
+    protocol = options.pop("protocol", "file")
+    if protocol != "file":
+        raise ConfigError(f"protocol={protocol!r}: collie reads and writes through fsspec paths "
+                          "(s3://…, gs://…, local); give the path with its scheme instead")
+    if options:
+        raise ConfigError(f"{', '.join(sorted(options))}: not an option of collie's save/load methods")
