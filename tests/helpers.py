@@ -6,6 +6,7 @@ import io
 import torch
 from transformers import LlamaConfig
 
+from collie.cli import main
 from collie.models.llama.hf_adapter import LlamaHFAdapter
 from collie.trainer import Callback
 
@@ -177,3 +178,15 @@ class AskAt(Callback):
         while httpx.get(self.health_url).json()["queued"] < 1:
             assert time.monotonic() < deadline, "the request never reached the server"
             time.sleep(0.05)
+
+
+def hub_cache_with(cache, hub_id: str, family: str, shape: str = "tiny") -> str:
+    """A Hugging Face cache (`HF_HUB_CACHE=cache`) in which `hub_id` resolves offline to a random
+    `collie init-model` model of `family` in its published layout; returns its snapshot path."""
+    repo = cache / ("models--" + hub_id.replace("/", "--"))
+    revision = "0" * 40
+    snapshot = repo / "snapshots" / revision
+    assert main(["init-model", "--family", family, "--shape", shape, str(snapshot)]) == 0
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return str(snapshot)

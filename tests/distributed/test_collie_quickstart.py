@@ -14,27 +14,16 @@ import time
 
 import pytest
 from gradio_client import Client
-from helpers import free_port
-
-from collie.cli import main
+from helpers import free_port, hub_cache_with
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "examples", "collie_api", "finetune_moss_for_training.py")
 HUB_ID = "fnlp/moss-moon-003-sft"
 
 
-def hub_cache_with_tiny_moss(cache) -> None:
-    """A Hugging Face cache in which `HUB_ID` resolves offline to a tiny MOSS-moon-003."""
-    repo = cache / ("models--" + HUB_ID.replace("/", "--"))
-    revision = "0" * 40
-    assert main(["init-model", "--family", "moss", "--shape", "tiny", str(repo / "snapshots" / revision)]) == 0
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-
-
 def test_the_seed_quickstart_trains_logs_to_ds_logs_and_answers_on_its_page(tmp_path):
     cache = tmp_path / "hf"
-    hub_cache_with_tiny_moss(cache)
+    hub_cache_with(cache, HUB_ID, "moss")
     port = free_port()
     script = open(EXAMPLE).read()
     for old, new in (("range(10000)", "range(1760)"), ("GradioProvider(tokenizer)", f"GradioProvider(tokenizer, port={port})")):
