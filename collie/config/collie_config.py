@@ -29,6 +29,7 @@ from collie.config.peft_settings import PromptSettings, peft_settings
 from collie.config.quantization import quant_settings
 from collie.config.sections import FLAT_NAMES
 from collie.dtypes import DTYPES
+from collie.logs import show_collie_logs
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lomo", "adalomo", "adan", "lion", "sophiag")
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -80,6 +81,7 @@ class CollieConfig:
     ds_config: Any = None
 
     def __init__(self, **values: Any) -> None:
+        show_collie_logs()
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING
                                else f.default)

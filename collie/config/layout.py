@@ -151,16 +151,16 @@ class Layout:
                 raise ConfigError(f"{name}: QLoRA runs on one device or replicated data parallel (zero_stage 0); "
                                   f"4-bit weights cannot be split, got {name}={value}")
 
-    def check_micro_batches(self, micro_batches: int) -> None:
-        """A training step's micro-batch count, for the pipeline schedule."""
-        if not self.pipelined:
-            return
-        if self.pp_schedule == "1f1b" and micro_batches < self.pp:
-            raise ConfigError(f"gradient_accumulation_steps: 1f1b needs at least as many micro-batches as pipeline "
-                              f"stages ({self.pp}), got {micro_batches}")
+    def schedule_for(self, micro_batches: int) -> str:
+        """The pipeline schedule a step of `micro_batches` runs. 1f1b with fewer micro-batches
+        than stages is GPipe (its warm-up would already run every forward before any backward),
+        so it runs as gpipe: CoLLiE's pipelines ran with gradient_accumulation_steps=1."""
         if self.pp_schedule == "interleaved1f1b" and micro_batches % self.pp:
             raise ConfigError(f"gradient_accumulation_steps: interleaved1f1b needs a multiple of pp_size "
                               f"({self.pp}) micro-batches, got {micro_batches}")
+        if self.pp_schedule == "1f1b" and micro_batches < self.pp:
+            return "gpipe"
+        return self.pp_schedule
 
     def check_custom_step(self) -> None:
         """A user's train_fn runs forward and loss itself, which a pipeline schedule cannot host."""

@@ -10,6 +10,7 @@ stage-to-stage forward (`PipelinedModel`) so evaluators and `generate` work unch
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Callable, ContextManager, Optional
 
 import torch
@@ -22,6 +23,8 @@ from collie.models.base import CausalLMOutput
 from collie.models.hf_writer import write_hf_model
 from collie.models.loss import IGNORE_INDEX, causal_lm_loss, chunked_lm_loss, count_loss_tokens
 from collie.tensors import full_tensor, whole
+
+log = logging.getLogger("collie")
 
 SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}  # one stage per rank
 
@@ -144,7 +147,10 @@ class PipelineRunner:
         in (bf16 autocast on GPUs, attention kernels)."""
         self.forward_context = forward_context
         layout = runtime.layout
-        layout.check_micro_batches(micro)
+        schedule = layout.schedule_for(micro)
+        if schedule != layout.pp_schedule:
+            log.info("pp_schedule %s: %d micro-batch(es) on %d stages is GPipe's order; running %s",
+                     layout.pp_schedule, micro, layout.pp, schedule)
         self.runtime = runtime
         self.spec, self.hf_config = spec, model.config
         self.chunk_tokens = model.loss_chunk_tokens
@@ -161,11 +167,11 @@ class PipelineRunner:
         # The step's loss function (None: collie's next-token loss) and the label it ignores.
         self.loss_fn: Optional[Callable] = None
         self.ignore_index = IGNORE_INDEX
-        if layout.pp_schedule == "interleaved1f1b":
+        if schedule == "interleaved1f1b":
             self.schedule = ScheduleInterleaved1F1B(self.stages, n_microbatches=micro, loss_fn=self._loss,
                                                     scale_grads=False)
         else:
-            self.schedule = SCHEDULES[layout.pp_schedule](self.stages[0], n_microbatches=micro, loss_fn=self._loss,
+            self.schedule = SCHEDULES[schedule](self.stages[0], n_microbatches=micro, loss_fn=self._loss,
                                                           scale_grads=False)
 
     def _loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -89,7 +89,7 @@ class Evaluator:
     def evaluate(self) -> dict:
         """Run over this rank's share of the dataset; return `{metric: value}` merged over metrics."""
         results: dict = {}
-        for name, values in self._run(self._batches()).items():
+        for name, values in self._run(*self._share()).items():
             results.update(values if isinstance(values, dict) else {name: values})
         return results
 
@@ -98,22 +98,29 @@ class Evaluator:
         its own loader yields) or this rank's share of the dataset. Returns CoLLiE's keys,
         `"<metric name>#<key>"`; a metric whose `get_metric` returns None is left out."""
         results: dict = {}
-        for name, values in self._run(self._batches() if dataloader is None else dataloader).items():
+        for name, values in self._run(*(self._share() if dataloader is None else (dataloader, 0))).items():
             if isinstance(values, dict):
                 results.update({f"{name}#{key}": value for key, value in values.items()})
             else:
                 results[name] = values
         return results
 
-    def _batches(self) -> Iterator:
+    def _share(self) -> tuple[Iterator, int]:
+        """This rank's batches (a strided share of the dataset) and how many filler batches it
+        runs after them. Every data-parallel rank runs as many batches: a sharded model (FSDP)
+        gathers its parameters in each forward, which every rank must join, so a rank with a
+        shorter share (or none: fewer items than ranks) runs repeats of the first item."""
         rank, size = (self.runtime.dp_rank, self.runtime.dp_size) if self.runtime else (0, 1)
         indices = list(range(rank, len(self.dataset), size))
         batch_size = self.config.eval_batch_size if self.config is not None else 1
-        for start in range(0, len(indices), batch_size):
-            yield self.prepare([self.dataset[i] for i in indices[start:start + batch_size]])
+        most = -(-len(range(0, len(self.dataset), size)) // batch_size)  # rank 0's share is the longest
+        batches = (self.prepare([self.dataset[i] for i in indices[start:start + batch_size]])
+                   for start in range(0, len(indices), batch_size))
+        return batches, most - -(-len(indices) // batch_size)
 
-    def _run(self, batches: Iterable) -> dict:
-        """Each metric's `get_metric()` after `batches`, combined over data-parallel ranks, by metric name."""
+    def _run(self, batches: Iterable, fillers: int = 0) -> dict:
+        """Each metric's `get_metric()` after `batches`, combined over data-parallel ranks, by
+        metric name; then `fillers` batches whose results count nowhere (see `_share`)."""
         for metric in self.metrics.values():
             metric.reset()
         was_training = self.model.training
@@ -128,6 +135,8 @@ class Evaluator:
                     for metric in self.metrics.values():
                         gathers = getattr(metric, "gather_result", False) and not getattr(metric, "combines_ranks", True)
                         metric.update(metric.gather(result) if gathers else result)
+                for _ in range(fillers):
+                    self.eval_fn(self, self.prepare([self.dataset[0]]))
         finally:
             self.model.train(was_training)
         results = {}

@@ -30,6 +30,7 @@ from collie.models.auto.spec import load_auto
 from collie.models.hf_io import DEFAULT_MAX_SHARD_BYTES, iter_hf_tensors
 from collie.models.hf_writer import write_hf_model
 from collie.models.registry import config_class_for, spec_for
+from collie.models.vocabulary import checkpoint_rows_grown, resize_vocabulary
 from collie.tensors import copy_whole_into, full_tensor
 
 
@@ -182,6 +183,7 @@ class CollieModel(GenerationMixin, nn.Module):
                             unexpected.append(hf_name)
                         continue
                     target = params[name]
+                    piece = checkpoint_rows_grown(self, name, piece, target.shape)
                     if tuple(target.shape) != tuple(piece.shape):
                         what = hf_name if piece is tensor else f"{hf_name} (its part {name})"
                         raise ValueError(f"{path}: {what} has shape {tuple(piece.shape)}, the model expects "
@@ -224,6 +226,24 @@ class CollieModel(GenerationMixin, nn.Module):
 
     def reset_parameters(self, init_method: str = "normal", seed: int = 0) -> None:
         raise NotImplementedError
+
+    # -- CoLLiE's vocabulary methods -----------------------------------------
+    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None) -> None:
+        """Grow the embedding and head to `new_num_tokens` rows, each new row the mean of the old
+        ones (`collie.models.vocabulary`); before the Trainer, on a loaded model or on the empty
+        one `from_pretrained` returns under a multi-process launch."""
+        if new_num_tokens is not None:
+            resize_vocabulary(self, new_num_tokens)
+
+    def get_input_embedding(self) -> tuple[Optional[str], Optional[nn.Module]]:
+        """(attribute name, module) of the token embedding; (name, None) on a pipeline stage without it."""
+        spec = spec_for(self.config)
+        return spec.edge_name("embedding"), spec.edge(self, "embedding")
+
+    def get_lm_head(self) -> tuple[Optional[str], Optional[nn.Module]]:
+        """(attribute name, module) of the LM head; (name, None) on a pipeline stage without it."""
+        spec = spec_for(self.config)
+        return spec.edge_name("head"), spec.edge(self, "head")
 
 
 # CoLLiE's name for the base class of its models.

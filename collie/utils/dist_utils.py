@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from collie.config import CollieConfig, ConfigError
+from collie.config import CollieConfig
 from collie.distributed.runtime import Runtime, build_runtime, latest_runtime
 from collie.launch_env import read_launch_env
 from collie.tensors import broadcast_tensor
@@ -39,12 +39,12 @@ def is_zero3_enabled(config: CollieConfig) -> bool:
 
 
 def setup_ds_engine(*args, **kwargs):
-    raise ConfigError("setup_ds_engine: collie has no DeepSpeed engine; the Trainer applies the layout "
+    raise NotImplementedError("setup_ds_engine: collie has no DeepSpeed engine; the Trainer applies the layout "
                       "(FSDP2, DTensor, torch pipelining) itself — give it the model and config")
 
 
 def zero3_load_state_dict(model: torch.nn.Module, state_dict: dict):
-    raise ConfigError("zero3_load_state_dict: collie's ZeRO-3 is FSDP2; load weights with Trainer.load_model "
+    raise NotImplementedError("zero3_load_state_dict: collie's ZeRO-3 is FSDP2; load weights with Trainer.load_model "
                       "(HF format) or Trainer.load_checkpoint, which read each rank's shards")
 
 

@@ -3,11 +3,9 @@ saying why and what to use instead."""
 
 from __future__ import annotations
 
-from collie.config import ConfigError
-
 
 def refused_class(name: str, reason: str) -> type:
-    """A class named `name` whose construction raises ConfigError(`name: reason`)."""
+    """A class named `name` whose construction raises NotImplementedError(`name: reason`)."""
     def __init__(self, *args, **kwargs) -> None:
-        raise ConfigError(f"{name}: {reason}")
+        raise NotImplementedError(f"{name}: {reason}")
     return type(name, (), {"__init__": __init__, "__doc__": f"Refused in collie: {reason}"})

@@ -13,7 +13,6 @@ import torch
 from rich.progress import track
 from torch import nn
 
-from collie.config import ConfigError
 from collie.models.registry import spec_of
 
 __all__ = ["find_tensors", "progress", "dictToObj", "apply_to_collection", "dict_as_params", "is_static_method",
@@ -81,7 +80,7 @@ def apply_to_collection(data: Any, dtype: Union[type, tuple], function: Callable
 
 
 def dict_as_params(input_keys, output_keys):
-    raise ConfigError("dict_as_params: it wrapped layers for DeepSpeed's pipeline (LayerSpec); collie splits "
+    raise NotImplementedError("dict_as_params: it wrapped layers for DeepSpeed's pipeline (LayerSpec); collie splits "
                       "plain single-device models with torch.distributed.pipelining — set pp_size")
 
 
