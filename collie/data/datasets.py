@@ -99,13 +99,13 @@ class CollieDatasetForTraining(_RecordDataset):
         if kind == "tokens":
             input_ids, labels = tokenized_record(record, origin)
         elif kind == "text":
-            input_ids = self._encode(record["text"], origin, "text", self.add_special_tokens) + eos
+            input_ids = _ended(self._encode(record["text"], origin, "text", self.add_special_tokens), eos)
             labels = list(input_ids)
         elif kind == "chat":
             input_ids, labels = chat_tokens(self.tokenizer, record["messages"], origin)
         else:
             prompt = self._encode(prompt_text(record), origin, "input", self.add_special_tokens)
-            answer = self._encode(record["output"], origin, "output", False) + eos
+            answer = _ended(self._encode(record["output"], origin, "output", False), eos)
             if self.max_length is not None and len(prompt) >= self.max_length:
                 raise DataError(f"{origin}: the prompt is {len(prompt)} tokens but max_length is "
                                 f"{self.max_length}, so no output token would be trained")
@@ -114,6 +114,12 @@ class CollieDatasetForTraining(_RecordDataset):
         if self.max_length is not None:
             input_ids, labels = input_ids[:self.max_length], labels[:self.max_length]
         return {"input_ids": input_ids, "labels": labels}
+
+
+def _ended(ids: list[int], eos: list[int]) -> list[int]:
+    """`ids` ending with `eos` once: a text that spells out the eos token already (CoLLiE's
+    scripts append "</s>" themselves) gets no second one."""
+    return ids if ids[len(ids) - len(eos):] == eos else ids + eos
 
 
 class CollieDatasetForGeneration(_RecordDataset):

@@ -75,6 +75,20 @@ IN_BACKWARD_LAYOUTS_4 = ("pp2_tp2", "dp2_tp2")
 # rank splits the fused tensor and copies in only its own shards.
 FUSED_LAYOUTS = ("tp2", "zero3_dp2")
 
+# A loss of the user's (CoLLiE's `Trainer(loss_fn=…)`): the pipeline's last stage must compute it,
+# not collie's own next-token loss.
+USER_LOSS_LAYOUTS = ("pp2_1f1b", "pp2_gpipe_left")
+
+
+class SmoothedLoss(torch.nn.Module):
+    """Next-token cross entropy with label smoothing: a token mean, unlike collie's in value."""
+
+    def forward(self, logits, labels):
+        shifted = torch.nn.functional.pad(labels[..., 1:], (0, 1), value=-100)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).double(), shifted.reshape(-1),
+                                                 ignore_index=-100, label_smoothing=0.1)
+
+
 # The float32 path of the core layouts, compared with a float32 single process by loss only
 # (fp32 reduction order differs between layouts; see the test).
 FP32 = "param_dtype=float32"
@@ -120,7 +134,7 @@ class Predictions(AccuracyMetric):
         return {**super().get_metric(), "preds": [p for p, _ in self.pairs]}
 
 
-def run(model_dir: str, records: str, overrides: list[str], export: str = "") -> list[float]:
+def run(model_dir: str, records: str, overrides: list[str], export: str = "", loss_fn=None) -> list[float]:
     config = CollieConfig.load(None, ["train_micro_batch_size=2", "gradient_accumulation_steps=2", "max_steps=10",
                                       "logging=[]", "optimizer.lr=0.001", "optimizer.clip_grad_norm=1.0",
                                       "data.max_length=16", "param_dtype=float64", *overrides])
@@ -133,7 +147,7 @@ def run(model_dir: str, records: str, overrides: list[str], export: str = "") ->
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr, weight_decay=0.0)
     evaluator = EvaluatorForPerplexity(model, config, dataset[:6], {"ppl": PPLMetric()})
     trainer = Trainer(model, config, train_dataset=dataset, callbacks=[losses], optimizer=optimizer,
-                      evaluators=[evaluator])
+                      evaluators=[evaluator], loss_fn=loss_fn)
     trainer.train()
     if export:
         trainer.save_model(export)
@@ -164,6 +178,8 @@ def main() -> None:
                        else ()):
             results[f"{optimizer}/{layout}"] = run(model_dir, records, layouts[layout] + settings)
     if layouts is LAYOUTS:
+        for layout in USER_LOSS_LAYOUTS:
+            results[f"user_loss/{layout}"] = run(model_dir, records, layouts[layout], loss_fn=SmoothedLoss())
         for layout in FP32_LAYOUTS:
             results[f"fp32/{layout}"] = run(model_dir, records, layouts[layout] + [FP32])
         with fused_qkv_format():

@@ -28,7 +28,7 @@ def seed(tmp_path_factory):
     records = root / "records.json"
     records.write_text(json.dumps(RECORDS))
     import family_layouts
-    from layout_worker import EVALS, FP32, IN_BACKWARD, fused_qkv_format, run
+    from layout_worker import EVALS, FP32, IN_BACKWARD, SmoothedLoss, fused_qkv_format, run
 
     with fused_qkv_format():
         CollieModel.from_pretrained(model_dir).save_pretrained(model_dir + "_fused_qkv")
@@ -39,6 +39,7 @@ def seed(tmp_path_factory):
     for optimizer, settings in IN_BACKWARD.items():
         references[optimizer] = run(model_dir, str(records), ["dp_size=1", *settings])
     references["fp32"] = run(model_dir, str(records), ["dp_size=1", FP32])
+    references["user_loss"] = run(model_dir, str(records), ["dp_size=1"], loss_fn=SmoothedLoss())
     family_layouts.write_family_seeds(model_dir)
     family_layouts.write_family_records(str(records))
     for family in family_layouts.FAMILIES:
@@ -54,7 +55,7 @@ def _max_diff(values: list[float], reference: list[float]) -> float:
     return max(abs(a - b) for a, b in zip(values, reference))
 
 
-def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_layouts=()):
+def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_layouts=(), user_loss_layouts=()):
     import family_layouts
     from layout_worker import IN_BACKWARD
 
@@ -76,6 +77,11 @@ def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_lay
     # amplifies it in near-zero gradients, so parameters are compared in float64 above.
     for layout in fp32_layouts:
         assert _max_diff(losses.pop(f"fp32/{layout}"), references["fp32"]) <= 1e-4, layout
+    # A user's loss_fn is what the pipeline's last stage computes (its values differ from collie's).
+    for layout in user_loss_layouts:
+        values = losses.pop(f"user_loss/{layout}")
+        assert _max_diff(values, references["user_loss"]) <= TOLERANCE, layout
+        assert _max_diff(values, references["adamw"]) > 1e-3, layout
     # Loaded from a checkpoint that fuses q/k/v: split on load, each rank keeping its shards.
     for layout in fused_layouts:
         assert _max_diff(losses.pop(f"fused_qkv/{layout}"), references["adamw"]) <= TOLERANCE, layout
@@ -117,9 +123,9 @@ def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_lay
 
 
 def test_two_process_layouts_match_single_process(seed):
-    from layout_worker import FP32_LAYOUTS, FUSED_LAYOUTS, IN_BACKWARD_LAYOUTS, LAYOUTS
+    from layout_worker import FP32_LAYOUTS, FUSED_LAYOUTS, IN_BACKWARD_LAYOUTS, LAYOUTS, USER_LOSS_LAYOUTS
 
-    _check(seed, 2, LAYOUTS, IN_BACKWARD_LAYOUTS, FP32_LAYOUTS, FUSED_LAYOUTS)
+    _check(seed, 2, LAYOUTS, IN_BACKWARD_LAYOUTS, FP32_LAYOUTS, FUSED_LAYOUTS, USER_LOSS_LAYOUTS)
 
 
 def test_four_process_layouts_match_single_process(seed):
