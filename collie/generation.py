@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import torch
+import torch.distributed as dist
 
 from collie.dtypes import at_least_fp32
 from collie.tensors import whole
@@ -14,10 +15,14 @@ from collie.tensors import whole
 def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
              max_new_tokens: int = 32, do_sample: bool = False, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0, eos_token_id: Union[int, list[int], None] = None,
-             pad_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+             pad_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None,
+             stop_group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
     """Return prompt + generated ids, [batch, prompt_len + n]; rows that hit EOS are padded.
 
     Prompts in a batch must be left-padded (`attention_mask` marks real tokens), as with HF.
+    `stop_group`: ranks that must run as many forwards as each other (data-parallel ranks of a
+    sharded model, which gathers its weights in every forward); decoding stops when the rows of
+    every one of them have finished.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens: must be >= 1, got {max_new_tokens}")
@@ -42,13 +47,22 @@ def generate(model, input_ids: torch.Tensor, attention_mask: Optional[torch.Tens
             tokens.append(next_token[:, None])
             if len(eos):
                 finished |= torch.isin(next_token, eos)
-            if bool(finished.all()) or step == max_new_tokens - 1:
+            if step == max_new_tokens - 1 or finished_everywhere(finished, stop_group):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             logits = whole(model(next_token[:, None], attention_mask=mask, kv_cache=cache).logits)[:, -1]
     finally:
         model.train(was_training)
     return torch.cat(tokens, dim=1)
+
+
+def finished_everywhere(finished: torch.Tensor, group: Optional[dist.ProcessGroup]) -> bool:
+    """Whether every row has finished, on this rank and on every rank of `group`."""
+    if group is None:
+        return bool(finished.all())
+    unfinished = (~finished).sum().reshape(1)
+    dist.all_reduce(unfinished, group=group)
+    return int(unfinished.item()) == 0
 
 
 def choose_next(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,

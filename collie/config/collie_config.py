@@ -121,6 +121,7 @@ class CollieConfig:
         or a hub id in the local Hugging Face cache). As in CoLLiE, keyword arguments that are
         collie settings set them and the others set fields of the model config;
         `trust_remote_code` is accepted, and no checkpoint code is ever run."""
+        show_collie_logs()
         if kwargs.pop("trust_remote_code", False):
             log.info("trust_remote_code: collie reads every family with its own code and never runs a "
                      "checkpoint's Python files")

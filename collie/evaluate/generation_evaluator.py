@@ -15,6 +15,7 @@ from transformers import GenerationConfig
 from collie.evaluate.eval_items import generation_item
 from collie.evaluate.evaluators import Evaluator
 from collie.evaluate.metrics import BaseMetric
+from collie.generation import GenerationMixin
 from collie.tokenization import pad_token_id
 
 # The GenerationConfig fields collie's `generate` honours.
@@ -80,7 +81,7 @@ class EvaluatorForGeneration(Evaluator):
                 raise ValueError(f"generation_config.max_length {self.max_length} leaves no room after a prompt of "
                                  f"{input_ids.shape[1]} tokens; set max_new_tokens")
             settings = {**settings, "max_new_tokens": room}
-        out = self.model.generate(input_ids, attention_mask=mask, **settings)
+        out = self.model.generate(input_ids, attention_mask=mask, **settings, **self._in_step())
         preds = self.tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=self.skip_special_tokens)
         if "text" in batch:
             prompts = list(batch["text"])
@@ -88,6 +89,15 @@ class EvaluatorForGeneration(Evaluator):
             prompts = [self.tokenizer.decode(row[keep.bool()], skip_special_tokens=self.skip_special_tokens)
                        for row, keep in zip(batch["input_ids"], batch["attention_mask"])]
         return {"prompt": prompts, "pred": preds, "target": self._targets(batch.get("target"), len(preds))}
+
+    def _in_step(self) -> dict:
+        """What makes data-parallel ranks decode as many steps as each other (a sharded model's
+        forward is collective): collie's `stop_group`, or transformers' `synced_gpus` for a model
+        that runs as transformers' own class (data parallel only: its group is the world)."""
+        group = self.runtime.dp_group if self.runtime is not None else None
+        if group is None:
+            return {}
+        return {"stop_group": group} if isinstance(self.model, GenerationMixin) else {"synced_gpus": True}
 
     def _targets(self, targets, count: int) -> list:
         """Target texts; CoLLiE's token-id targets (a tensor or id lists) decoded."""

@@ -54,6 +54,28 @@ def training_collate(collate_fn: Optional[Callable], pipelined: bool) -> Optiona
     return collate_fn
 
 
+def optimizer_for_peft(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> int:
+    """Point an optimizer built on the model before the Trainer put PEFT on it at the parameters
+    that train. CoLLiE attached peft in `from_pretrained`, so its scripts build the optimizer
+    over `model.parameters()` (or those that require grad) next; here that list holds the base
+    parameters, frozen since, and not the adapters or the prompt. Its one parameter group takes
+    the trainable parameters, with its own settings; returns how many it gained (0: it had them)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [p for p in trainable if id(p) not in held]
+    if not missing:
+        return 0
+    if len(optimizer.param_groups) != 1:
+        raise ConfigError(f"optimizer: built before the Trainer added the PEFT parameters, with "
+                          f"{len(optimizer.param_groups)} parameter groups collie cannot place them in; give it one "
+                          "group, or leave it out and set config.optimizer")
+    if optimizer.state:
+        raise ConfigError("optimizer: it already has state for the base model's parameters, which PEFT freezes; "
+                          "create it before training starts or let the Trainer build it from config.optimizer")
+    optimizer.param_groups[0]["params"] = trainable
+    return len(missing)
+
+
 def check_io_options(process_exclusion: bool, options: dict) -> None:
     """CoLLiE's save/load options: `process_exclusion` (one process at a time, to bound memory)
     is what collie always does in effect — each rank writes or reads only its own shards — and

@@ -47,7 +47,13 @@ from collie.tokenization import pad_token_id
 from collie.trainer import checkpoint
 from collie.trainer.background_checkpoint import BackgroundWriter
 from collie.trainer.checkpoint_callbacks import CheckpointCallback
-from collie.trainer.collie_arguments import check_io_options, pipeline_loss, step_loss_fn, training_collate
+from collie.trainer.collie_arguments import (
+    check_io_options,
+    optimizer_for_peft,
+    pipeline_loss,
+    step_loss_fn,
+    training_collate,
+)
 from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class
 from collie.trainer.preemption import PreemptionWatch
 from collie.trainer.step_strategy import step_strategy, updates_in_backward
@@ -159,6 +165,11 @@ class Trainer:
         names = {id(p): name for name, p in model.named_parameters()}
         in_backward = updates_in_backward(optimizer if optimizer is not None
                                           else optimizer_class(self.config.optimizer.name))
+        if optimizer is not None and not in_backward and self.peft is not None:
+            gained = optimizer_for_peft(optimizer, model)
+            if gained and self.runtime.is_main:
+                log.info("optimizer: built before the Trainer put PEFT on the model; it trains the %d PEFT "
+                         "parameter(s) with its own settings, not the frozen base", gained)
         parallel = parallelize(model, self.spec, self.config, self.runtime,
                                weights_from=weights_source(model), replicate_wrapper=not in_backward)
         if optimizer is not None and not in_backward:

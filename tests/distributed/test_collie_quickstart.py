@@ -47,7 +47,7 @@ def test_the_seed_quickstart_trains_logs_to_ds_logs_and_answers_on_its_page(tmp_
     rows = list(csv.DictReader(open(metrics)))
     losses = [float(row["loss"]) for row in rows if row.get("loss")]
     assert len(losses) == 1760 // 16
-    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
+    assert sum(losses[-10:]) < 0.75 * sum(losses[:10])
     evaluated = [row for row in rows if row.get("ppl")]
     assert [int(row["step"]) for row in evaluated] == [100, 110]  # eval_per_n_steps=100 and the epoch's end
     # What collie changed or will not do is said once, on the main rank.

@@ -54,25 +54,26 @@ config.ds_config = {
 }
 
 # Merge the vocabulary: every piece of the Chinese SentencePiece model the tokenizer does not
-# already encode as one token becomes a token of its own.
+# already encode as one token becomes a token of its own (`expand_vocabulary` below).
 tokenizer = AutoTokenizer.from_pretrained(pretrained_model)
 chinese_sp_model = spm.SentencePieceProcessor(model_file="./chinese_sp.model")
 pieces = [chinese_sp_model.id_to_piece(i) for i in range(chinese_sp_model.get_piece_size())
           if not (chinese_sp_model.is_control(i) or chinese_sp_model.is_unknown(i) or chinese_sp_model.is_byte(i))]
 pieces = [piece.replace("▁", "") for piece in pieces if piece.replace("▁", "")]
 
-# Chinese text for further pre-training, 1% held out (CollieDatasetForTraining ends each text with eos).
-dataset = CollieDatasetForTraining([{"text": sample["text"]} for sample in load_dataset("json", data_files=data_files,
-                                                                                        split="train")],
-                                   tokenizer=tokenizer, shuffle=True, seed=42)
-ratio = 0.01
-eval_dataset, train_dataset = dataset[:max(1, int(len(dataset) * ratio))], dataset[max(1, int(len(dataset) * ratio)):]
-
-# The model grows with the tokenizer; only the embedding and the LM head train, so the new
-# tokens are learnt fast while the rest of the model stays as it was.
 model = LlamaForCausalLM.from_pretrained(pretrained_model, config=config)
-added = expand_vocabulary(model, tokenizer, pieces)
+added = expand_vocabulary(model, tokenizer, pieces)  # the tokenizer and the model's embedding and head grow together
 print(f"merged {added} pieces of chinese_sp.model: the vocabulary has {len(tokenizer)} tokens")
+
+# Chinese text for further pre-training, tokenized with the merged tokenizer, 1% held out
+# (CollieDatasetForTraining ends each text with eos).
+texts = [{"text": sample["text"]} for sample in load_dataset("json", data_files=data_files, split="train")]
+dataset = CollieDatasetForTraining(texts, tokenizer=tokenizer, shuffle=True, seed=42)
+held_out = max(1, int(len(dataset) * 0.01))
+eval_dataset, train_dataset = dataset[:held_out], dataset[held_out:]
+
+# Only the embedding and the LM head train: the new tokens are learnt fast while the rest of
+# the model stays as it was.
 for p in model.parameters():
     p.requires_grad = False
 if model.get_input_embedding()[1] is not None:
