@@ -31,7 +31,7 @@ class DashPage:
         app = dash.Dash(__name__, title="collie: talk to the model while it trains")
         d = self.defaults
         app.layout = html.Div([
-            html.H3(f"{self.model_name} — answers come from the weights being trained"),
+            html.H3(d.heading(self.model_name)),
             dcc.Textarea(id="prompt", style={"width": "100%", "height": 100}),
             html.Label("max tokens"), dcc.Input(id="max_tokens", type="number", value=d.max_tokens, min=1),
             html.Label("temperature (0: greedy)"), dcc.Input(id="temperature", type="number", value=d.temperature, min=0),

@@ -28,7 +28,7 @@ class GradioPage:
         import gradio as gr
 
         with gr.Blocks(title="collie: talk to the model while it trains", analytics_enabled=False) as demo:
-            gr.Markdown(f"### {self.model_name} — answers come from the weights being trained")
+            gr.Markdown(f"### {self.defaults.heading(self.model_name)}")
             prompt = gr.Textbox(label="Prompt", lines=4, elem_id="prompt")
             with gr.Row():
                 max_tokens = gr.Slider(1, 512, value=self.defaults.max_tokens, step=1, label="max tokens")

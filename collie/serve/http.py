@@ -4,6 +4,7 @@ the model id clients ask for, and the context a served model answers within."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from typing import Optional
@@ -35,8 +36,18 @@ def start_in_background(server: uvicorn.Server, setting: str, timeout_s: float =
 
 
 def model_name(source: str, given: Optional[str]) -> str:
-    """The model id clients ask for: `given`, else the directory's (or URL's) last part."""
-    return given or os.path.basename(os.path.normpath(source.split("://", 1)[-1])) or "model"
+    """The model id clients ask for: `given`, else the hub id of a Hugging Face cache snapshot
+    (`…/models--org--name/snapshots/<revision>` → `org/name`), else the directory's (or URL's)
+    last part."""
+    if given:
+        return given
+    cached = _HUB_SNAPSHOT.search(source)
+    if cached:
+        return cached.group(1).replace("--", "/")
+    return os.path.basename(os.path.normpath(source.split("://", 1)[-1])) or "model"
+
+
+_HUB_SNAPSHOT = re.compile(r"models--([^/]+?)/snapshots/[^/]+/?$")
 
 
 def context_length(dims, tokenizer, model: nn.Module) -> int:

@@ -10,10 +10,15 @@ import httpx
 
 @dataclass
 class PageDefaults:
-    """The settings a page opens with (CoLLiE's providers take them from a GenerationConfig)."""
+    """The settings a page opens with (CoLLiE's providers take them from a GenerationConfig), and
+    whether the model it talks to is being trained."""
     max_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
+    while_training: bool = True
+
+    def heading(self, model_name: str) -> str:
+        return f"{model_name} — answers come from the weights being trained" if self.while_training else model_name
 
 
 def ask_endpoint(api_url: str, model_name: str, prompt: str, max_tokens: float, temperature: float,

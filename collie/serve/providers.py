@@ -52,7 +52,7 @@ class BaseProvider:
                             temperature=float(get("temperature", 1.0) or 0.0) if sampled else 0.0,
                             top_p=float(get("top_p", 1.0) or 1.0) if sampled else 1.0)
 
-    def page(self, host: str) -> Callable[[str, str], object]:
+    def page(self, host: str, while_training: bool = True) -> Callable[[str, str], object]:
         """What makes this provider's page from the endpoint's URL and the model's name."""
         if self.page_class is None:
             raise ConfigError(f"{type(self).__name__}: collie answers prompts through its OpenAI endpoint "
@@ -61,6 +61,7 @@ class BaseProvider:
         if self.stream:
             log.info("%s: stream=True — the page shows each answer when it is complete", type(self).__name__)
         page_class, port, defaults = self.page_class, self.port, self.page_defaults()
+        defaults.while_training = while_training
         return lambda api_url, name: page_class(api_url, name, port=port, host=host, defaults=defaults)
 
     def serve_callback(self, serve: ServeSection) -> ServeCallback:
@@ -102,7 +103,7 @@ class Server:
         name = model_name(getattr(self.model, "source", None) or "model", None)
         served = ServedModel(name, tokenizer, context_length(dims, tokenizer, self.model))
         serve_until_stopped(self.model, tokenizer, contextlib.nullcontext, served, self.host,
-                            self.port or free_port(self.host), page=self.data_provider.page(self.host))
+                            self.port or free_port(self.host), page=self.data_provider.page(self.host, while_training=False))
 
 
 def free_port(host: str) -> int:

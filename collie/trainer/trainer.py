@@ -165,7 +165,7 @@ class Trainer:
         names = {id(p): name for name, p in model.named_parameters()}
         in_backward = updates_in_backward(optimizer if optimizer is not None
                                           else optimizer_class(self.config.optimizer.name))
-        if False and optimizer is not None and not in_backward and self.peft is not None:
+        if optimizer is not None and not in_backward and self.peft is not None:
             gained = optimizer_for_peft(optimizer, model)
             if gained and self.runtime.is_main:
                 log.info("optimizer: built before the Trainer put PEFT on the model; it trains the %d PEFT "

@@ -13,6 +13,7 @@ from collie.data import CollieDatasetForTraining
 from collie.metrics import PPLMetric
 from collie.models.base import load_tokenizer
 from collie.module import GPTLMLoss
+from collie.serve.http import model_name
 from collie.utils import BaseProvider, DashProvider, GradioProvider
 
 SAMPLES = [torch.tensor([(7 * i + 3 * j) % 200 + 1 for j in range(8 + i % 5)]) for i in range(16)]
@@ -114,3 +115,8 @@ def test_providers_and_servers_need_what_they_serve():
     config = _config(max_steps=1)
     with pytest.raises(ConfigError, match="BaseProvider: collie answers prompts through its OpenAI endpoint"):
         Trainer(_model(config), config, train_dataset=RAW, data_provider=BaseProvider())
+
+
+def test_a_model_from_the_hub_cache_is_served_under_its_hub_id():
+    assert model_name("/cache/hub/models--fnlp--moss-moon-003-sft/snapshots/" + "0" * 40, None) == "fnlp/moss-moon-003-sft"
+    assert model_name("/models/tiny", None) == "tiny" and model_name("/models/tiny", "mine") == "mine"
