@@ -22,3 +22,5 @@ def show_collie_logs() -> None:
         handler.setLevel(logging.WARNING)  # the other ranks say only what went wrong
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    # A library that configures the root logger later (some do on import) must not print them twice.
+    logger.propagate = False

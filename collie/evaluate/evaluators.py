@@ -11,6 +11,7 @@ raw tensors, and CoLLiE's `eval(dataloader)`, which returns `{"<metric>#<key>": 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any, Callable, ContextManager, Iterable, Iterator, Optional
 
 import torch
@@ -127,16 +128,18 @@ class Evaluator:
         self.model.eval()
         try:
             with torch.no_grad(), self.forward_context():
-                for batch in batches:
+                fill = (self.prepare([self.dataset[0]]) for _ in range(fillers))
+                for batch, filler in itertools.chain(((b, False) for b in batches), ((b, True) for b in fill)):
                     result = self.eval_fn(self, batch)
                     if not isinstance(result, dict):
                         raise TypeError(f"{self.name}: eval_fn returned {type(result).__name__}; "
                                         "the metrics need a dict")
                     for metric in self.metrics.values():
-                        gathers = getattr(metric, "gather_result", False) and not getattr(metric, "combines_ranks", True)
-                        metric.update(metric.gather(result) if gathers else result)
-                for _ in range(fillers):
-                    self.eval_fn(self, self.prepare([self.dataset[0]]))
+                        if getattr(metric, "gather_result", False) and not getattr(metric, "combines_ranks", True):
+                            # Every rank joins the gather; a filler batch adds nothing to it.
+                            metric.update(metric.gather(_emptied(result) if filler else result))
+                        elif not filler:
+                            metric.update(result)
         finally:
             self.model.train(was_training)
         results = {}
@@ -197,3 +200,9 @@ class EvaluatorForPerplexity(Evaluator):
         batch_ppl = torch.exp(torch.as_tensor(nll_sum, dtype=torch.float64).detach().cpu() / tokens) if tokens \
             else torch.tensor(float("nan"), dtype=torch.float64)
         return {"nll_sum": nll_sum, "tokens": tokens, "ppl": batch_ppl.reshape(1)}
+
+
+def _emptied(result: dict) -> dict:
+    """A batch result with no rows (tensors and lists cut to length 0), for a filler batch."""
+    return {key: value[:0] if torch.is_tensor(value) and value.dim() > 0 or isinstance(value, (list, tuple)) else value
+            for key, value in result.items()}

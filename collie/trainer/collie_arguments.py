@@ -72,7 +72,7 @@ def optimizer_for_peft(optimizer: torch.optim.Optimizer, model: torch.nn.Module)
     if optimizer.state:
         raise ConfigError("optimizer: it already has state for the base model's parameters, which PEFT freezes; "
                           "create it before training starts or let the Trainer build it from config.optimizer")
-    pass  # BROKEN
+    optimizer.param_groups[0]["params"] = trainable
     return len(missing)
 
 

@@ -109,6 +109,11 @@ class Trainer:
             self.sampler = GlobalBatchSampler(len(train_dataset), config.train_micro_batch_size,
                                               config.gradient_accumulation_steps, self.runtime.dp_size,
                                               self.runtime.dp_rank, config.seed, shuffle=config.data.shuffle)
+            left_out = len(train_dataset) % self.sampler.global_batch_size
+            if left_out and self.runtime.is_main:
+                log.info("%d of %d samples do not fill a last global batch of %d and sit out each epoch (%s)", left_out,
+                         len(train_dataset), self.sampler.global_batch_size,
+                         "different ones each epoch" if config.data.shuffle else "the last ones")
         self.total_steps = self._total_steps()
         self.optimizer = optimizer or build_optimizer(self.model, config.optimizer)
         if getattr(self.optimizer, "hessian_update_interval", 0):

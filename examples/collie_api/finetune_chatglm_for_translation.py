@@ -25,13 +25,23 @@ import os
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
-from collie.config import CollieConfig
-from collie.controller.evaluator import EvaluatorForGeneration, EvaluatorForPerplexity
-from collie.controller.trainer import Trainer
-from collie.data import CollieDatasetForGeneration, CollieDatasetForTraining
-from collie.metrics import BleuMetric, DecodeMetric, PPLMetric
-from collie.models.chatglm import ChatGLMForCausalLM
-from collie.utils.monitor import EvalMonitor, LossMonitor, LRMonitor, MemoryMonitor, TGSMonitor
+from collie import (
+    BleuMetric,
+    ChatGLMForCausalLM,
+    CollieConfig,
+    CollieDatasetForGeneration,
+    CollieDatasetForTraining,
+    DecodeMetric,
+    EvalMonitor,
+    EvaluatorForGeneration,
+    EvaluatorForPerplexity,
+    LossMonitor,
+    LRMonitor,
+    MemoryMonitor,
+    PPLMetric,
+    TGSMonitor,
+    Trainer,
+)
 
 pretrained_model = "THUDM/chatglm-6b"
 PAIRS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "translation", "fixture.jsonl")

@@ -1,8 +1,9 @@
 """IMDB sentiment with LLaMA, in CoLLiE's own API, running on collie: 4-way data parallel under
 ZeRO-3 with fp16 (DeepSpeed-style settings), AdamW with a cosine schedule, trained as a completion
-("... The sentiment of this comment is: positive."), and evaluated every few hundred steps two
-ways: perplexity on held-out reviews, and accuracy of choosing the likelier of the two answers.
-The monitors' columns and the evaluators' results go to a CSV file under ./ds_logs/.
+("... The sentiment of this comment is: positive."), and evaluated every 300 steps and at the end
+of each epoch two ways: perplexity on held-out reviews, and accuracy of choosing the likelier of
+the two answers. The monitors' columns and the evaluators' results go to a CSV file under
+./ds_logs/.
 
     torchrun --nproc_per_node=4 examples/collie_api/finetune_llama_for_classification.py
 
@@ -19,13 +20,22 @@ import os
 import torch
 from transformers import AutoTokenizer
 
-from collie.config import CollieConfig
-from collie.controller.evaluator import EvaluatorForClassfication, EvaluatorForPerplexity
-from collie.controller.trainer import Trainer
-from collie.data import CollieDatasetForClassification, CollieDatasetForTraining
-from collie.metrics import AccuracyMetric, PPLMetric
-from collie.models.llama import LlamaForCausalLM
-from collie.utils.monitor import EvalMonitor, LossMonitor, LRMonitor, MemoryMonitor, TGSMonitor
+from collie import (
+    AccuracyMetric,
+    CollieConfig,
+    CollieDatasetForClassification,
+    CollieDatasetForTraining,
+    EvalMonitor,
+    EvaluatorForClassfication,
+    EvaluatorForPerplexity,
+    LlamaForCausalLM,
+    LossMonitor,
+    LRMonitor,
+    MemoryMonitor,
+    PPLMetric,
+    TGSMonitor,
+    Trainer,
+)
 
 pretrained_model = "decapoda-research/llama-7b-hf"
 IMDB_ROWS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "classification", "fixture.jsonl")

@@ -21,12 +21,20 @@ import os
 import torch
 from transformers import AutoTokenizer, GenerationConfig
 
-from collie.config import CollieConfig
-from collie.controller import EvaluatorForGeneration, Trainer
-from collie.data import CollieDatasetForGeneration, CollieDatasetForTraining
+from collie import (
+    CollieConfig,
+    CollieDatasetForGeneration,
+    CollieDatasetForTraining,
+    EvalMonitor,
+    EvaluatorForGeneration,
+    LlamaForCausalLM,
+    LossMonitor,
+    LRMonitor,
+    MemoryMonitor,
+    TGSMonitor,
+)
+from collie.controller import Trainer
 from collie.metrics import RougeMetric
-from collie.models.llama import LlamaForCausalLM
-from collie.utils.monitor import EvalMonitor, LossMonitor, LRMonitor, MemoryMonitor, TGSMonitor
 
 SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "summarization", "fixture.jsonl")
 

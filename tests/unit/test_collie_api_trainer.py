@@ -120,3 +120,11 @@ def test_providers_and_servers_need_what_they_serve():
 def test_a_model_from_the_hub_cache_is_served_under_its_hub_id():
     assert model_name("/cache/hub/models--fnlp--moss-moon-003-sft/snapshots/" + "0" * 40, None) == "fnlp/moss-moon-003-sft"
     assert model_name("/models/tiny", None) == "tiny" and model_name("/models/tiny", "mine") == "mine"
+
+
+def test_samples_that_do_not_fill_the_last_global_batch_are_named(caplog):
+    config = _config(max_steps=1)  # a global batch of 4 × 1 × 1 over 14 samples
+    with caplog.at_level("INFO", logger="collie"):
+        Trainer(_model(config), config, train_dataset=RAW[:14])
+    assert "2 of 14 samples do not fill a last global batch of 4 and sit out each epoch (different ones each epoch)" \
+        in caplog.text
