@@ -18,6 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "collie", "assets", "tokenizer")
 VOCAB = 4096
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
+# The chat template (`/v1/chat/completions`, chat records): the quickstart's own format, so a model
+# tuned on its input/output records answers a chat in the words it learned —
+#   <s>{system}\nQuestion: {user}\nAnswer: {assistant}</s>\nQuestion: {user}\nAnswer: <generation>
+CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}"
+                 "{% if message['role'] == 'user' %}{{ 'Question: ' + message['content'] + '\\n' }}"
+                 "{% elif message['role'] == 'assistant' %}{{ 'Answer: ' + message['content'] + eos_token + '\\n' }}"
+                 "{% else %}{{ message['content'] + '\\n' }}{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ 'Answer: ' }}{% endif %}")
 
 
 def corpus():
@@ -40,6 +48,7 @@ def main() -> None:
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>", pad_token="<pad>")
+    fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(OUT)
     print(f"wrote {OUT} ({len(fast)} tokens)")
 

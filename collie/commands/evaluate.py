@@ -8,6 +8,7 @@ import json
 import os
 
 from collie import storage
+from collie.commands.paths import check_model_dir, check_writable_file
 from collie.config import CollieConfig, ConfigError
 from collie.evaluate.configured import configured_evaluators
 from collie.evaluate.results import evaluate_all, sample_lines
@@ -34,6 +35,8 @@ def run_eval(source: str, config_path: str, overrides: list[str], out: str) -> d
     config.validate()
     if not config.data.eval_file:
         raise ConfigError("data.eval_file: `collie eval` needs an evaluation file (.json or .jsonl)")
+    check_writable_file(out, "--out")
+    check_model_dir(source)
     source = storage.local_copy(source)
     if is_adapter_dir(source):
         raise ConfigError(f"{source}: peft adapters; evaluate their merged model "

@@ -12,9 +12,10 @@ import logging
 
 from collie.config import CollieConfig
 from collie.inference import load_for_inference
+from collie.launch_env import read_launch_env
 from collie.models.registry import spec_for
 from collie.serve.app import ServedModel
-from collie.serve.http import context_length, model_name
+from collie.serve.http import check_port, context_length, listening_socket, model_name
 from collie.serve.standalone import serve_until_stopped
 
 log = logging.getLogger("collie")
@@ -27,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an HF model directory, a collie checkpoint, peft adapters, or their URL")
     parser.add_argument("overrides", nargs="*", help="config overrides: tp_size=2 param_dtype=bfloat16 …")
     parser.add_argument("--config", help="a collie YAML config (layout, dtypes, tokenizer)")
+    parser.add_argument("--base", metavar="DIR",
+                        help="for adapters: their base model directory (default: the one they record)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model-name", help="the model id clients ask for (default: the directory's name)")
@@ -39,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     if min(args.max_batch_size, args.max_queue, args.default_max_tokens) < 1:
         raise ValueError("--max-batch-size, --max-queue and --default-max-tokens: must be at least 1")
+    check_port(args.port, "--port")
+    if read_launch_env().get("RANK", "0") == "0":
+        # The port is tried before the model loads: a taken one fails now, not after a long load.
+        listening_socket(args.host, args.port, "--port").close()
     config = CollieConfig.load(args.config, args.overrides)
     config.validate()
     loaded = load_for_inference(args.model, config)

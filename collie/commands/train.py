@@ -10,6 +10,7 @@ import socket
 import torch.distributed as dist
 
 from collie import storage
+from collie.commands.paths import check_model_dir
 from collie.config import CollieConfig, ConfigError
 from collie.data import CollieDatasetForTraining
 from collie.data.packing import PackedDataset
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError("output_dir: `collie train` needs an output directory")
     if not config.data.train_file:
         raise ConfigError("data.train_file: `collie train` needs a training file (.json or .jsonl)")
+    if config.model:
+        check_model_dir(config.model)
     env = init_distributed(config.dist_timeout_s)
     ensure_writable(config.output_dir)
     if not config.model:
@@ -50,8 +53,11 @@ def run(args: argparse.Namespace) -> None:
         storage.write_text(os.path.join(config.output_dir, "config.yaml"), config.to_yaml())
     trainer = Trainer(model, config, train_dataset=train_ds, evaluators=evaluators, tokenizer=tokenizer)
     trainer.train()
+    final = os.path.join(config.output_dir, "final")
+    if trainer.already_trained and storage.isdir(final) and storage.listdir(final):
+        return  # a finished run run again: train() said so, and its final/ stays as it is
     if not trainer.preempted:  # a preempted run resumes from its checkpoint instead
-        trainer.save_model(os.path.join(config.output_dir, "final"))
+        trainer.save_model(final)
 
 
 def seed_checkpoint(config: CollieConfig, env: DistEnv) -> str:

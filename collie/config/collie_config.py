@@ -140,10 +140,7 @@ class CollieConfig:
         layers = [OmegaConf.structured(cls)]
         try:
             if yaml_path is not None:
-                if not os.path.isfile(yaml_path):
-                    raise ConfigError(f"config file not found: {yaml_path}")
-                with open(yaml_path) as f:
-                    data = yaml.safe_load(f) or {}
+                data = _read_yaml(yaml_path)
                 if not isinstance(data, dict):
                     raise ConfigError(f"{yaml_path}: expected a mapping of config keys at the top level")
                 layers.append(OmegaConf.create(sectioned(data, yaml_path)))
@@ -201,9 +198,10 @@ class CollieConfig:
         for name in ("tp_size", "pp_size", "pp_virtual_stages", "train_micro_batch_size", "gradient_accumulation_steps",
                      "eval_batch_size", "train_epochs", "log_every_n_steps"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("max_steps", "eval_per_n_steps", "eval_per_n_epochs", "checkpoint_every_n_steps",
-                     "max_to_keep"):
+        for name in ("eval_per_n_steps", "eval_per_n_epochs", "checkpoint_every_n_steps", "max_to_keep"):
             _at_least(name, getattr(self, name), 0)
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps: must be >= 1; leave it out to train train_epochs (got {self.max_steps})")
         if self.dp_size is not None:
             _at_least("dp_size", self.dp_size, 1)
         if self.dist_timeout_s is not None and self.dist_timeout_s <= 0:
@@ -257,6 +255,27 @@ class CollieConfig:
     def resolve_dp_size(self, world_size: int) -> int:
         """The data-parallel size for `world_size` processes; infers it when unset."""
         return Layout.build(self, world_size).dp
+
+
+def _read_yaml(path: str) -> Any:
+    """A YAML file's data; a file that is missing, not UTF-8 or not YAML is one line naming it (and
+    the line where parsing stopped)."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: a directory, not a config file")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return yaml.safe_load(raw.decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = ": ".join(str(part) for part in (getattr(e, "context", None), getattr(e, "problem", None)) if part)
+        raise ConfigError(f"{where}: malformed YAML ({problem or type(e).__name__})") from None
 
 
 def _init_method_name(value: Any) -> Any:

@@ -86,8 +86,8 @@ class TrainSection:
     seed: int = 42
     output_dir: Optional[str] = None
     train_epochs: int = 1
-    # > 0: train exactly this many optimizer steps, however many epochs that takes.
-    max_steps: int = 0
+    # Set: train exactly this many optimizer steps, however many epochs that takes (None: train_epochs).
+    max_steps: Optional[int] = None
     train_micro_batch_size: int = 1
     gradient_accumulation_steps: int = 1
     eval_batch_size: int = 1

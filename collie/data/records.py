@@ -29,11 +29,26 @@ def load_records(source: RecordSource) -> tuple[list[dict], list[str]]:
     return records, origins
 
 
-def _read_file(path: str) -> tuple[list[dict], list[str]]:
+def read_text_file(path: str, what: str = "data file") -> str:
+    """A UTF-8 text file's contents (newlines as Python's text mode reads them); a missing file, a
+    directory or bytes that are not UTF-8 are one line naming the file."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: a directory, not a {what}")
     if not os.path.isfile(path):
-        raise DataError(f"{path}: data file not found")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+        raise DataError(f"{path}: {what} not found")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: the {what} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                        "save it as UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read_file(path: str) -> tuple[list[dict], list[str]]:
+    text = read_text_file(path)
     if path.endswith(".jsonl"):
         records, origins = [], []
         for number, line in enumerate(text.splitlines(), start=1):

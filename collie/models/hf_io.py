@@ -6,11 +6,14 @@ what lets a 7B export run on a machine that could not hold a second copy of the 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from typing import Iterable, Iterator
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from collie.dtypes import SAFETENSORS_DTYPES
@@ -100,6 +103,17 @@ def _read_into(f, buffer, file: str) -> None:
         done += n
 
 
+def write_safetensors(tensors: dict[str, torch.Tensor], file: str) -> None:
+    """safetensors' save_file, whose I/O failures (a full disk) become the OSError they are:
+    safetensors reports them as its own error with the OS's number in the message."""
+    try:
+        save_file(tensors, file, metadata={"format": "pt"})
+    except SafetensorError as e:
+        number = re.search(r"os error (\d+)", str(e))
+        code = int(number.group(1)) if number else errno.EIO
+        raise OSError(code, os.strerror(code), file) from e
+
+
 def save_hf_tensors(path: str, named_tensors: Iterable[tuple[str, torch.Tensor]],
                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> list[str]:
     """Write tensors as safetensors shards (with an index when there is more than one)."""
@@ -113,7 +127,7 @@ def save_hf_tensors(path: str, named_tensors: Iterable[tuple[str, torch.Tensor]]
         nonlocal current, current_bytes
         if current:
             name = f".shard-{len(shards) + 1:05d}.tmp"
-            save_file(current, os.path.join(path, name), metadata={"format": "pt"})
+            write_safetensors(current, os.path.join(path, name))
             shards.append({key: name for key in current})
             current, current_bytes = {}, 0
 

@@ -4,9 +4,8 @@ every checkpoint and at the end of the run (matplotlib, no display needed)."""
 from __future__ import annotations
 
 import math
-import os
 
-from collie.monitors.sinks import Sink
+from collie.monitors.sinks import Sink, replace_whole
 
 # Columns that are not curves worth a panel.
 _SKIP = {"step", "epoch", "lr", "tokens", "step_time_s", "tgs", "mfu", "mem_peak_gib", "mem_run_peak_gib"}
@@ -61,7 +60,8 @@ class LossCurveSink(Sink):
             axis.grid(alpha=0.3)
         axes[-1, 0].set_xlabel("step")
         fig.tight_layout()
-        tmp = self.path + ".tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, self.path)
+        try:
+            # The temporary name ends in .png: matplotlib picks the format from it.
+            replace_whole(self.path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".tmp.png")
+        finally:
+            plt.close(fig)

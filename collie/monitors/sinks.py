@@ -3,12 +3,45 @@ their own modules). Rank 0 only."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import io
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+def replace_whole(path: str, write: Callable[[str], None], suffix: str = ".tmp") -> None:
+    """Write `path` through `write(temporary name)` and a rename. A write that fails (a full disk)
+    removes the temporary file and raises an OSError naming `path`; the previous file stays whole."""
+    tmp = path + suffix
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise OSError(e.errno, e.strerror or str(e), path) from e
+
+
+def append_whole(path: str, text: str) -> None:
+    """Append `text` to `path` all or nothing: a write that fails or stops short (a full disk) is
+    cut back off, and an OSError names `path`; a reader never sees half a row."""
+    data = text.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise OSError(e.errno, e.strerror or str(e), path) from e
+    finally:
+        os.close(fd)
 
 
 class Sink:
@@ -33,7 +66,7 @@ class CSVSink(Sink):
         self.columns: list[str] = []
         self.rows: list[dict] = []
         if resume and os.path.isfile(path):
-            with open(path, newline="") as f:
+            with open(path, newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
                 self.columns = list(reader.fieldnames or [])
                 self.rows = list(reader)
@@ -45,8 +78,9 @@ class CSVSink(Sink):
             self.columns += new
             self._rewrite()
         else:
-            with open(self.path, "a", newline="") as f:
-                csv.DictWriter(f, self.columns).writerow(row)
+            line = io.StringIO(newline="")
+            csv.DictWriter(line, self.columns).writerow(row)
+            append_whole(self.path, line.getvalue())
 
     def truncate_after(self, step: int) -> None:
         """Drop rows past `step` (a resumed run redoes them)."""
@@ -54,12 +88,13 @@ class CSVSink(Sink):
         self._rewrite()
 
     def _rewrite(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, self.columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+
+        replace_whole(self.path, write)
 
 
 class TensorBoardSink(Sink):

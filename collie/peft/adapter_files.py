@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from collie import storage
 from collie.config import ConfigError
 from collie.config.peft_settings import LoraSettings, from_peft_config
 from collie.peft.lora import adapter_modules, hf_module_names
@@ -36,6 +37,14 @@ Ranks = dict[str, tuple[int, float]]
 
 def is_adapter_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG_FILE))
+
+
+def base_model_record(base_model: Optional[str]) -> Optional[str]:
+    """The base model as adapters record it: a local directory by its absolute path (a relative
+    one names another directory wherever the adapters are read from); a URL or hub id as given."""
+    if base_model is None or storage.is_url(base_model) or not os.path.exists(storage.local_form(base_model)):
+        return base_model
+    return os.path.abspath(storage.local_form(base_model))
 
 
 def gather_adapters(module: torch.nn.Module, runtime) -> dict[str, torch.Tensor]:
@@ -87,7 +96,8 @@ def write_adapter(path: str, tensors: dict[str, torch.Tensor], ranks: Ranks, set
     os.makedirs(path, exist_ok=True)
     save_file(out, os.path.join(path, WEIGHTS_FILE), metadata={"format": "pt"})
     written = sorted({name[len(_PREFIX):-len(".lora_A.weight")] for name in out if name.endswith("lora_A.weight")})
-    peft_config = settings.to_peft(_target_names(written, set(hf_of.values())), base_model, rank_pattern, alpha_pattern)
+    peft_config = settings.to_peft(_target_names(written, set(hf_of.values())), base_model_record(base_model),
+                                   rank_pattern, alpha_pattern)
     peft_config.save_pretrained(path)
 
 
@@ -140,6 +150,7 @@ def load_adapter_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tenso
 
 
 def write_checkpoint_record(path: str, record: dict) -> None:
+    record = {**record, "base_model": base_model_record(record.get("base_model"))}
     with open(os.path.join(path, CHECKPOINT_RECORD), "w") as f:
         json.dump(record, f, indent=2)
 

@@ -9,6 +9,7 @@ transformers does). Each matmul dequantizes its weight to the activations' dtype
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -16,6 +17,17 @@ from torch import nn
 
 from collie.config import ConfigError
 from collie.models.layers import cast_linear
+
+
+def _not_cpu_kernel_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
+
+
+# Importing bitsandbytes (peft does so too, in every LoRA run) on a CPU with AVX512-BF16 logs a
+# warning that its optional hub kernel could not be fetched; it then uses its built-in one. It
+# says nothing about the run, so that one message is dropped (a filter on its logger, set before
+# any import of bitsandbytes: collie's commands import this module first).
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_not_cpu_kernel_notice)
 
 
 def require_backend(device: torch.device) -> None:

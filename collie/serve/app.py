@@ -7,15 +7,23 @@ import asyncio
 import json
 import time
 import uuid
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Optional, Union
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from collie.serve.engine import Engine, Event, Job, Overloaded
-from collie.serve.protocol import APIError, ChatRequest, CompletionRequest, check_sampling, parse, rows_for
+from collie.serve.protocol import (
+    APIError,
+    ChatRequest,
+    CompletionRequest,
+    check_content_type,
+    check_sampling,
+    check_token_ids,
+    parse,
+    rows_for,
+)
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to what fits
 
@@ -29,8 +37,11 @@ class ServedModel:
         # a batch is sized by its longest budget, so "the whole context" is not the default.
         self.default_max_tokens = default_max_tokens
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+    def encode(self, prompt: Union[str, list[int]]) -> list[int]:
+        """A text's token ids; a prompt given as token ids (as OpenAI's API takes them) as it is."""
+        if isinstance(prompt, list):
+            return check_token_ids(prompt, len(self.tokenizer))
+        return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
     def chat_prompt(self, request: ChatRequest) -> list[int]:
         if not getattr(self.tokenizer, "chat_template", None):
@@ -39,7 +50,11 @@ class ServedModel:
         if not request.messages:
             raise APIError(400, "messages: must not be empty", "messages")
         turns = [{"role": m.role, "content": m.text()} for m in request.messages]
-        text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        try:
+            text = self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # the template is the model's code: it refuses what it cannot render, its own way
+            raise APIError(400, f"messages: the model's chat template could not render them ({type(e).__name__}: "
+                                f"{e})", "messages") from None
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -51,9 +66,10 @@ def build_app(engine: Engine, served: ServedModel) -> FastAPI:
     async def api_error(_request, error: APIError):
         return JSONResponse(error.body(), status_code=error.status)
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_request, error: RequestValidationError):
-        return JSONResponse(APIError(400, str(error.errors()[0].get("msg", "invalid request"))).body(), status_code=400)
+    @app.exception_handler(Exception)
+    async def server_error(_request, error: Exception):  # a bug, still answered in OpenAI's shape
+        message = f"the server failed: {type(error).__name__}: {error}"
+        return JSONResponse(APIError(500, message, kind="server_error").body(), status_code=500)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request, error: HTTPException):
@@ -73,18 +89,20 @@ def build_app(engine: Engine, served: ServedModel) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        check_content_type(request.headers.get("content-type"))
         body = parse(await request.body(), CompletionRequest)
         _check_model(body.model, served)
         check_sampling(body, engine.max_batch_size)
-        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not texts:
+        given = body.prompts()
+        if not given:
             raise APIError(400, "prompt: must not be empty", "prompt")
-        prompts = [served.encode(text) for text in texts]
+        prompts = [served.encode(prompt) for prompt in given]
         rows = rows_for(body, prompts, served.context_length, engine.max_batch_size, COMPLETIONS_DEFAULT_MAX_TOKENS)
         return await _answer(engine, served, body, rows, chat=False, request=request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        check_content_type(request.headers.get("content-type"))
         body = parse(await request.body(), ChatRequest)
         _check_model(body.model, served)
         check_sampling(body, engine.max_batch_size)
@@ -111,7 +129,7 @@ async def _answer(engine: Engine, served: ServedModel, body, rows, chat: bool, r
         raise APIError(503, str(e), kind="server_overloaded", code="server_overloaded") from None
     answer = _Answer(served.name, len(rows), chat, body.n)
     if body.stream:
-        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
         return StreamingResponse(answer.stream(job, events, include_usage), media_type="text/event-stream")
     try:
         checked = loop.time()

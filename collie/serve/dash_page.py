@@ -8,7 +8,7 @@ import threading
 from typing import Optional
 
 from collie.config import ConfigError
-from collie.serve.page_client import PageDefaults, ask_endpoint
+from collie.serve.page_client import PageDefaults, QuietRequestsTo, ask_endpoint, page_urls
 
 log = logging.getLogger("collie")
 
@@ -20,6 +20,7 @@ class DashPage:
         self.defaults = defaults or PageDefaults()
         self._server = None
         self._thread: Optional[threading.Thread] = None
+        self.quiet = QuietRequestsTo(*page_urls(self.api_url, host, port))
 
     def build(self):
         try:  # optional: only this page needs Dash
@@ -56,6 +57,7 @@ class DashPage:
         self._server = make_server(self.host, self.port, app.server, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="dash-page", daemon=True)
         self._thread.start()
+        logging.getLogger("httpx").addFilter(self.quiet)
         log.info("Dash page at http://%s:%d", self.host, self.port)
 
     def stop(self) -> None:
@@ -63,6 +65,7 @@ class DashPage:
             self._server.shutdown()
             self._thread.join(timeout=30)
             self._server = None
+        logging.getLogger("httpx").removeFilter(self.quiet)
 
     @property
     def url(self) -> Optional[str]:

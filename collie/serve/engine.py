@@ -28,6 +28,11 @@ from collie.tokenization import pad_token_id
 log = logging.getLogger("collie")
 
 
+# Below this temperature sampling is greedy (its limit): dividing logits by 1e-300 overflows to inf,
+# and the probabilities become NaN.
+GREEDY_BELOW = 1e-6
+
+
 class Overloaded(RuntimeError):
     """The queue is full: the request is refused at once (HTTP 503)."""
 
@@ -76,7 +81,7 @@ class _Row:
 
     def choose(self, logits: torch.Tensor) -> int:
         s = self.settings
-        if s.temperature <= 0:
+        if s.temperature < GREEDY_BELOW:
             return int(logits.argmax())
         # Sampled on the CPU with a CPU generator: a seed gives the same text on any device.
         return int(choose_next(logits[None].cpu(), True, s.temperature, 0, s.top_p, self.generator))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from collie.serve.page_client import PageDefaults, ask_endpoint
+from collie.serve.page_client import PageDefaults, QuietRequestsTo, ask_endpoint, page_urls
 
 log = logging.getLogger("collie")
 
@@ -20,6 +20,7 @@ class GradioPage:
         self.api_url, self.model_name, self.port, self.host = api_url.rstrip("/"), model_name, port, host
         self.defaults = defaults or PageDefaults()
         self.demo = None
+        self.quiet = QuietRequestsTo(*page_urls(self.api_url, host, port))
 
     def answer(self, prompt: str, max_tokens: float, temperature: float, top_p: float) -> tuple[str, str]:
         return ask_endpoint(self.api_url, self.model_name, prompt, max_tokens, temperature, top_p)
@@ -42,6 +43,7 @@ class GradioPage:
 
     def start(self) -> None:
         self.demo = self.build()
+        logging.getLogger("httpx").addFilter(self.quiet)
         self.demo.queue()
         self.demo.launch(server_name=self.host, server_port=self.port, share=False, prevent_thread_lock=True,
                          quiet=True, show_error=True)
@@ -51,6 +53,7 @@ class GradioPage:
         if self.demo is not None:
             self.demo.close()
             self.demo = None
+        logging.getLogger("httpx").removeFilter(self.quiet)
 
     @property
     def url(self) -> Optional[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 import time
 from typing import Optional
@@ -21,10 +22,35 @@ def http_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
 
 
+def check_port(port: int, setting: str) -> None:
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{setting}: a port is a number from 1 to 65535, got {port}")
+
+
+def listening_socket(host: str, port: int, setting: str) -> socket.socket:
+    """The socket the server will listen on, bound now: a taken port or an unknown host is one line
+    naming `setting` before anything says "serving" (uvicorn would log three tracebacks)."""
+    check_port(port, setting)
+    try:
+        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise ValueError(f"{setting}: cannot listen on {host}:{port} (the host: {e.strerror})") from None
+    family, kind, proto, _, where = address
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a port in TIME_WAIT is free
+    try:
+        sock.bind(where)
+    except OSError as e:
+        sock.close()
+        raise ValueError(f"{setting}: cannot listen on {host}:{port} ({e.strerror or e})") from None
+    return sock
+
+
 def start_in_background(server: uvicorn.Server, setting: str, timeout_s: float = 30.0) -> threading.Thread:
     """Run `server` in a daemon thread and return once it listens; a server that cannot start
     (the port is taken) is one line naming `setting`."""
-    thread = threading.Thread(target=server.run, name="collie-serve-http", daemon=True)
+    sock = listening_socket(server.config.host, server.config.port, setting)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="collie-serve-http", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s
     while not server.started:

@@ -13,7 +13,7 @@ import torch
 
 from collie.serve.app import ServedModel, build_app
 from collie.serve.engine import Engine, decode
-from collie.serve.http import http_server
+from collie.serve.http import http_server, listening_socket
 from collie.serve.lockstep import Lockstep
 
 log = logging.getLogger("collie")
@@ -21,15 +21,18 @@ log = logging.getLogger("collie")
 
 def serve_until_stopped(model: torch.nn.Module, tokenizer, forward_context: Callable[[], ContextManager],
                         served: ServedModel, host: str, port: int, world_size: int = 1, max_batch_size: int = 16,
-                        max_queue: int = 64, page: Optional[Callable[[str, str], object]] = None) -> None:
+                        max_queue: int = 64, page: Optional[Callable[[str, str], object]] = None,
+                        port_setting: str = "--port") -> None:
     """Serve `model` at http://host:port/v1 until SIGTERM or Ctrl-C, then answer what is in flight
-    and return. `page(api_url, model_name)` makes a web page over the endpoint (rank 0)."""
+    and return. `page(api_url, model_name)` makes a web page over the endpoint (rank 0). A port
+    that cannot be listened on is a ValueError naming `port_setting`, before anything starts."""
     lockstep = Lockstep() if world_size > 1 else None
     engine = Engine(model, tokenizer, forward_context, max_batch_size, max_queue, lockstep=lockstep)
     if lockstep is not None and lockstep.rank != 0:
         lockstep.follow(lambda prompts, max_new, choose: decode(model, forward_context, prompts, max_new,
                                                                 engine.pad_id, choose))
         return
+    sock = listening_socket(host, port, port_setting)
     server = http_server(build_app(engine, served), host, port)
     failure: list[BaseException] = []
 
@@ -52,7 +55,7 @@ def serve_until_stopped(model: torch.nn.Module, tokenizer, forward_context: Call
     if threading.current_thread() is threading.main_thread():
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *_: None)
-    server.run()  # returns once the requests in flight are answered
+    server.run(sockets=[sock])  # returns once the requests in flight are answered
     engine.stop()
     decoder.join()
     if opened is not None:

@@ -42,6 +42,8 @@ class BackgroundWriter:
         self.in_flight: Optional[_InFlight] = None
 
     def start(self, state: dict, tmp: str, path: str, mark_latest: bool, max_to_keep: int) -> None:
+        if self.group is None:
+            checkpoint.quiet_single_process_warning()
         if self.group is None and "no_dist" not in inspect.signature(dcp.async_save).parameters:
             # This PyTorch's async_save needs a process group: one process writes synchronously.
             dcp.save(state, checkpoint_id=tmp, no_dist=True)
@@ -68,7 +70,7 @@ class BackgroundWriter:
         rank = dist.get_rank() if dist.is_initialized() else 0
         try:
             job.future.result()
-        except (OSError, CheckpointException) as e:
+        except (OSError, RuntimeError, CheckpointException) as e:
             if not checkpoint.is_storage_error(e):
                 raise
             # DCP gathers every rank's write result: all ranks see the failure together.

@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -101,7 +102,20 @@ def _barrier() -> None:
 
 
 def _no_dist() -> bool:
-    return not dist.is_initialized()
+    """Whether DCP runs in this process alone; if so, its warning that it does is silenced."""
+    if dist.is_initialized():
+        return False
+    quiet_single_process_warning()
+    return True
+
+
+def quiet_single_process_warning() -> None:
+    """DCP warns "torch.distributed is disabled …" at every save and load without a process
+    group, even when told so with `no_dist=True`: a one-process run needs none. The filter is
+    global (not `catch_warnings`) because a background checkpoint warns from DCP's own thread;
+    it matches that message from DCP alone."""
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized",
+                            category=UserWarning, module="torch.distributed.checkpoint")
 
 
 def _model_options(adapters_only: bool) -> Optional[StateDictOptions]:
@@ -194,7 +208,7 @@ def _storage_failure(write) -> Optional[BaseException]:
     """Run `write`; return the file-system error it raised (others propagate)."""
     try:
         write()
-    except (OSError, CheckpointException) as e:
+    except (OSError, RuntimeError, CheckpointException) as e:
         if not is_storage_error(e):
             raise
         return e
@@ -207,7 +221,10 @@ def _write_files(saved: Checkpointed, tmp: str, rank: int, model_only: bool) -> 
     # Every rank adds its own files (rank 0 cleared the directory before the barrier).
     with storage.staged(tmp, last=(), replace=False) as local:
         if not model_only:
-            torch.save({"rng": rng_state()}, os.path.join(local, f"rank-{rank}.pt"))
+            # Through a Python file: a failed write then carries its OSError (ENOSPC), which
+            # torch's own file writer would reduce to "iostream error".
+            with open(os.path.join(local, f"rank-{rank}.pt"), "wb") as f:
+                torch.save({"rng": rng_state()}, f)
         if rank == 0:
             with open(os.path.join(local, TRAINER_STATE), "w") as f:
                 json.dump(trainer_state(saved.state, model_only), f, indent=2)
@@ -216,15 +233,30 @@ def _write_files(saved: Checkpointed, tmp: str, rank: int, model_only: bool) -> 
 
 def is_storage_error(error: BaseException) -> bool:
     """An OSError from the file system (DCP wraps each rank's in a CheckpointException)."""
+    return os_error(error) is not None
+
+
+def os_error(error: BaseException) -> Optional[OSError]:
+    """The file system's error behind a failed write, if that is what failed: the error itself,
+    each rank's failure inside DCP's CheckpointException, or the OSError that torch's zip writer
+    turned into a RuntimeError ("unexpected pos …") when a write to its file failed."""
     if isinstance(error, CheckpointException):
-        return all(is_storage_error(failure) for failure, _ in error.failures.values())
-    return isinstance(error, OSError)
+        found = [os_error(failure) for failure, _ in error.failures.values()]
+        return found[0] if found and all(found) else None
+    if isinstance(error, OSError):
+        return error
+    if isinstance(error, RuntimeError) and isinstance(error.__context__, OSError):
+        return error.__context__
+    return None
 
 
 def _storage_cause(error: BaseException) -> str:
-    if isinstance(error, CheckpointException):
-        error = next(iter(error.failures.values()))[0]
-    return error.strerror or str(error) if isinstance(error, OSError) else str(error)
+    """The OS's words for what failed, and the checkpoint's file when the OS named it."""
+    cause = os_error(error)
+    if cause is None:
+        return str(error)
+    text = cause.strerror or str(cause)
+    return f"{text}: {os.path.basename(os.fspath(cause.filename))}" if cause.filename else text
 
 
 def _any_rank(flag: bool) -> bool:

@@ -137,6 +137,8 @@ class Trainer:
         self.should_stop = False
         # Set when a preemption signal stopped training after a checkpoint (`train` returned early).
         self.preempted = False
+        # Set when train() found the run already at its last step (and trained nothing).
+        self.already_trained = False
         self._preemption: Optional[PreemptionWatch] = None
         self._background = BackgroundWriter() if config.checkpoint_async else None
         # (step, path) of the last full checkpoint in output_dir: a preemption right after it reuses it.
@@ -192,19 +194,32 @@ class Trainer:
         resume_from = resume_from or checkpoint.latest(self.config.output_dir)
         if resume_from:
             self.load_checkpoint(resume_from)
+            total = self._total_steps()  # as the loop counts it (config.max_steps may have changed)
+            if total and self.global_step >= total:
+                # Training again would only rewrite this checkpoint (and the run's files) as they are.
+                self.already_trained = True
+                if self.runtime.is_main:
+                    log.info("%s is at step %d of %d: the run is complete; nothing to do", resume_from,
+                             self.global_step, total)
+                return
+            if self.runtime.is_main:
+                log.info("resuming from %s (step %d of %d)", resume_from, self.global_step, total)
         self._open_sinks(resumed=bool(resume_from))
         self.callbacks.fire("on_train_begin", self)
         for monitor in self.monitors:
             monitor.start(self.runtime.device)
+        failed = True
         try:
             with PreemptionWatch() as self._preemption:
                 self._loop()
+            failed = False
         finally:
             self._preemption = None
             for monitor in self.monitors:
                 monitor.stop()
-            for sink in self.sinks:
-                sink.close()
+            self._close_sinks(failed)
+            if failed:
+                self._settle_background_checkpoint()
         if not self.preempted:
             self.callbacks.fire("on_train_end", self)
         self._complete_background_checkpoint(wait=True)  # train() returns with every checkpoint complete
@@ -229,14 +244,34 @@ class Trainer:
         prompt in peft's format (`PeftModel.from_pretrained(base, path)` loads them)."""
         check_io_options(process_exclusion, kwargs)
         tokenizer = self.tokenizer if self.runtime.is_main else None
-        # An object-store destination: written locally, uploaded by rank 0 (config.json last).
-        with storage.staged(path, upload=self.runtime.is_main) as local:
-            if self.peft is None:
-                self.parallel.export(local, tokenizer)
-            else:
-                self.peft.save(local, self.model, self.spec, self.runtime, base_model=self.base_model)
-                if tokenizer is not None:
-                    tokenizer.save_pretrained(local)
+        # A local destination is written beside it first, so a full disk leaves no half model;
+        # an object-store one is written locally and uploaded by rank 0 (config.json last).
+        staging = path if storage.is_url(path) else storage.local_form(path).rstrip(os.sep) + ".tmp"
+        if self.runtime.is_main and staging != path:
+            storage.remove_tree(staging)  # left by an export that was killed
+        self.runtime.barrier()
+        try:
+            with storage.staged(staging, upload=self.runtime.is_main) as local:
+                if self.peft is None:
+                    self.parallel.export(local, tokenizer)
+                else:
+                    self.peft.save(local, self.model, self.spec, self.runtime, base_model=self.base_model)
+                    if tokenizer is not None:
+                        tokenizer.save_pretrained(local)
+        except BaseException as e:
+            if staging == path:
+                raise
+            storage.remove_tree(staging)
+            if not isinstance(e, OSError):
+                raise
+            # Name the file as it would have been called in `path`.
+            named = str(e.filename or "")
+            if named.startswith(staging + os.sep):
+                named = os.path.join(path, os.path.relpath(named, staging))
+            raise OSError(e.errno, e.strerror or str(e), named or path) from e
+        self.runtime.barrier()
+        if self.runtime.is_main and staging != path:
+            move_into(staging, storage.local_form(path))
         self.runtime.barrier()
         self.callbacks.fire("on_save_model", self, path)
 
@@ -322,7 +357,7 @@ class Trainer:
     # -- the loop -----------------------------------------------------------
     def _total_steps(self) -> int:
         if self.config.max_steps or self.sampler is None:
-            return self.config.max_steps
+            return self.config.max_steps or 0  # max_steps is None when the run trains train_epochs
         return self.sampler.batches_per_epoch() * self.config.train_epochs
 
     def _loop(self) -> None:
@@ -375,6 +410,18 @@ class Trainer:
                 raise
             log.warning("%s; training goes on and the next checkpoint tries again (checkpoint_errors=warn)", e)
 
+    def _settle_background_checkpoint(self) -> None:
+        """Training stopped on an error while a checkpoint was being written in the background:
+        it is completed, or, if its write failed too (the same full disk), its partial files are
+        removed. Either way `latest` names a whole checkpoint, and the error that stopped training
+        is the one reported."""
+        if self._background is None:
+            return
+        try:
+            self._background.wait()
+        except checkpoint.CheckpointWriteError:
+            pass
+
     def _preempted(self) -> bool:
         """After a preemption signal (on any rank): checkpoint, say where, stop."""
         name = self._preemption.agreed_signal(self.runtime.device) if self._preemption is not None else None
@@ -395,7 +442,7 @@ class Trainer:
         return True
 
     def _done(self) -> bool:
-        return self.preempted or self.should_stop or (self.config.max_steps > 0 and self.global_step >= self.config.max_steps)
+        return self.preempted or self.should_stop or bool(self.config.max_steps and self.global_step >= self.config.max_steps)
 
     def _eval_due(self, epoch_end: bool) -> bool:
         if not self.evaluators:
@@ -469,6 +516,19 @@ class Trainer:
                                                               self.config.data.max_length, params)
         return self._flops_per_token
 
+    def _close_sinks(self, failed: bool) -> None:
+        """Close every sink. When training already failed (a full disk during a checkpoint), a sink
+        that cannot write its file either (loss.png) must not hide that first error: its file
+        stays as it was and the first error is the one reported."""
+        error: Optional[OSError] = None
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except OSError as e:
+                error = error or e
+        if error is not None and not failed:
+            raise error
+
     def _open_sinks(self, resumed: bool) -> None:
         if not self.runtime.is_main:
             return
@@ -492,6 +552,18 @@ class Trainer:
             self.sinks.append(WandbSink(files.local if files else None, cfg.to_dict(), resumed, cfg.monitor))
         if files is not None and files.remote:
             self.sinks.append(files)  # last: uploads what the sinks above have just written
+
+
+def move_into(staging: str, path: str) -> None:
+    """Move a complete export's files into `path` (made if needed), replacing files of the same
+    name; what else `path` holds stays (it may be the run's own directory)."""
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(staging):
+        target = os.path.join(path, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            storage.remove_tree(target)
+        os.replace(os.path.join(staging, name), target)
+    os.rmdir(staging)
 
 
 def rebind_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str],
