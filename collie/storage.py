@@ -201,3 +201,16 @@ def local_copy(path: str) -> str:
     except OSError:
         shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def move_into(staging: str, path: str) -> None:
+    """Move a complete export's files into `path` (made if needed), replacing files of the same
+    name; what else `path` holds stays (it may be the run's own directory)."""
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(staging):
+        target = os.path.join(path, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            remove_tree(target)
+        os.replace(os.path.join(staging, name), target)
+    os.rmdir(staging)
+

@@ -29,6 +29,7 @@ from collie.models.base import is_meta, load_tokenizer, model_source
 from collie.models.hf_io import iter_hf_tensors
 from collie.models.init import named_generator
 from collie.models.loss import IGNORE_INDEX
+from collie.peft.adapter_files import base_model_record
 from collie.tensors import copy_whole_into, full_tensor
 
 PROMPT_PARAM = "prompt.weight"
@@ -157,7 +158,7 @@ def attach_prompt(model: nn.Module, spec, settings: PromptSettings, config) -> P
 def write_prompt(path: str, prompt: torch.Tensor, settings: PromptSettings, dims, base_model: Optional[str]) -> None:
     os.makedirs(path, exist_ok=True)
     save_file({PEFT_KEY: prompt.contiguous()}, os.path.join(path, WEIGHTS_FILE), metadata={"format": "pt"})
-    settings.to_peft(dims.hidden, dims.heads, dims.layers, base_model).save_pretrained(path)
+    settings.to_peft(dims.hidden, dims.heads, dims.layers, base_model_record(base_model)).save_pretrained(path)
 
 
 def read_prompt(path: str, num_virtual_tokens: int, hidden: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The Trainer's arguments as CoLLiE's scripts give them, made into what the loop runs: a
-`train_fn(trainer, batch, global_step)`, collate functions, I/O options. Each one either means
+`train_fn(trainer, batch, global_step)`, collate functions, I/O options, and an optimizer built
+on `model.parameters()` before the Trainer applied PEFT and the layout. Each one either means
 the same in collie or is refused in one line."""
 
 from __future__ import annotations
@@ -86,3 +87,19 @@ def check_io_options(process_exclusion: bool, options: dict) -> None:
                           "(s3://…, gs://…, local); give the path with its scheme instead")
     if options:
         raise ConfigError(f"{', '.join(sorted(options))}: not an option of collie's save/load methods")
+
+def rebind_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str],
+                      new_params: dict[str, torch.Tensor]) -> None:
+    """Point an optimizer built before parallelization (CoLLiE's API order) at the parameters
+    FSDP/tensor parallel put in the model's place (by name: wrappers do not change state-dict
+    names); parameters another pipeline stage owns leave it."""
+    stale = [p for group in optimizer.param_groups for p in group["params"]
+             if id(p) in names and new_params.get(names[id(p)]) is not p]
+    if not stale:
+        return
+    if optimizer.state:
+        raise ConfigError("optimizer: it already has state for parameters that parallelization replaced; "
+                          "create it before training starts or let the Trainer build it from config.optimizer")
+    for group in optimizer.param_groups:
+        group["params"] = [new_params[names[id(p)]] if id(p) in names else p for p in group["params"]
+                           if id(p) not in names or names[id(p)] in new_params]

@@ -51,6 +51,7 @@ from collie.trainer.collie_arguments import (
     check_io_options,
     optimizer_for_peft,
     pipeline_loss,
+    rebind_parameters,
     step_loss_fn,
     training_collate,
 )
@@ -271,7 +272,7 @@ class Trainer:
             raise OSError(e.errno, e.strerror or str(e), named or path) from e
         self.runtime.barrier()
         if self.runtime.is_main and staging != path:
-            move_into(staging, storage.local_form(path))
+            storage.move_into(staging, storage.local_form(path))
         self.runtime.barrier()
         self.callbacks.fire("on_save_model", self, path)
 
@@ -553,31 +554,3 @@ class Trainer:
         if files is not None and files.remote:
             self.sinks.append(files)  # last: uploads what the sinks above have just written
 
-
-def move_into(staging: str, path: str) -> None:
-    """Move a complete export's files into `path` (made if needed), replacing files of the same
-    name; what else `path` holds stays (it may be the run's own directory)."""
-    os.makedirs(path, exist_ok=True)
-    for name in os.listdir(staging):
-        target = os.path.join(path, name)
-        if os.path.isdir(target) and not os.path.islink(target):
-            storage.remove_tree(target)
-        os.replace(os.path.join(staging, name), target)
-    os.rmdir(staging)
-
-
-def rebind_parameters(optimizer: torch.optim.Optimizer, names: dict[int, str],
-                      new_params: dict[str, torch.Tensor]) -> None:
-    """Point an optimizer built before parallelization (CoLLiE's API order) at the parameters
-    FSDP/tensor parallel put in the model's place (by name: wrappers do not change state-dict
-    names); parameters another pipeline stage owns leave it."""
-    stale = [p for group in optimizer.param_groups for p in group["params"]
-             if id(p) in names and new_params.get(names[id(p)]) is not p]
-    if not stale:
-        return
-    if optimizer.state:
-        raise ConfigError("optimizer: it already has state for parameters that parallelization replaced; "
-                          "create it before training starts or let the Trainer build it from config.optimizer")
-    for group in optimizer.param_groups:
-        group["params"] = [new_params[names[id(p)]] if id(p) in names else p for p in group["params"]
-                           if id(p) not in names or names[id(p)] in new_params]

@@ -30,7 +30,9 @@ scalars = st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(all
     | st.text(max_size=12)
 any_json = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                                            max_size=3), max_leaves=8)
-text = st.text(max_size=24)
+# Any text, unassigned and surrogate code points included, and a few a tokenizer treats specially.
+text = st.text(max_size=24) | st.text(st.characters(exclude_categories=()), max_size=12) \
+    | st.sampled_from(["\ud800", "<s>", "</s><pad>", "\x00", "\u200b\ufeff", "\U0001f9ee" * 5])
 token_ids = st.lists(st.integers(-3, 4100), max_size=8)
 content = text | st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]), "text": text}),
                           max_size=2)
