@@ -65,11 +65,16 @@ def finished_everywhere(finished: torch.Tensor, group: Optional[dist.ProcessGrou
     return int(unfinished.item()) == 0
 
 
+# Below this temperature sampling is greedy (its limit): dividing logits by 1e-300 overflows to inf,
+# and the probabilities become NaN.
+GREEDY_BELOW = 1e-6
+
+
 def choose_next(logits: torch.Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
                 generator: Optional[torch.Generator]) -> torch.Tensor:
     """The next token of each row of `logits` [batch, vocab]: argmax, or a sample after
     temperature, top-k and top-p (nucleus) filtering."""
-    if not do_sample:
+    if not do_sample or temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1)
     logits = logits / temperature
     if top_k > 0:

@@ -34,10 +34,10 @@ class LoadedModel:
     evaluators: list[Evaluator] = field(default_factory=list)
 
 
-def load_for_inference(source: str, config: CollieConfig,
-                       evaluators_for: Optional[Callable] = None) -> LoadedModel:
+def load_for_inference(source: str, config: CollieConfig, evaluators_for: Optional[Callable] = None,
+                       base: Optional[str] = None) -> LoadedModel:
     """Every rank calls this. `evaluators_for(model, config, tokenizer)` builds evaluators, which
-    are bound to the layout."""
+    are bound to the layout; `base`: the base model of adapters, where the one they record is not."""
     source = storage.local_copy(source)
     is_checkpoint = os.path.isfile(os.path.join(source, checkpoint.TRAINER_STATE))
     if is_checkpoint and os.path.isfile(os.path.join(source, "adapters.json")):
@@ -45,7 +45,9 @@ def load_for_inference(source: str, config: CollieConfig,
                           "(collie convert CKPT --merge-lora --to-hf DIR)")
     env = init_distributed(config.dist_timeout_s)
     if is_adapter_dir(source):
-        return _adapters(source, config, env.world_size)
+        return _adapters(source, config, env.world_size, base)
+    if base is not None:
+        raise ConfigError(f"--base: {source!r} is a whole model, not adapters; leave --base out")
     # Nothing is trained: the pipeline schedule's micro-batch count only has to be valid. A copy:
     # the caller's config is left as it was.
     config = config.replace(init_shape=None,
@@ -70,11 +72,11 @@ def load_for_inference(source: str, config: CollieConfig,
                        world_size=env.world_size, is_main=env.is_main, evaluators=evaluators)
 
 
-def _adapters(source: str, config: CollieConfig, world_size: int) -> LoadedModel:
+def _adapters(source: str, config: CollieConfig, world_size: int, base: Optional[str]) -> LoadedModel:
     if world_size > 1:
         raise ConfigError(f"{source}: peft adapters are served by one process; for a parallel layout merge them "
                           "first (collie convert ADAPTERS --merge-lora --to-hf DIR)")
-    model, base = model_with_adapter(source)
+    model, base = model_with_adapter(source, base and storage.local_copy(base))
     has_tokenizer = os.path.isfile(os.path.join(source, "tokenizer_config.json"))
     tokenizer = load_tokenizer(config.tokenizer or (source if has_tokenizer else base), config.trust_remote_code)
     model.eval()

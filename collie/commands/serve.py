@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from collie.commands.paths import check_model_dir
 from collie.config import CollieConfig
 from collie.inference import load_for_inference
 from collie.launch_env import read_launch_env
@@ -46,9 +47,12 @@ def run(args: argparse.Namespace) -> None:
     if read_launch_env().get("RANK", "0") == "0":
         # The port is tried before the model loads: a taken one fails now, not after a long load.
         listening_socket(args.host, args.port, "--port").close()
+    check_model_dir(args.model)
+    if args.base is not None:
+        check_model_dir(args.base)
     config = CollieConfig.load(args.config, args.overrides)
     config.validate()
-    loaded = load_for_inference(args.model, config)
+    loaded = load_for_inference(args.model, config, base=args.base)
     dims = spec_for(loaded.hf_config).dims(loaded.hf_config)
     served = ServedModel(model_name(args.model, args.model_name), loaded.tokenizer,
                          context_length(dims, loaded.tokenizer, loaded.model), default_max_tokens=args.default_max_tokens)

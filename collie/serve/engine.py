@@ -20,17 +20,12 @@ from typing import Callable, ContextManager, Optional
 import torch
 
 from collie.dtypes import at_least_fp32
-from collie.generation import choose_next
+from collie.generation import GREEDY_BELOW, choose_next
 from collie.serve.text import IncrementalText
 from collie.tensors import whole
 from collie.tokenization import pad_token_id
 
 log = logging.getLogger("collie")
-
-
-# Below this temperature sampling is greedy (its limit): dividing logits by 1e-300 overflows to inf,
-# and the probabilities become NaN.
-GREEDY_BELOW = 1e-6
 
 
 class Overloaded(RuntimeError):

@@ -126,7 +126,7 @@ def check_content_type(content_type: Optional[str]) -> None:
 def parse(body: bytes, request_type: type[_Request]) -> _Request:
     try:
         data = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
-        pass  # a lone surrogate ("\ud800") is not text
+        json.dumps(data, ensure_ascii=False).encode("utf-8")  # a lone surrogate ("\ud800") is not text
     except UnicodeError:
         raise APIError(400, "the request body is not valid UTF-8 (or holds a lone \\ud800-style surrogate)") from None
     except json.JSONDecodeError as e:

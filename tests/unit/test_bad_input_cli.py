@@ -6,12 +6,14 @@ import json
 import os
 
 import pytest
+import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from collie import CollieConfig, ConfigError
 from collie.cli import main
 from collie.convert import hf_to_dcp
+from collie.generation import choose_next
 from collie.peft.adapter_files import CHECKPOINT_RECORD, base_model_record, write_checkpoint_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -226,3 +228,8 @@ def test_generate_takes_base_for_adapters_whose_base_moved(tiny, tmp_path, capsy
     assert "--base: base model directory not found" in error_line(capsys)
     assert main(["generate", model, "Hello", "--base", model]) == 2
     assert "is a whole model, not adapters; leave --base out" in error_line(capsys)
+
+
+def test_sampling_at_a_vanishing_temperature_is_greedy():
+    logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, -1.0]])
+    assert choose_next(logits, True, 1e-300, 0, 1.0, torch.Generator().manual_seed(0)).tolist() == [1, 0]

@@ -173,6 +173,10 @@ def test_a_taken_port_fails_before_serving_is_said(model_dir, capsys, caplog):
         with pytest.raises(ValueError, match=f"--port: cannot listen on 127.0.0.1:{port}"):
             serve_until_stopped(CollieModel.from_pretrained(model_dir), tokenizer, contextlib.nullcontext,
                                 ServedModel("tiny", tokenizer, 4096), "127.0.0.1", port)
+        # Serving while training: the same line, naming the config key.
+        app = build_app(Engine(CollieModel.from_pretrained(model_dir), tokenizer), ServedModel("tiny", tokenizer, 4096))
+        with pytest.raises(ValueError, match=rf"^serve.port: cannot listen on 127.0.0.1:{port} \(Address already in use\)$"):
+            start_in_background(http_server(app, "127.0.0.1", port), "serve.port")
     assert main(["serve", model_dir, "--host", "no-such-host.invalid", "--port", "8000"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("collie: error: --port: cannot listen on no-such-host.invalid:8000 (the host: ") and \

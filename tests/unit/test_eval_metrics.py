@@ -121,6 +121,7 @@ def test_chat_records_take_the_loss_on_assistant_turns_only():
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name?"},
                 {"role": "assistant", "content": "Collie."}]
+    tokenizer.chat_template = None  # the bundled tokenizer has one (the quickstart's format)
     with pytest.raises(DataError, match="record 0: 'messages' records need a tokenizer with a chat template"):
         CollieDatasetForTraining([{"messages": messages}], tokenizer)
     tokenizer.chat_template = CHATML
