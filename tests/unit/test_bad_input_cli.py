@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from helpers import free_port
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -227,6 +228,11 @@ def test_generate_takes_base_for_adapters_whose_base_moved(tiny, tmp_path, capsy
     assert main(["generate", adapters, "Hello", "--base", str(tmp_path / "gone")]) == 2
     assert "--base: base model directory not found" in error_line(capsys)
     assert main(["generate", model, "Hello", "--base", model]) == 2
+    assert "is a whole model, not adapters; leave --base out" in error_line(capsys)
+    # `collie serve` takes the same --base, checked before anything is served.
+    assert main(["serve", adapters, "--base", str(tmp_path / "gone"), "--port", str(free_port())]) == 2
+    assert "model directory not found" in error_line(capsys)
+    assert main(["serve", model, "--base", model, "--port", str(free_port())]) == 2
     assert "is a whole model, not adapters; leave --base out" in error_line(capsys)
 
 
