@@ -6,8 +6,22 @@ themselves are left alone."""
 from __future__ import annotations
 
 import logging
+import sys
 
 from collie.launch_env import read_launch_env
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to `sys.stderr` as it is when a line is logged (a redirect or a capture made later
+    is followed; a stream closed since is never written to)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
 
 
 def show_collie_logs() -> None:
@@ -16,7 +30,7 @@ def show_collie_logs() -> None:
     logger = logging.getLogger("collie")
     if logger.handlers or logging.getLogger().handlers:
         return
-    handler = logging.StreamHandler()
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(message)s"))
     if int(read_launch_env().get("RANK", "0")) != 0:
         handler.setLevel(logging.WARNING)  # the other ranks say only what went wrong
