@@ -18,8 +18,11 @@ from collie.peft.prompt_tuning import prompt_length
 
 
 def http_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
-    """uvicorn for collie's endpoints: warnings only, no access log (prompts are not logged)."""
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    """uvicorn for collie's endpoints: warnings only, no access log (prompts are not logged), and
+    no logging set-up of its own (`log_config=None`): uvicorn's would reconfigure the host
+    program's logging and bind its handlers to whatever sys.stderr is at that moment."""
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                         log_config=None))
 
 
 def check_port(port: int, setting: str) -> None:
