@@ -26,6 +26,7 @@ from collie.config.errors import ConfigError
 from collie.config.layout import Layout
 from collie.config.model_path import read_model_config, resolve_model_path
 from collie.config.peft_settings import PromptSettings, peft_settings
+from collie.config.preference_settings import preference_settings
 from collie.config.quantization import quant_settings
 from collie.config.sections import FLAT_NAMES
 from collie.dtypes import DTYPES
@@ -71,6 +72,7 @@ class CollieConfig:
     data: sections.DataConfig = field(default_factory=sections.DataConfig)
     peft: sections.PeftSection = field(default_factory=sections.PeftSection)
     serve: sections.ServeSection = field(default_factory=sections.ServeSection)
+    preference: sections.PreferenceSection = field(default_factory=sections.PreferenceSection)
     # Live objects rather than YAML data: the HF config, a peft config, transformers'
     # BitsAndBytesConfig (or a mapping of its fields).
     model_config: Any = None
@@ -232,6 +234,7 @@ class CollieConfig:
         quantized = quant_settings(self.quantization_config) is not None
         if quantized and self.peft.type != "lora" and self.peft_config is None:
             raise ConfigError("quantization_config: a 4-bit base trains through LoRA adapters; set peft.type=lora")
+        preference_settings(self)
         if self.model is not None and self.init_shape is not None:
             raise ConfigError("model and init_shape: give one of them, not both")
         Layout.build(self, world_size, prompt_tuning=prompt_tuning, quantized=quantized)

@@ -198,6 +198,25 @@ class PeftSection:
     adapter: Optional[str] = None
 
 
+@dataclass
+class PreferenceSection:
+    """Preference training: setting `loss` makes `collie train` read {"prompt", "chosen",
+    "rejected"} records and train on pairs (`collie.preference`)."""
+
+    # dpo | ipo | hinge | simpo | orpo (None: ordinary next-token training).
+    loss: Optional[str] = None
+    # DPO/IPO/hinge/SimPO temperature (IPO's tau).
+    beta: float = 0.1
+    # cDPO's conservative label smoothing (dpo and simpo).
+    label_smoothing: float = 0.0
+    simpo_gamma: float = 0.5
+    orpo_lambda: float = 0.1
+    # precomputed (one pass of the initial model before step 1, cached in output_dir), model (a
+    # frozen copy; under LoRA the base with adapters off), none (simpo, orpo). None: precomputed
+    # for the losses that need a reference, none for the others.
+    reference: Optional[str] = None
+
+
 # CoLLiE's flat names (and collie's YAML keys before sections) → (section, field). They work as
 # attributes (`config.tp_size = 2`), constructor arguments, YAML keys and `key=value` overrides.
 FLAT_NAMES: dict[str, tuple[str, str]] = {

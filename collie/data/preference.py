@@ -157,3 +157,21 @@ def _common_prefix(ids: list[int], other: list[int]) -> int:
             break
         length += 1
     return length
+
+
+class WithReference(torch.utils.data.Dataset):
+    """A preference dataset whose items also carry the reference model's summed log-probabilities
+    of their chosen and rejected sequences (`logps`: [pairs, 2]), which the collate passes on."""
+
+    def __init__(self, dataset, logps: torch.Tensor) -> None:
+        if len(logps) != len(dataset):
+            raise ValueError(f"reference log-probabilities: {len(logps)} pairs for a dataset of {len(dataset)}")
+        self.dataset, self.logps = dataset, logps
+        self.tokenizer = getattr(dataset, "tokenizer", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        chosen, rejected = self.logps[index].tolist()
+        return {**self.dataset[index], "ref_chosen_logps": chosen, "ref_rejected_logps": rejected}

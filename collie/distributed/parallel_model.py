@@ -10,7 +10,7 @@ from torch.distributed.tensor.parallel import loss_parallel
 
 from collie.data.collate import ColliePadder
 from collie.distributed.pipeline import PipelinedModel, PipelineRunner, save_pipelined
-from collie.distributed.steps import StepResult, run_micro_batches, run_pipeline_step
+from collie.distributed.steps import PipelineObjective, StepResult, run_micro_batches, run_pipeline_step
 from collie.forward_context import forward_context
 from collie.tensors import full_tensor
 
@@ -62,17 +62,18 @@ class ParallelModel:
     # -- running it ------------------------------------------------------------
     def train_step(self, micro_batches: list[dict], loss_of: Callable[[dict], torch.Tensor],
                    backward: Callable[[torch.Tensor, bool], None], ignore_index: int,
-                   pipeline_loss: Optional[Callable] = None) -> StepResult:
+                   pipeline_loss: Optional[Callable] = None, objective: Optional[PipelineObjective] = None) -> StepResult:
         """Forward and backward over the step's micro-batches (the pipeline schedule runs its own
         backward, with `pipeline_loss(logits, labels)` on the last stage, None for collie's
-        next-token loss); the loss is the mean over the global batch's trainable tokens."""
+        next-token loss); the loss is the mean over the global batch's trainable tokens (or over
+        `objective`'s units, a preference step's pairs)."""
         rt = self.runtime
         if self.pipeline is not None:
             return run_pipeline_step(self.pipeline, micro_batches, rt.dp_sum, rt.pp_sum, rt.dp_size, ignore_index,
-                                     pipeline_loss)
+                                     pipeline_loss, objective)
         with self.loss_context():
             return run_micro_batches(self.module, micro_batches, loss_of, backward, rt.dp_sum, rt.dp_size,
-                                     ignore_index)
+                                     ignore_index, objective)
 
     def load_hf(self, path: str) -> None:
         """Weights in HF format (what `export` writes) into this rank's share of the model."""

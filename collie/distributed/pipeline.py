@@ -164,8 +164,10 @@ class PipelineRunner:
                                      index, num_stages, runtime.device, group=runtime.pp_group)
                        for index, view in views]
         self.loss_weight = 1.0
-        # The step's loss function (None: collie's next-token loss) and the label it ignores.
+        # The step's loss function (None: collie's next-token loss) and the label it ignores; or
+        # an objective's summed loss of a micro-batch's logits and target.
         self.loss_fn: Optional[Callable] = None
+        self.summed_loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
         self.ignore_index = IGNORE_INDEX
         if schedule == "interleaved1f1b":
             self.schedule = ScheduleInterleaved1F1B(self.stages, n_microbatches=micro, loss_fn=self._loss,
@@ -179,7 +181,9 @@ class PipelineRunner:
         # mean over all trainable tokens of the global batch, as without pipelining. A chunked
         # loss arrives already summed from the last stage. A user's loss function is a token mean
         # (as `run_micro_batches` takes it too), so its sum is the mean times the tokens.
-        if self.chunk_tokens:
+        if self.summed_loss is not None:
+            summed = self.summed_loss(output, labels)
+        elif self.chunk_tokens:
             summed = output.sum()
         elif self.loss_fn is None:
             summed = causal_lm_loss(output, labels, self.ignore_index, reduction="sum")
@@ -188,11 +192,14 @@ class PipelineRunner:
         return summed * self.loss_weight
 
     def step(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
-             loss_weight: float, loss_fn: Optional[Callable] = None, ignore_index: int = IGNORE_INDEX) -> float:
+             loss_weight: float, loss_fn: Optional[Callable] = None, ignore_index: int = IGNORE_INDEX,
+             summed_loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None) -> float:
         """Forward and backward of every micro-batch; returns Σ loss contributions on the rank
         holding the last stage (0 elsewhere). `loss_fn(logits, labels)`: a token-mean loss of the
-        user's (None: collie's next-token loss)."""
+        user's (None: collie's next-token loss); `summed_loss(logits, labels)`, when given, is a
+        micro-batch's summed loss instead (`labels` then being an objective's target)."""
         self.loss_weight, self.loss_fn, self.ignore_index = loss_weight, loss_fn, ignore_index
+        self.summed_loss = summed_loss
         losses: list[torch.Tensor] = []
         # Keyword arguments reach every stage (split into micro-batches like the input).
         kwargs = {"attention_mask": attention_mask}

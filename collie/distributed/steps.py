@@ -8,8 +8,8 @@ therefore change neither the loss nor the gradient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, ContextManager, Optional
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Optional, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,33 +24,65 @@ class StepResult:
     loss: float          # mean over trainable tokens of the global batch (nan if it had none)
     tokens: int          # real (non-padding) tokens of the global batch
     skipped: bool = False
+    # The objective's statistics (a preference step's rewards): means over the global batch's units.
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """A step loss that is a mean over other units than trainable tokens (a preference step's
+    pairs). `units(mb)` counts a micro-batch's; the micro-batch loss `loss_of` returns is a mean
+    over them. Each loss computation sums per-unit statistics (`stat_names`); `take_stats(last)`
+    returns the sums of the `last` computations (None: all) and forgets them all."""
+
+    stat_names: tuple[str, ...]
+
+    def units(self, micro_batch: dict) -> int: ...
+
+    def take_stats(self, last: Optional[int] = None) -> list[float]: ...
+
+
+class PipelineObjective(Objective, Protocol):
+    """An objective the last pipeline stage computes: `target(mb)` is what it receives of each
+    micro-batch (cut row-wise like the inputs), `summed_loss(logits, target)` the sum of the
+    micro-batch's unit losses."""
+
+    def target(self, micro_batch: dict) -> torch.Tensor: ...
+
+    def summed_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
 class _Counts:
-    per_micro_batch: list[int]   # trainable tokens of each of this rank's micro-batches
-    loss_tokens: float           # trainable tokens of the global batch (all micro-batches, all dp ranks)
+    per_micro_batch: list[int]   # loss units (trainable tokens, or pairs) of each of this rank's micro-batches
+    loss_tokens: float           # loss units of the global batch (all micro-batches, all dp ranks)
     real_tokens: int             # non-padding tokens of the global batch
 
 
-def _count(micro_batches: list[dict], dp_sum: Callable[[list[float]], list[float]], ignore_index: int) -> _Counts:
-    """The step's token counts: summed over micro-batches and data-parallel ranks first, so
-    the loss is a mean over the global batch's tokens whatever the layout."""
-    counts = [count_loss_tokens(mb["labels"], ignore_index) for mb in micro_batches]
+def _count(micro_batches: list[dict], dp_sum: Callable[[list[float]], list[float]], ignore_index: int,
+           objective: Optional[Objective]) -> _Counts:
+    """The step's counts: summed over micro-batches and data-parallel ranks first, so the loss
+    is a mean over the global batch's tokens (or the objective's units) whatever the layout."""
+    counts = [objective.units(mb) if objective is not None else count_loss_tokens(mb["labels"], ignore_index)
+              for mb in micro_batches]
     real = sum(int((mb["attention_mask"] > 0).sum()) for mb in micro_batches)  # packed masks hold document numbers
     loss_tokens, real_tokens = dp_sum([float(sum(counts)), float(real)])
     return _Counts(counts, loss_tokens, int(real_tokens))
 
 
+def _means(objective: Optional[Objective], sums: list[float], units: float) -> dict[str, float]:
+    return dict(zip(objective.stat_names, (value / units for value in sums))) if objective is not None else {}
+
+
 def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of: Callable[[dict], torch.Tensor],
                       backward: Callable[[torch.Tensor, bool], None], dp_sum: Callable[[list[float]], list[float]],
-                      dp_size: int, ignore_index: int = IGNORE_INDEX) -> StepResult:
-    """Forward and backward every micro-batch with token-weighted loss scaling.
+                      dp_size: int, ignore_index: int = IGNORE_INDEX, objective: Optional[Objective] = None) -> StepResult:
+    """Forward and backward every micro-batch with token-weighted loss scaling (weighted by
+    `objective`'s units when given).
 
     `backward(loss, is_last)` applies the gradient (plain backward, or an optimizer that
     updates inside backward). `dp_sum` sums a list of numbers over data-parallel ranks.
     """
-    counts = _count(micro_batches, dp_sum, ignore_index)
+    counts = _count(micro_batches, dp_sum, ignore_index, objective)
     if counts.loss_tokens == 0:
         return StepResult(float("nan"), counts.real_tokens, skipped=True)
     loss_sum = 0.0
@@ -66,24 +98,32 @@ def run_micro_batches(model: torch.nn.Module, micro_batches: list[dict], loss_of
             contribution = loss * (count * dp_size / counts.loss_tokens)
             loss_sum += float(whole(loss.detach())) * count
         backward(contribution, i == last)
-    (global_loss_sum,) = dp_sum([loss_sum])
-    return StepResult(global_loss_sum / counts.loss_tokens, counts.real_tokens)
+    global_loss_sum, *stats = dp_sum([loss_sum, *(objective.take_stats() if objective is not None else [])])
+    return StepResult(global_loss_sum / counts.loss_tokens, counts.real_tokens,
+                      stats=_means(objective, stats, counts.loss_tokens))
 
 
 def run_pipeline_step(runner, micro_batches: list[dict], dp_sum: Callable[[list[float]], list[float]],
                       pp_sum: Callable[[float], float], dp_size: int,
-                      ignore_index: int = IGNORE_INDEX, loss_fn: Optional[Callable] = None) -> StepResult:
+                      ignore_index: int = IGNORE_INDEX, loss_fn: Optional[Callable] = None,
+                      objective: Optional[PipelineObjective] = None) -> StepResult:
     """The same step through a pipeline schedule: the last stage sums each micro-batch's token
-    losses weighted by the global token count; the mean then reaches every stage."""
-    counts = _count(micro_batches, dp_sum, ignore_index)
+    losses (or `objective`'s unit losses) weighted by the global count; the mean then reaches
+    every stage."""
+    counts = _count(micro_batches, dp_sum, ignore_index, objective)
     if counts.loss_tokens == 0:
         return StepResult(float("nan"), counts.real_tokens, skipped=True)
-    input_ids, labels, attention_mask = (torch.cat([mb[key] for mb in micro_batches])
-                                         for key in ("input_ids", "labels", "attention_mask"))
-    contribution = runner.step(input_ids, labels, attention_mask, loss_weight=dp_size / counts.loss_tokens,
-                               loss_fn=loss_fn, ignore_index=ignore_index)
-    (loss,) = dp_sum([contribution / dp_size])
-    return StepResult(pp_sum(loss), counts.real_tokens)
+    input_ids, attention_mask = (torch.cat([mb[key] for mb in micro_batches]) for key in ("input_ids", "attention_mask"))
+    # The schedule cuts the rows back into the micro-batches they came from (all have as many rows).
+    target = torch.cat([objective.target(mb) if objective is not None else mb["labels"] for mb in micro_batches])
+    contribution = runner.step(input_ids, target, attention_mask, loss_weight=dp_size / counts.loss_tokens,
+                               loss_fn=loss_fn, ignore_index=ignore_index,
+                               summed_loss=objective.summed_loss if objective is not None else None)
+    # Only the last stage computed the statistics; the other stages add zeros. On its first step
+    # a schedule computes one more loss before the micro-batches' own, to learn shapes.
+    stats = objective.take_stats(last=len(micro_batches)) if objective is not None else []
+    loss, *stats = (pp_sum(value) for value in dp_sum([contribution / dp_size, *stats]))
+    return StepResult(loss, counts.real_tokens, stats=_means(objective, stats, counts.loss_tokens))
 
 
 def refresh_hessian(model: torch.nn.Module, optimizer, micro_batch: dict) -> None:

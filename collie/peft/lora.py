@@ -8,9 +8,10 @@ whatever the base's storage dtype (a bf16 base with fp32 adapters is the memory 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -38,13 +39,30 @@ class LoraLinear(nn.Module):
         self.lora_A = Linear(self.in_features, rank, **kwargs)
         self.lora_B = Linear(rank, self.out_features, **kwargs)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # Off inside `adapters_disabled`: the base model alone (a preference run's reference).
+        self.adapter_enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.adapter_enabled:
+            return base_linear(x, self.weight, self.bias)
         return base_linear(x, self.weight, self.bias) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, " \
                f"scaling={self.scaling:g}"
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """The model without its LoRA adapters while inside (peft's `disable_adapter`)."""
+    layers = [module for module in model.modules() if isinstance(module, LoraLinear)]
+    for layer in layers:
+        layer.adapter_enabled = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.adapter_enabled = True
 
 
 def hf_module_names(model: nn.Module, spec) -> dict[str, str]:

@@ -28,6 +28,7 @@ from collie.distributed.runtime import build_runtime, model_facts
 from collie.distributed.steps import StepResult, default_loss
 from collie.evaluate.evaluators import Evaluator, EvaluatorForPerplexity
 from collie.evaluate.metrics import PPLMetric
+from collie.evaluate.preference import EvaluatorForPreference
 from collie.evaluate.results import evaluate_all, sample_lines
 from collie.events import Callback, CallbackList
 from collie.host_memory import return_freed_memory_to_os
@@ -57,6 +58,7 @@ from collie.trainer.collie_arguments import (
 )
 from collie.trainer.optim_factory import build_optimizer, build_scheduler, optimizer_class
 from collie.trainer.preemption import PreemptionWatch
+from collie.trainer.preference_run import preference_run
 from collie.trainer.step_strategy import step_strategy, updates_in_backward
 
 log = logging.getLogger("collie")
@@ -90,21 +92,26 @@ class Trainer:
         # PEFT: adapters or a prompt go on the single-device model; parallelism then treats them
         # as any other parameters.
         self.peft: Optional[PeftRun] = attach_peft(model, self.spec, config)
+        self.preference = preference_run(config, model, loss_fn, train_fn, train_dataset_collate_fn)
         self.callbacks = CallbackList(self._assemble_callbacks(callbacks, provider))
         self.callbacks.fire("on_setup_parallel_model", self)
         self.parallel = self._parallelize(model, optimizer)
         self.model = self.parallel.module
+        if self.preference is not None:
+            self.preference.bind(self.parallel, self.spec)
         if self.peft is not None:
             self.peft.initialise(self.model, config.seed)
         self.loss_fn = loss_fn or GPTLMLoss(IGNORE_INDEX)
         self._pipeline_loss = pipeline_loss(self.loss_fn, config.loss_chunk_tokens > 0) \
-            if self.runtime.layout.pipelined else None
+            if self.runtime.layout.pipelined and self.preference is None else None
         self.train_fn = step_loss_fn(train_fn) if train_fn is not None else None
         self.train_dataset = train_dataset
         self.tokenizer = tokenizer or getattr(train_dataset, "tokenizer", None) or getattr(provider, "tokenizer", None)
         side = "left" if getattr(train_dataset_collate_fn, "padding_side", None) == "left" else config.data.padding_side
         self.padder = training_collate(train_dataset_collate_fn, self.runtime.layout.pipelined) or \
             self.parallel.padder(pad_token_id(self.tokenizer), side, config.data.max_length)
+        if self.preference is not None:
+            self.padder = self.preference.collate(self.padder)
         self.sampler = None
         if train_dataset is not None:
             self.sampler = GlobalBatchSampler(len(train_dataset), config.train_micro_batch_size,
@@ -126,7 +133,10 @@ class Trainer:
         self.lr_scheduler = lr_scheduler or build_scheduler(self.optimizer, config.scheduler, max(1, self.total_steps))
         self.monitors = default_monitors(config) if monitors is None else list(monitors)
         self.evaluators = list(evaluators or [])
-        if eval_dataset is not None:
+        if eval_dataset is not None and self.preference is not None:
+            self.evaluators.append(EvaluatorForPreference(self.model, config, eval_dataset, self.preference.loss,
+                                                          metrics, eval_fn=eval_fn, collate_fn=eval_dataset_collate_fn))
+        elif eval_dataset is not None:
             self.evaluators.append(EvaluatorForPerplexity(self.model, config, eval_dataset,
                                                           metrics or {"ppl": PPLMetric()}, eval_fn=eval_fn,
                                                           collate_fn=eval_dataset_collate_fn))
@@ -193,6 +203,7 @@ class Trainer:
         if self.train_dataset is None:
             raise ValueError("train_dataset: the Trainer needs a training dataset to train")
         resume_from = resume_from or checkpoint.latest(self.config.output_dir)
+        self._prepare_reference()  # from the initial weights, before a checkpoint replaces them
         if resume_from:
             self.load_checkpoint(resume_from)
             total = self._total_steps()  # as the loop counts it (config.max_steps may have changed)
@@ -232,6 +243,7 @@ class Trainer:
         return self.evaluate()
 
     def evaluate(self) -> dict:
+        self._prepare_reference()
         self.callbacks.fire("on_evaluate_begin", self)
         results = evaluate_all(self.evaluators)
         for line in sample_lines(results):
@@ -326,6 +338,10 @@ class Trainer:
     def updates_in_backward(self) -> bool:
         """Whether the optimizer updates parameters inside backward (LOMO, AdaLomo)."""
         return self.step_strategy.updates_in_backward
+
+    def _prepare_reference(self) -> None:
+        if self.preference is not None:
+            self.preference.prepare(self)
 
     def _describe_checkpoint(self, directory: str) -> None:
         """The files that let a checkpoint stand alone (`collie convert`, `collie serve`): the
@@ -457,14 +473,18 @@ class Trainer:
         device = self.runtime.device
         micro = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in self.padder(mb).items()} for mb in items]
         self.model.train()
+        objective = self.preference.objective if self.preference is not None else None
         if self.train_fn is not None:
             loss_of = lambda batch: self.train_fn(self, batch, self.global_step)  # noqa: E731
+        elif objective is not None:
+            self.preference.add_step_reference(micro)
+            loss_of = objective.loss_of(self.model, self.parallel.forward_context)
         else:
             context = self.parallel.forward_context
             loss_of = lambda batch: default_loss(self.model, self.loss_fn, batch, context)  # noqa: E731
         ignore_index = getattr(self.loss_fn, "ignore_index", IGNORE_INDEX)
         result = self.parallel.train_step(micro, loss_of, self.step_strategy.backward, ignore_index,
-                                          self._pipeline_loss)
+                                          self._pipeline_loss, objective)
         if result.skipped:
             log.warning("step %d: no trainable tokens in the global batch (all labels are -100); step skipped",
                         self.global_step + 1)
@@ -499,6 +519,7 @@ class Trainer:
         row: dict = {"step": self.global_step, "epoch": self.epoch}
         for monitor in self.monitors:
             row.update(monitor.step_columns(stats))
+        row.update(result.stats)  # a preference step's rewards
         return row
 
     def _eval_columns(self, results: dict) -> dict:

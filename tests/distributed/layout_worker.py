@@ -1,6 +1,7 @@
 """Run under torchrun: train the same seed checkpoint under several layouts, write the losses."""
 
 import contextlib
+import csv
 import json
 import os
 import sys
@@ -9,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from collie import CollieConfig
-from collie.data import CollieDatasetForClassification, CollieDatasetForTraining
+from collie.data import CollieDatasetForClassification, CollieDatasetForPreference, CollieDatasetForTraining
 from collie.evaluate import AccuracyMetric, EvaluatorForClassification, EvaluatorForPerplexity, PPLMetric
 from collie.models import registry
 from collie.models.base import CollieModel
@@ -129,6 +130,54 @@ class CharTokenizer:
         return {"input_ids": [1 + ord(c) % 250 for c in text]}
 
 
+# Preference training (issue 28): the pair loss's mean over the global batch's pairs and trl's
+# rewards, on the layouts that change how a pair's rows and their loss are split: replicas (left
+# padding), FSDP shards, vocabulary-sharded logits (loss parallel, sequence parallel), pipeline
+# micro-batches cut from pairs, and dp×tp. With AdamW and with LOMO (the pair loss must be whole
+# before its in-backward update).
+PREFERENCE = {
+    "dpo/adamw": ["preference.loss=dpo"],
+    "dpo/lomo": ["preference.loss=dpo", *IN_BACKWARD["lomo"]],
+    "simpo/adamw": ["preference.loss=simpo"],
+    "simpo/lomo": ["preference.loss=simpo", *IN_BACKWARD["lomo"]],
+}
+PREFERENCE_LAYOUTS = ("dp2_left", "zero3_dp2", "tp2_sp_loss_parallel_left", "pp2_1f1b")
+PREFERENCE_LAYOUTS_4 = ("dp2_tp2",)
+# The frozen copy (reference: model) put in the same layout must give the precomputed losses.
+MODEL_REFERENCE = "preference.reference=model"
+MODEL_REFERENCE_LAYOUTS = ("zero3_dp2", "pp2_1f1b")
+PAIRS = [{"prompt": "q" * (1 + i % 4) + str(i), "chosen": "ab"[i % 2] * (2 + i % 3), "rejected": "xyz"[: 1 + i % 3] + "w"}
+         for i in range(16)]
+
+
+class PairTokenizer:
+    """Characters as tokens (no eos: nothing is appended to a completion)."""
+
+    eos_token = None
+    eos_token_id = pad_token_id = 0
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [1 + ord(c) % 250 for c in text]}
+
+
+def run_preference(model_dir: str, overrides: list[str], output_dir: str) -> dict:
+    """6 steps of preference training; the losses, and the reward columns of metrics.csv."""
+    config = CollieConfig.load(None, ["train_micro_batch_size=2", "gradient_accumulation_steps=2", "max_steps=6",
+                                      "logging=[csv]", f"output_dir={output_dir}", "optimizer.lr=0.001",
+                                      "data.max_length=16", "param_dtype=float64", *overrides])
+    model = CollieModel.from_pretrained(model_dir, config=config)
+    losses = Losses()
+    Trainer(model, config, train_dataset=CollieDatasetForPreference(PAIRS, PairTokenizer(), max_length=16),
+            callbacks=[losses]).train()
+    result = {"loss": losses.values}
+    if int(os.environ.get("RANK", "0")) == 0:
+        with open(os.path.join(output_dir, "metrics.csv")) as f:
+            rows = list(csv.DictReader(f))
+        for column in ("reward_margin", "reward_accuracy", "rewards_chosen"):
+            result[column] = [float(row[column]) for row in rows]
+    return result
+
+
 class Predictions(AccuracyMetric):
     def get_metric(self):
         return {**super().get_metric(), "preds": [p for p, _ in self.pairs]}
@@ -191,6 +240,14 @@ def main() -> None:
                     results[f"{family}/{layout}/{optimizer}"] = run(family_layouts.seed_dir(model_dir, family),
                                                                     family_layouts.records_for(family, records),
                                                                     overrides + settings)
+    for layout in (PREFERENCE_LAYOUTS if layouts is LAYOUTS else PREFERENCE_LAYOUTS_4 if layouts is LAYOUTS_4 else ()):
+        for name, settings in PREFERENCE.items():
+            results[f"preference/{name}/{layout}"] = run_preference(model_dir, layouts[layout] + settings,
+                                                                    f"{out}.preference.{name.replace('/', '-')}.{layout}")
+    for layout in (MODEL_REFERENCE_LAYOUTS if layouts is LAYOUTS else ()):
+        results[f"preference/dpo/adamw/model_reference/{layout}"] = run_preference(
+            model_dir, layouts[layout] + PREFERENCE["dpo/adamw"] + [MODEL_REFERENCE],
+            f"{out}.preference.model_reference.{layout}")
     results.update({f"eval/{name}": EVALS[f"{out}.{name}"] for name in layouts})
     if dist.get_rank() == 0:
         with open(out, "w") as f:

@@ -1,6 +1,7 @@
 """Parity across parallel layouts in float64 (gloo; one launch of 2 processes and one of 4)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -28,7 +29,17 @@ def seed(tmp_path_factory):
     records = root / "records.json"
     records.write_text(json.dumps(RECORDS))
     import family_layouts
-    from layout_worker import EVALS, FP32, IN_BACKWARD, SmoothedLoss, fused_qkv_format, run
+    from layout_worker import (
+        EVALS,
+        FP32,
+        IN_BACKWARD,
+        MODEL_REFERENCE,
+        PREFERENCE,
+        SmoothedLoss,
+        fused_qkv_format,
+        run,
+        run_preference,
+    )
 
     with fused_qkv_format():
         CollieModel.from_pretrained(model_dir).save_pretrained(model_dir + "_fused_qkv")
@@ -40,6 +51,13 @@ def seed(tmp_path_factory):
         references[optimizer] = run(model_dir, str(records), ["dp_size=1", *settings])
     references["fp32"] = run(model_dir, str(records), ["dp_size=1", FP32])
     references["user_loss"] = run(model_dir, str(records), ["dp_size=1"], loss_fn=SmoothedLoss())
+    for name, settings in PREFERENCE.items():
+        references[f"preference/{name}"] = run_preference(model_dir, ["dp_size=1", *settings],
+                                                          str(root / f"preference-{name.replace('/', '-')}"))
+    # The frozen copy as the reference gives what the precomputed pass gives.
+    model_reference = run_preference(model_dir, ["dp_size=1", *PREFERENCE["dpo/adamw"], MODEL_REFERENCE],
+                                     str(root / "preference-model-reference"))
+    assert _max_diff(model_reference["loss"], references["preference/dpo/adamw"]["loss"], 6) <= TOLERANCE
     family_layouts.write_family_seeds(model_dir)
     family_layouts.write_family_records(str(records))
     for family in family_layouts.FAMILIES:
@@ -50,12 +68,28 @@ def seed(tmp_path_factory):
     return root, model_dir, str(records), references
 
 
-def _max_diff(values: list[float], reference: list[float]) -> float:
-    assert len(values) == len(reference) == 10, (len(values), len(reference))
+def _max_diff(values: list[float], reference: list[float], steps: int = 10) -> float:
+    assert len(values) == len(reference) == steps, (len(values), len(reference))
     return max(abs(a - b) for a, b in zip(values, reference))
 
 
-def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_layouts=(), user_loss_layouts=()):
+def _check_preference(losses: dict, references: dict, layouts: tuple[str, ...], model_reference_layouts: tuple[str, ...]):
+    """Preference training: each layout's pair losses, and the rewards the monitors report,
+    equal the single process's; step 1 of DPO (reference = the initial model) is ln 2."""
+    from layout_worker import PREFERENCE
+
+    runs = [(f"{name}/{layout}", name) for name in PREFERENCE for layout in layouts]
+    runs += [(f"dpo/adamw/model_reference/{layout}", "dpo/adamw") for layout in model_reference_layouts]
+    for key, name in runs:
+        result, reference = losses.pop(f"preference/{key}"), references[f"preference/{name}"]
+        for column in ("loss", "reward_margin", "reward_accuracy", "rewards_chosen"):
+            assert _max_diff(result[column], reference[column], 6) <= TOLERANCE, (key, column)
+    assert references["preference/dpo/adamw"]["loss"][0] == pytest.approx(math.log(2), abs=1e-12)
+    assert references["preference/dpo/lomo"]["reward_margin"][-1] > 0.1  # it learned to prefer
+
+
+def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_layouts=(), user_loss_layouts=(),
+           preference_layouts=(), model_reference_layouts=()):
     import family_layouts
     from layout_worker import IN_BACKWARD
 
@@ -65,6 +99,7 @@ def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_lay
                     os.path.join(HERE, "layout_worker.py"), model_dir, records, str(out)],
                    check=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
     losses = json.loads(out.read_text())
+    _check_preference(losses, references, preference_layouts, model_reference_layouts)
     # LOMO/AdaLomo, with and without clipping: averaged over dp replicas, updated on FSDP
     # shards and pipeline stages, global norms and RMS over tensor-parallel shards. The
     # single-process runs update (tests/unit prove LOMO == SGD and AdaLomo == its reference),
@@ -123,15 +158,24 @@ def _check(seed, nproc, layouts, in_backward_layouts, fp32_layouts=(), fused_lay
 
 
 def test_two_process_layouts_match_single_process(seed):
-    from layout_worker import FP32_LAYOUTS, FUSED_LAYOUTS, IN_BACKWARD_LAYOUTS, LAYOUTS, USER_LOSS_LAYOUTS
+    from layout_worker import (
+        FP32_LAYOUTS,
+        FUSED_LAYOUTS,
+        IN_BACKWARD_LAYOUTS,
+        LAYOUTS,
+        MODEL_REFERENCE_LAYOUTS,
+        PREFERENCE_LAYOUTS,
+        USER_LOSS_LAYOUTS,
+    )
 
-    _check(seed, 2, LAYOUTS, IN_BACKWARD_LAYOUTS, FP32_LAYOUTS, FUSED_LAYOUTS, USER_LOSS_LAYOUTS)
+    _check(seed, 2, LAYOUTS, IN_BACKWARD_LAYOUTS, FP32_LAYOUTS, FUSED_LAYOUTS, USER_LOSS_LAYOUTS, PREFERENCE_LAYOUTS,
+           MODEL_REFERENCE_LAYOUTS)
 
 
 def test_four_process_layouts_match_single_process(seed):
-    from layout_worker import IN_BACKWARD_LAYOUTS_4, LAYOUTS_4
+    from layout_worker import IN_BACKWARD_LAYOUTS_4, LAYOUTS_4, PREFERENCE_LAYOUTS_4
 
-    _check(seed, 4, LAYOUTS_4, IN_BACKWARD_LAYOUTS_4)
+    _check(seed, 4, LAYOUTS_4, IN_BACKWARD_LAYOUTS_4, preference_layouts=PREFERENCE_LAYOUTS_4)
 
 
 def test_two_nodes_with_c10d_rendezvous(seed):
