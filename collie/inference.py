@@ -10,17 +10,22 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Optional
 
+import torch
+
 from collie import storage
 from collie.config import CollieConfig, ConfigError
+from collie.data.preference import PreferenceCollator, WithReference
 from collie.distributed.env import init_distributed
 from collie.distributed.parallelize import parallelize, weights_source
 from collie.distributed.runtime import build_runtime, model_facts
 from collie.evaluate.evaluators import Evaluator
+from collie.evaluate.preference import EvaluatorForPreference
 from collie.models.base import CollieModel, load_hf_config, load_tokenizer
+from collie.models.loss import IGNORE_INDEX
 from collie.models.registry import spec_of
 from collie.peft.adapter_files import is_adapter_dir
 from collie.peft.convert import model_with_adapter
-from collie.trainer import checkpoint
+from collie.trainer import checkpoint, reference_pass
 
 
 @dataclass
@@ -81,3 +86,30 @@ def _adapters(source: str, config: CollieConfig, world_size: int, base: Optional
     tokenizer = load_tokenizer(config.tokenizer or (source if has_tokenizer else base), config.trust_remote_code)
     model.eval()
     return LoadedModel(model, contextlib.nullcontext, tokenizer, model.config)
+
+
+def add_preference_references(evaluators: list[Evaluator], config: CollieConfig) -> None:
+    """`collie eval` of a preference run: each preference evaluator's pairs get the reference
+    log-probabilities that training computed (`output_dir/reference/`, when the data and
+    `config.model` are unchanged) or one pass of `config.model`, the model training started from."""
+    pending = [(index, evaluator) for index, evaluator in enumerate(evaluators)
+               if isinstance(evaluator, EvaluatorForPreference) and evaluator.loss.needs_reference]
+    if not pending:
+        return
+    if not config.model:
+        raise ConfigError(f"model: {pending[0][1].loss.loss} compares with the model training started from; set "
+                          "model= to it (the run's config.yaml records it)")
+    reference: list[LoadedModel] = []  # loaded on the first pass that has no cache to read
+
+    def scored_by_reference(index: int) -> torch.Tensor:
+        if not reference:
+            reference.append(load_for_inference(config.model, config, lambda model, cfg, tokenizer: [
+                EvaluatorForPreference(model, cfg, evaluator.dataset, evaluator.loss) for _, evaluator in pending]))
+        scorer = reference[0].evaluators[[i for i, _ in pending].index(index)]
+        return reference_pass.compute(scorer.model, scorer.dataset, PreferenceCollator(scorer.collate_fn),
+                                      config.eval_batch_size, scorer.runtime, scorer.forward_context, IGNORE_INDEX)
+
+    for index, evaluator in pending:
+        logps = reference_pass.cached_or_computed(f"eval-{index}", evaluator.dataset, config, config.model,
+                                                  lambda: scored_by_reference(index), evaluator.runtime.is_main)
+        evaluator.dataset = WithReference(evaluator.dataset, logps)

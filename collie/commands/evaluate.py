@@ -12,7 +12,7 @@ from collie.commands.paths import check_model_dir, check_writable_file
 from collie.config import CollieConfig, ConfigError
 from collie.evaluate.configured import configured_evaluators
 from collie.evaluate.results import evaluate_all, sample_lines
-from collie.inference import load_for_inference
+from collie.inference import add_preference_references, load_for_inference
 from collie.peft.adapter_files import is_adapter_dir
 
 NAME = "eval"
@@ -42,6 +42,7 @@ def run_eval(source: str, config_path: str, overrides: list[str], out: str) -> d
         raise ConfigError(f"{source}: peft adapters; evaluate their merged model "
                           "(collie convert ADAPTERS --merge-lora --to-hf DIR)")
     loaded = load_for_inference(source, config, configured_evaluators)
+    add_preference_references(loaded.evaluators, config)
     results = evaluate_all(loaded.evaluators)
     if loaded.is_main:
         numbers = {k: v for k, v in results.items() if isinstance(v, (int, float))}

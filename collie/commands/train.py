@@ -12,7 +12,7 @@ import torch.distributed as dist
 from collie import storage
 from collie.commands.paths import check_model_dir
 from collie.config import CollieConfig, ConfigError
-from collie.data import CollieDatasetForTraining
+from collie.data import CollieDatasetForPreference, CollieDatasetForTraining
 from collie.data.packing import PackedDataset
 from collie.distributed.env import DistEnv, init_distributed
 from collie.evaluate.configured import configured_evaluators
@@ -45,7 +45,10 @@ def run(args: argparse.Namespace) -> None:
         config = config.replace(model=seed_checkpoint(config, env), init_shape=None)
     tokenizer = load_tokenizer(config.tokenizer or config.model, config.trust_remote_code)
     model = CollieModel.from_pretrained(config.model, config=config)
-    train_ds = CollieDatasetForTraining(config.data.train_file, tokenizer, max_length=config.data.max_length)
+    if config.preference.loss:  # pairs of chosen and rejected completions
+        train_ds = CollieDatasetForPreference(config.data.train_file, tokenizer, max_length=config.data.max_length)
+    else:
+        train_ds = CollieDatasetForTraining(config.data.train_file, tokenizer, max_length=config.data.max_length)
     if config.data.packing:
         train_ds = PackedDataset(train_ds, config.data.max_length)
     evaluators = configured_evaluators(model, config, tokenizer)

@@ -14,16 +14,14 @@ from typing import Callable, ContextManager, Optional
 import torch
 
 from collie.models.loss import IGNORE_INDEX
-from collie.preference import PreferenceLoss, sequence_logps
+from collie.preference import REWARD_COLUMNS, PreferenceLoss, sequence_logps
 from collie.tensors import whole
-
-STAT_NAMES = ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy")
 
 
 class PreferenceObjective:
     """`loss` applied to each micro-batch's pairs; the rewards summed per pair for the monitors."""
 
-    stat_names = STAT_NAMES
+    stat_names = REWARD_COLUMNS
 
     def __init__(self, loss: PreferenceLoss, ignore_index: int = IGNORE_INDEX) -> None:
         self.loss, self.ignore_index = loss, ignore_index
@@ -60,7 +58,7 @@ class PreferenceObjective:
     # -- statistics ---------------------------------------------------------------
     def take_stats(self, last: Optional[int] = None) -> list[float]:
         computed, self._computed = self._computed[-last:] if last else self._computed, []
-        return torch.stack(computed).sum(0).tolist() if computed else [0.0] * len(STAT_NAMES)
+        return torch.stack(computed).sum(0).tolist() if computed else [0.0] * len(REWARD_COLUMNS)
 
     def _summed(self, logits: torch.Tensor, labels: torch.Tensor, reference: Optional[torch.Tensor]) -> torch.Tensor:
         logps = sequence_logps(logits, labels, self.ignore_index)

@@ -13,6 +13,8 @@ from typing import Callable, Optional
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from collie.preference import REWARD_COLUMNS
+
 
 def replace_whole(path: str, write: Callable[[str], None], suffix: str = ".tmp") -> None:
     """Write `path` through `write(temporary name)` and a rename. A write that fails (a full disk)
@@ -149,8 +151,8 @@ class ConsoleSink(Sink):
 
 
 _TRAIN_KEYS = {"step", "epoch", "loss", "lr", "tokens", "step_time_s", "tgs", "mfu", "mem_peak_gib",
-               "mem_run_peak_gib"}
-_SHOWN = ("loss", "lr", "tgs", "mfu", "mem_peak_gib")
+               "mem_run_peak_gib", *REWARD_COLUMNS}
+_SHOWN = ("loss", "lr", "tgs", "mfu", "mem_peak_gib", "reward_margin", "reward_accuracy")
 
 
 def format_row(row: dict) -> str:

@@ -4,6 +4,7 @@ from collie.preference.logps import SequenceLogps, sequence_logps
 from collie.preference.losses import (
     LOSSES,
     REFERENCE_LOSSES,
+    REWARD_COLUMNS,
     PreferenceLoss,
     PreferenceOutput,
     dpo,
@@ -13,5 +14,5 @@ from collie.preference.losses import (
     simpo,
 )
 
-__all__ = ["LOSSES", "REFERENCE_LOSSES", "PreferenceLoss", "PreferenceOutput", "SequenceLogps", "dpo", "hinge", "ipo",
-           "orpo", "sequence_logps", "simpo"]
+__all__ = ["LOSSES", "REFERENCE_LOSSES", "REWARD_COLUMNS", "PreferenceLoss", "PreferenceOutput", "SequenceLogps", "dpo",
+           "hinge", "ipo", "orpo", "sequence_logps", "simpo"]

@@ -21,6 +21,8 @@ from collie.preference.logps import SequenceLogps
 LOSSES = ("dpo", "ipo", "hinge", "simpo", "orpo")
 # The losses that compare the policy with a reference model; SimPO and ORPO need none.
 REFERENCE_LOSSES = ("dpo", "ipo", "hinge")
+# A preference step's columns beside its loss: means over the global batch's pairs (trl's meanings).
+REWARD_COLUMNS = ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy")
 
 
 class PreferenceOutput(NamedTuple):

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import hashlib
-import json
 import logging
 from typing import Callable, ContextManager, Optional
 
@@ -107,34 +104,15 @@ class PreferenceRun:
                 evaluator.dataset = self._with_reference(f"eval-{index}", evaluator.dataset, trainer)
 
     def _with_reference(self, name: str, dataset, trainer) -> WithReference:
-        fingerprint = self._fingerprint(dataset, trainer.base_model)
-        path = reference_pass.cache_path(self.config.output_dir, name) if self.config.output_dir else None
-        logps = reference_pass.read_cache(path, fingerprint, len(dataset)) if path and fingerprint else None
-        if logps is None:
-            runtime = trainer.runtime
-            if runtime.is_main:
-                log.info("reference log-probabilities of %d %s pairs: one pass of the %s model", len(dataset), name,
-                         "frozen" if self.settings.reference == "model" else "initial")
+        def compute() -> torch.Tensor:
             with self._reference_off():
-                logps = reference_pass.compute(self.reference_model or self._policy.eval_model, dataset,
-                                               PreferenceCollator(self._padder),
-                                               self.config.train_micro_batch_size, runtime,
-                                               self._policy.forward_context, IGNORE_INDEX)
-            if path and fingerprint and runtime.is_main:
-                reference_pass.write_cache(path, fingerprint, logps)
-        elif trainer.runtime.is_main:
-            log.info("reference log-probabilities of the %s pairs: read from %s", name, path)
-        return WithReference(dataset, logps)
+                return reference_pass.compute(self.reference_model or self._policy.eval_model, dataset,
+                                              PreferenceCollator(self._padder), self.config.train_micro_batch_size,
+                                              trainer.runtime, self._policy.forward_context, IGNORE_INDEX)
 
-    def _fingerprint(self, dataset, base_model: Optional[str]) -> Optional[str]:
-        config = self.config
-        model = reference_pass.model_fingerprint(base_model, f"{config.param_dtype}/{config.compute_dtype}/"
-                                                             f"{config.mixed_precision}")
-        if model is None:
-            return None
-        # What the initial policy is besides its weights: adapters (a LoRA run starting from one), a prompt.
-        peft = json.dumps(dataclasses.asdict(config.peft), sort_keys=True, default=str)
-        return hashlib.sha256(json.dumps([model, peft, reference_pass.data_fingerprint(dataset)]).encode()).hexdigest()
+        model = "frozen" if self.settings.reference == "model" else "initial"
+        return WithReference(dataset, reference_pass.cached_or_computed(name, dataset, self.config, trainer.base_model,
+                                                                        compute, trainer.runtime.is_main, model))
 
 
 def preference_run(config: CollieConfig, model: torch.nn.Module, loss_fn, train_fn, collate_fn) -> Optional[PreferenceRun]:

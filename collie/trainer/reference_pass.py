@@ -10,6 +10,7 @@ weights in memory are no longer the initial ones.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -115,3 +116,35 @@ def compute(model: torch.nn.Module, dataset, collate: Callable[[list[dict]], dic
         values = values.to(runtime.device)
         dist.all_reduce(values, group=runtime.dp_group)
     return values.cpu()
+
+
+def fingerprint(dataset, base_model: Optional[str], config) -> Optional[str]:
+    """What the reference log-probabilities of `dataset` depend on: the pairs' tokens, the initial
+    weights, the dtypes they are computed in, and what a PEFT run starts from besides the weights
+    (an adapter, a prompt). None when the weights came from no directory (nothing to check a
+    cache against)."""
+    model = model_fingerprint(base_model, f"{config.param_dtype}/{config.compute_dtype}/{config.mixed_precision}")
+    if model is None:
+        return None
+    peft = json.dumps(dataclasses.asdict(config.peft), sort_keys=True, default=str)
+    return hashlib.sha256(json.dumps([model, peft, data_fingerprint(dataset)]).encode()).hexdigest()
+
+
+def cached_or_computed(name: str, dataset, config, base_model: Optional[str], compute: Callable[[], torch.Tensor],
+                       is_main: bool, model: str = "initial") -> torch.Tensor:
+    """[pairs, 2] reference log-probabilities of `dataset` from `output_dir/reference/<name>.json`
+    when it was made from the same data and model, else `compute()`d (every rank) and written
+    there (by the main rank)."""
+    key = fingerprint(dataset, base_model, config)
+    path = cache_path(config.output_dir, name) if config.output_dir else None
+    logps = read_cache(path, key, len(dataset)) if path and key else None
+    if logps is not None:
+        if is_main:
+            log.info("reference log-probabilities of the %s pairs: read from %s", name, path)
+        return logps
+    if is_main:
+        log.info("reference log-probabilities of %d %s pairs: one pass of the %s model", len(dataset), name, model)
+    logps = compute()
+    if path and key and is_main:
+        write_cache(path, key, logps)
+    return logps

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from collie.cli import main
+from collie.commands.evaluate import run_eval
 from collie.models.base import CollieModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -187,3 +188,31 @@ def test_eval_command_on_an_export_and_on_a_checkpoint(tmp_path, capsys):
     assert from_checkpoint["ppl"] == from_export["ppl"] and from_checkpoint["model"] == checkpoint
     assert main(["eval", os.path.join(out, "final"), QUICKSTART, "data.eval_file=null"]) == 2
     assert "data.eval_file: `collie eval` needs an evaluation file" in capsys.readouterr().err
+
+
+DPO = os.path.join(ROOT, "examples", "dpo.yaml")
+PAIRS_FILE = os.path.join(ROOT, "examples", "data", "preference_qa.jsonl")
+
+
+def test_dpo_example_trains_and_collie_eval_scores_it(tmp_path):
+    """examples/dpo.yaml: step 1 is ln 2 (the precomputed reference is the initial model), the
+    rewards reach metrics.csv, and `collie eval` of the final model reports what the evaluation
+    during training reported — with the reference read from the run's cache, or computed again
+    from the model the run started from."""
+    out = str(tmp_path / "dpo")
+    assert main(["train", DPO, f"output_dir={out}", "max_steps=6", "eval_per_n_steps=6", "logging=[csv]",
+                 "checkpoint_every_n_steps=0", f"data.train_file={PAIRS_FILE}", f"data.eval_file={PAIRS_FILE}"]) == 0
+    rows = _rows(os.path.join(out, "metrics.csv"))
+    assert float(rows[0]["loss"]) == pytest.approx(0.6931471805599453, abs=1e-6)
+    assert float(rows[0]["reward_margin"]) == 0 and {"rewards_chosen", "reward_accuracy"} <= set(rows[0])
+    during = {key: float(rows[-1][key]) for key in ("eval_loss", "eval_reward_margin", "eval_reward_accuracy")}
+    assert during["eval_loss"] < 0.6931 and during["eval_reward_margin"] > 0
+    assert os.path.isfile(os.path.join(out, "reference", "eval-0.json"))
+
+    config = os.path.join(out, "config.yaml")
+    cached = run_eval(os.path.join(out, "final"), config, [], str(tmp_path / "cached.json"))
+    again = run_eval(os.path.join(out, "final"), config, [f"output_dir={tmp_path / 'elsewhere'}"],
+                     str(tmp_path / "again.json"))
+    for key, value in during.items():
+        assert cached[key] == pytest.approx(value, rel=1e-5) and again[key] == pytest.approx(value, rel=1e-5), key
+    assert os.path.isfile(tmp_path / "elsewhere" / "reference" / "eval-0.json")
