@@ -161,15 +161,18 @@ class PairTokenizer:
 
 
 def run_preference(model_dir: str, overrides: list[str], output_dir: str) -> dict:
-    """6 steps of preference training; the losses, and the reward columns of metrics.csv."""
+    """6 steps of preference training; the losses, the reward columns of metrics.csv, and an
+    evaluation of the trained model."""
     config = CollieConfig.load(None, ["train_micro_batch_size=2", "gradient_accumulation_steps=2", "max_steps=6",
                                       "logging=[csv]", f"output_dir={output_dir}", "optimizer.lr=0.001",
                                       "data.max_length=16", "param_dtype=float64", *overrides])
     model = CollieModel.from_pretrained(model_dir, config=config)
     losses = Losses()
-    Trainer(model, config, train_dataset=CollieDatasetForPreference(PAIRS, PairTokenizer(), max_length=16),
-            callbacks=[losses]).train()
-    result = {"loss": losses.values}
+    pairs = CollieDatasetForPreference(PAIRS, PairTokenizer(), max_length=16)
+    trainer = Trainer(model, config, train_dataset=pairs, eval_dataset=pairs[:5], callbacks=[losses])
+    trainer.train()
+    # The trained model's preference evaluation (5 pairs: uneven shares over data-parallel ranks).
+    result = {"loss": losses.values, "eval": list(trainer.evaluate().values())}
     if int(os.environ.get("RANK", "0")) == 0:
         with open(os.path.join(output_dir, "metrics.csv")) as f:
             rows = list(csv.DictReader(f))

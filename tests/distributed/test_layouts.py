@@ -84,6 +84,7 @@ def _check_preference(losses: dict, references: dict, layouts: tuple[str, ...], 
         result, reference = losses.pop(f"preference/{key}"), references[f"preference/{name}"]
         for column in ("loss", "reward_margin", "reward_accuracy", "rewards_chosen"):
             assert _max_diff(result[column], reference[column], 6) <= TOLERANCE, (key, column)
+        assert _max_diff(result["eval"], reference["eval"], 5) <= TOLERANCE, (key, "eval")
     assert references["preference/dpo/adamw"]["loss"][0] == pytest.approx(math.log(2), abs=1e-12)
     assert references["preference/dpo/lomo"]["reward_margin"][-1] > 0.1  # it learned to prefer
 
