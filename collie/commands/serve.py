@@ -38,11 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-queue", type=int, default=64, help="rows waiting before requests get 503")
     parser.add_argument("--default-max-tokens", type=int, default=1024,
                         help="a chat request without max_tokens gets at most this many (default 1024)")
+    parser.add_argument("--batching", choices=("continuous", "static"), default="continuous",
+                        help="continuous (default): requests join and leave the batch at every token, over a "
+                             "paged KV cache; static: a batch runs until its longest request ends")
+    parser.add_argument("--max-num-tokens", type=int, default=512,
+                        help="continuous batching: prompt tokens prefilled per step (longer prompts in chunks)")
+    parser.add_argument("--kv-cache-gib", type=float,
+                        help="continuous batching: KV cache size (default: 90%% of a GPU's free memory; on a CPU "
+                             "what --max-batch-size full-context rows need, at most a quarter of free RAM)")
 
 
 def run(args: argparse.Namespace) -> None:
-    if min(args.max_batch_size, args.max_queue, args.default_max_tokens) < 1:
-        raise ValueError("--max-batch-size, --max-queue and --default-max-tokens: must be at least 1")
+    if min(args.max_batch_size, args.max_queue, args.default_max_tokens, args.max_num_tokens) < 1:
+        raise ValueError("--max-batch-size, --max-queue, --default-max-tokens and --max-num-tokens: must be at least 1")
+    if args.kv_cache_gib is not None and not args.kv_cache_gib > 0:
+        raise ValueError(f"--kv-cache-gib: must be a positive size in GiB, got {args.kv_cache_gib}")
     check_port(args.port, "--port")
     if read_launch_env().get("RANK", "0") == "0":
         # The port is tried before the model loads: a taken one fails now, not after a long load.
@@ -57,4 +67,5 @@ def run(args: argparse.Namespace) -> None:
     served = ServedModel(model_name(args.model, args.model_name), loaded.tokenizer,
                          context_length(dims, loaded.tokenizer, loaded.model), default_max_tokens=args.default_max_tokens)
     serve_until_stopped(loaded.model, loaded.tokenizer, loaded.forward_context, served, args.host, args.port,
-                        loaded.world_size, args.max_batch_size, args.max_queue)
+                        loaded.world_size, args.max_batch_size, args.max_queue, batching=args.batching,
+                        max_num_tokens=args.max_num_tokens, kv_cache_gib=args.kv_cache_gib)

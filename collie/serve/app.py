@@ -10,7 +10,7 @@ import uuid
 from typing import AsyncIterator, Optional, Union
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from collie.serve.engine import Engine, Event, Job, Overloaded
@@ -24,6 +24,7 @@ from collie.serve.protocol import (
     parse,
     rows_for,
 )
+from collie.serve.serve_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to what fits
 
@@ -79,8 +80,17 @@ def build_app(engine: Engine, served: ServedModel) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": served.name, "queued": engine.queued(), "decoding": engine.busy_rows,
-                "step": engine.step()}
+        health = {"status": "ok", "model": served.name, "queued": engine.queued(), "decoding": engine.busy_rows,
+                  "step": engine.step(), "batching": engine.batching}
+        if engine.batcher is not None:
+            pool = engine.batcher.pool
+            health.update(kv_blocks_used=pool.used, kv_blocks_total=pool.num_blocks,
+                          prefix_cache_hit_tokens=engine.batcher.prefix_hit_tokens)
+        return health
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(engine.metrics.text(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models():

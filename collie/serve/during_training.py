@@ -48,7 +48,7 @@ class ServeCallback(Callback):
         parallel = trainer.parallel
         self.lockstep = Lockstep() if trainer.runtime.env.world_size > 1 else None
         self.engine = Engine(parallel.eval_model, trainer.tokenizer, parallel.forward_context, self.max_batch_size,
-                             self.max_queue, batch_wait_s=0.0, lockstep=self.lockstep,
+                             self.max_queue, batch_wait_s=0.0, lockstep=self.lockstep, batching="static",
                              step=lambda: trainer.global_step)
         if not trainer.runtime.is_main:
             return

@@ -1,7 +1,12 @@
-"""The decoding side of the server: requests wait in a bounded queue; the engine takes as many
-as fit in a batch, left-pads their prompts and decodes them together with one KV cache, each
-row with its own sampling settings, stop sequences and token budget. Rows report what they
+"""The decoding side of the server: requests wait in a bounded queue and are decoded together,
+each row with its own sampling settings, stop sequences and token budget. Rows report what they
 generate as it is generated (`Job.events`), so streaming and plain answers are the same path.
+
+Two ways to batch: `continuous` (the default; `collie.serve.continuous`) lets rows join and
+leave at every decoding step over a paged KV cache sized by a memory budget; `static` takes as
+many requests as fit, left-pads their prompts and decodes them with one KV cache until the
+longest is done (kept for comparison, for models whose positions are not read from the
+attention mask, and for serving between training steps).
 
 Under several processes (tensor or pipeline parallel) rank 0 runs this engine and every other
 rank follows it through a `Lockstep` channel: the same batches, the same tokens, step by step.
@@ -17,10 +22,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Optional
 
+import psutil
 import torch
 
 from collie.dtypes import at_least_fp32
 from collie.generation import GREEDY_BELOW, choose_next
+from collie.models.kv_cache import KVCache
+from collie.models.registry import spec_of
+from collie.peft.prompt_tuning import prompt_length
+from collie.serve.continuous import ContinuousBatcher, Plan, paged_forward
+from collie.serve.kv_blocks import BlockPool
+from collie.serve.serve_metrics import ServeMetrics
 from collie.serve.text import IncrementalText
 from collie.tensors import whole
 from collie.tokenization import pad_token_id
@@ -62,6 +74,7 @@ class Job:
         self.rows = rows
         self.events = events
         self.cancelled = False  # the client went away: its rows stop at the next token
+        self.arrived = time.perf_counter()
 
 
 class _Row:
@@ -131,7 +144,11 @@ def decode(model, forward_context: Callable[[], ContextManager], prompts: list[l
 class Engine:
     def __init__(self, model, tokenizer, forward_context: Callable[[], ContextManager] = contextlib.nullcontext,
                  max_batch_size: int = 16, max_queue: int = 64, batch_wait_s: float = 0.005,
-                 lockstep=None, step: Callable[[], Optional[int]] = lambda: None) -> None:
+                 lockstep=None, step: Callable[[], Optional[int]] = lambda: None, batching: str = "continuous",
+                 max_num_tokens: int = 512, kv_cache_gib: Optional[float] = None, block_size: int = 16) -> None:
+        """`batching`: continuous or static (see the module); continuous takes `max_num_tokens`
+        (prompt tokens prefilled per iteration) and a KV cache of `kv_cache_gib` (None: see
+        `kv_cache_blocks`) in blocks of `block_size` tokens."""
         self.model, self.tokenizer, self.forward_context = model, tokenizer, forward_context
         self.step = step
         self.max_batch_size, self.max_queue, self.batch_wait_s = max_batch_size, max_queue, batch_wait_s
@@ -145,6 +162,14 @@ class Engine:
         self.busy_rows = 0
         self.unseeded = torch.Generator()
         self.unseeded.seed()
+        self.metrics = ServeMetrics(lambda: self.busy_rows, self.queued)
+        self.batching = batching if batching == "static" or continuous_supported(model) else "static"
+        if self.batching != batching:
+            log.info("serving: this model's positions do not come from the attention mask; batching statically")
+        self.batcher: Optional[ContinuousBatcher] = None
+        if self.batching == "continuous":
+            pool = BlockPool(kv_cache_blocks(model, kv_cache_gib, block_size, max_batch_size), block_size)
+            self.batcher = ContinuousBatcher(pool, self._paged_forward, max_batch_size, max_num_tokens, self.metrics)
 
     # -- the HTTP side (any thread) -------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -168,6 +193,9 @@ class Engine:
     # -- the decoding side (one thread) -----------------------------------------------
     def serve_forever(self) -> None:
         """Decode batches until `stop()` (what is queued then is still answered)."""
+        if self.batcher is not None:
+            self._continuous_forever()
+            return
         while True:
             jobs = self.next_batch(block=True)
             if jobs is None:
@@ -236,3 +264,98 @@ class Engine:
                 raise
         finally:
             self.busy_rows = 0
+
+    # -- continuous batching ------------------------------------------------------------
+    def _paged_forward(self, plan: Plan) -> torch.Tensor:
+        if self.lockstep is not None:
+            self.lockstep.send_plan(plan)
+        return paged_forward(self.model, self.forward_context, self.batcher.pool, plan, self.pad_id)
+
+    def _continuous_forever(self) -> None:
+        batcher = self.batcher
+        while True:
+            with self.condition:
+                while not self.waiting and not batcher.running:
+                    if self.stopping:
+                        if self.lockstep is not None:
+                            self.lockstep.send_stop()
+                        return
+                    self.condition.wait()
+                jobs = []
+                # Whole jobs, while their rows fit (a job larger than the batch runs alone).
+                while self.waiting and (len(self.waiting[0].rows) <= batcher.room() or
+                                        not batcher.running and not jobs):
+                    jobs.append(self.waiting.popleft())
+            step = self.step()
+            for job in jobs:
+                batcher.admit([_Row(job, i, settings, self.tokenizer, self.eos, self.unseeded, step)
+                               for i, settings in enumerate(job.rows)], job.arrived)
+            self.busy_rows = len(batcher.running)
+            try:
+                batcher.drop_finished()
+                batcher.step()
+            except Exception as e:  # a failed forward fails the requests in it, not the server
+                log.exception("serving: a forward over %d sequences failed", len(batcher.running))
+                self._fail(batcher.fail_all(), e)
+            self.busy_rows = len(batcher.running)
+
+    def _fail(self, jobs: list[Job], error: Exception) -> None:
+        event = Event("error", text=f"generation failed: {type(error).__name__}: {error}")
+        if self.lockstep is not None:
+            # The other ranks are inside the same collectives: no way to go on together.
+            # Every request still waiting is answered before the server stops.
+            with self.condition:
+                self.stopping = True
+                jobs = jobs + list(self.waiting)
+                self.waiting.clear()
+        for job in jobs:
+            job.events(event)
+        if self.lockstep is not None:
+            raise error
+
+
+def continuous_supported(model) -> bool:
+    """Whether the model reads positions from the attention mask and keeps collie's KV cache:
+    what a paged forward relies on (not ChatGLM-6B's 2D positions, a prompt-tuned model's
+    virtual tokens, or transformers' own classes)."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        try:
+            spec = spec_of(model)
+        except (KeyError, TypeError, ValueError):
+            return False
+    if getattr(spec, "position_ids", None) is not None or prompt_length(model):
+        return False
+    new_cache = getattr(model, "new_kv_cache", None)
+    return new_cache is not None and isinstance(new_cache(1), KVCache)
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of keys and values one token takes over every layer (all heads: an upper bound for a
+    rank that holds some of them)."""
+    config = model.config
+    heads = getattr(config, "num_attention_heads", 1)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    dtype = getattr(model, "compute_dtype", None) or next(iter(model.parameters())).dtype
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+
+def kv_cache_blocks(model, gib: Optional[float], block_size: int, max_batch_size: int) -> int:
+    """Blocks in `gib` GiB (None: 90% of a GPU's free memory; on a CPU, what `max_batch_size`
+    sequences of the model's whole context need, at most a quarter of the memory available)."""
+    per_token = kv_bytes_per_token(model)
+    parameter = next(iter(model.parameters()))
+    config = model.config
+    if gib is not None:
+        budget = gib * 2**30
+    elif parameter.device.type == "cuda":
+        budget = 0.9 * torch.cuda.mem_get_info(parameter.device)[0]
+    else:
+        context = getattr(config, "max_position_embeddings", 2048)
+        budget = min(max_batch_size * context * per_token, 0.25 * psutil.virtual_memory().available)
+    blocks = int(budget // (per_token * block_size))
+    if blocks < 1:
+        raise ValueError(f"--kv-cache-gib: {gib} GiB holds no block of {block_size} tokens "
+                         f"({per_token * block_size / 2**20:.2f} MiB each for this model)")
+    return blocks

@@ -27,6 +27,10 @@ class Lockstep:
         message = torch.cat([tokens.cpu(), torch.tensor([int(all_done)])])
         dist.broadcast(message, src=0, group=self.group)
 
+    def send_plan(self, plan) -> None:
+        """One forward of continuous batching (`collie.serve.continuous.Plan`)."""
+        dist.broadcast_object_list([("plan", plan, 0)], src=0, group=self.group)
+
     def send_stop(self) -> None:
         dist.broadcast_object_list([("stop", None, 0)], src=0, group=self.group)
 
@@ -35,10 +39,11 @@ class Lockstep:
         dist.broadcast_object_list([("idle", None, 0)], src=0, group=self.group)
 
     # -- the other ranks --
-    def follow(self, run_batch, until: str = "stop") -> None:
-        """Decode what rank 0 sends (`run_batch(prompts, max_new, choose)`) until it says stop, or
-        with until="idle" until it says idle (or stop). A server's SIGTERM (torchrun passes it to
-        every rank) is left to rank 0, which drains its requests first and then sends stop."""
+    def follow(self, run_batch, until: str = "stop", run_plan=None) -> None:
+        """Decode what rank 0 sends (`run_batch(prompts, max_new, choose)`, and `run_plan(plan)`
+        for continuous batching's forwards) until it says stop, or with until="idle" until it
+        says idle (or stop). A server's SIGTERM (torchrun passes it to every rank) is left to
+        rank 0, which drains its requests first and then sends stop."""
         if until == "stop":
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while True:
@@ -47,6 +52,9 @@ class Lockstep:
             kind, prompts, max_new = command[0]
             if kind == "stop" or kind == until:
                 return
+            if kind == "plan":
+                run_plan(prompts)
+                continue
             run_batch(prompts, max_new, self._receive_tokens(len(prompts)))
 
     def _receive_tokens(self, rows: int):

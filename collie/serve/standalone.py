@@ -12,25 +12,40 @@ from typing import Callable, ContextManager, Optional
 import torch
 
 from collie.serve.app import ServedModel, build_app
+from collie.serve.continuous import Plan, paged_forward
 from collie.serve.engine import Engine, decode
 from collie.serve.http import http_server, listening_socket
+from collie.serve.kv_blocks import BlockPool
 from collie.serve.lockstep import Lockstep
 
 log = logging.getLogger("collie")
 
 
+def follow_plan(model, forward_context: Callable[[], ContextManager], plan: Plan, pad_id: int,
+                blocks: list[BlockPool]) -> None:
+    """A following rank's part of one continuous-batching forward, on its own blocks (the same
+    block numbers as rank 0's, holding this rank's heads or layers)."""
+    if not blocks:
+        blocks.append(BlockPool(plan.num_blocks, plan.block_size))
+    paged_forward(model, forward_context, blocks[0], plan, pad_id)
+
+
 def serve_until_stopped(model: torch.nn.Module, tokenizer, forward_context: Callable[[], ContextManager],
                         served: ServedModel, host: str, port: int, world_size: int = 1, max_batch_size: int = 16,
                         max_queue: int = 64, page: Optional[Callable[[str, str], object]] = None,
-                        port_setting: str = "--port") -> None:
+                        port_setting: str = "--port", batching: str = "continuous", max_num_tokens: int = 512,
+                        kv_cache_gib: Optional[float] = None) -> None:
     """Serve `model` at http://host:port/v1 until SIGTERM or Ctrl-C, then answer what is in flight
     and return. `page(api_url, model_name)` makes a web page over the endpoint (rank 0). A port
     that cannot be listened on is a ValueError naming `port_setting`, before anything starts."""
     lockstep = Lockstep() if world_size > 1 else None
-    engine = Engine(model, tokenizer, forward_context, max_batch_size, max_queue, lockstep=lockstep)
+    blocks: list[BlockPool] = []  # a following rank's own KV blocks, made at the first plan
+    engine = Engine(model, tokenizer, forward_context, max_batch_size, max_queue, lockstep=lockstep,
+                    batching=batching, max_num_tokens=max_num_tokens, kv_cache_gib=kv_cache_gib)
     if lockstep is not None and lockstep.rank != 0:
         lockstep.follow(lambda prompts, max_new, choose: decode(model, forward_context, prompts, max_new,
-                                                                engine.pad_id, choose))
+                                                                engine.pad_id, choose),
+                        run_plan=lambda plan: follow_plan(model, forward_context, plan, engine.pad_id, blocks))
         return
     sock = listening_socket(host, port, port_setting)
     server = http_server(build_app(engine, served), host, port)

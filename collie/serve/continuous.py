@@ -1,0 +1,237 @@
+"""Continuous batching over the paged KV cache: at every iteration finished sequences leave,
+waiting requests join (their prompts prefilled in chunks of at most `max_num_tokens` tokens per
+iteration), and every running sequence decodes one token.
+
+Iteration: drop cancelled sequences; admit whole jobs while the rows fit `max_batch_size`; one
+prefill forward for the sequences whose prompt is not yet cached (first reusing the cached full
+blocks that begin their tokens); one decode forward for the rest. When a sequence needs a block
+and none is free, the newest running sequence is preempted: its blocks are released and it is
+prefilled again later from its prompt and what it generated — a request never fails for memory.
+
+Every rank of a parallel model runs the same forwards: rank 0 decides, the others receive each
+forward's plan (`Lockstep.send_plan`) and run `paged_forward` on their own blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Optional
+
+import torch
+
+from collie.dtypes import at_least_fp32
+from collie.serve.kv_blocks import BlockPool, NoFreeBlock, PagedForward
+from collie.serve.serve_metrics import ServeMetrics
+from collie.tensors import whole
+
+
+@dataclass
+class Plan:
+    """One forward: each sequence's block table, its cached token count and the tokens it feeds."""
+    tables: list[list[int]]
+    cached: list[int]
+    inputs: list[list[int]]
+    num_blocks: int
+    block_size: int
+
+
+def paged_forward(model, forward_context: Callable[[], ContextManager], pool: BlockPool, plan: Plan,
+                  pad_id: int) -> torch.Tensor:
+    """The last position's logits of each sequence after feeding its `inputs`, whose keys and
+    values are written into its blocks. Inputs are left-padded to the widest, cached keys to the
+    longest cache; the attention mask marks both paddings, so positions count real tokens only."""
+    device = next(iter(model.parameters())).device
+    widths = [len(tokens) for tokens in plan.inputs]
+    width, past = max(widths), max(plan.cached)
+    ids = torch.full((len(widths), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(widths), past + width), dtype=torch.long)
+    for row, (tokens, cached) in enumerate(zip(plan.inputs, plan.cached)):
+        ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, past - cached:past] = 1
+        mask[row, past + width - len(tokens):] = 1
+    view = PagedForward(pool, plan.tables, plan.cached, widths, device)
+    with torch.no_grad(), forward_context():
+        logits = whole(model(ids.to(device), attention_mask=mask.to(device), kv_cache=view).logits)[:, -1]
+    return logits.to(at_least_fp32(logits.dtype))
+
+
+class Sequence:
+    """A row being served: its tokens so far, the blocks holding their keys and values, and how
+    many of them are cached."""
+
+    def __init__(self, row, arrived: float) -> None:
+        self.row = row
+        self.tokens = list(row.settings.prompt_ids)
+        self.blocks: list[int] = []
+        self.cached = 0
+        self.prefilled = False
+        self.arrived = arrived
+        self.last_token_at: Optional[float] = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.row.settings.prompt_ids)
+
+
+def block_names(tokens: list[int], block_size: int, count: int) -> list[int]:
+    """Names of the first `count` full blocks of `tokens`: each hashes its tokens and the name of
+    the block before it, so a name stands for the whole prefix up to the block's end."""
+    names, previous = [], None
+    for index in range(count):
+        previous = hash((previous, tuple(tokens[index * block_size:(index + 1) * block_size])))
+        names.append(previous)
+    return names
+
+
+class ContinuousBatcher:
+    def __init__(self, pool: BlockPool, forward: Callable[[Plan], torch.Tensor], max_batch_size: int,
+                 max_num_tokens: int, metrics: ServeMetrics) -> None:
+        self.pool, self.forward = pool, forward
+        self.max_batch_size, self.max_num_tokens = max_batch_size, max_num_tokens
+        self.metrics = metrics
+        self.running: list[Sequence] = []
+        self.prefix_hit_tokens = 0
+
+    # -- admission and leaving ------------------------------------------------------
+    def room(self) -> int:
+        return self.max_batch_size - len(self.running)
+
+    def admit(self, rows: list, arrived: float) -> None:
+        self.running.extend(Sequence(row, arrived) for row in rows)
+
+    def _leave(self, sequence: Sequence) -> None:
+        self.pool.release(sequence.blocks)
+        sequence.blocks = []
+        self.running.remove(sequence)
+
+    def drop_finished(self) -> None:
+        """Sequences that finished or whose client went away give their blocks back now."""
+        for sequence in list(self.running):
+            if sequence.row.job.cancelled:
+                sequence.row.done = True
+            if sequence.row.done:
+                self._leave(sequence)
+
+    def fail_all(self) -> list:
+        """A forward failed: every running sequence leaves; their jobs are returned."""
+        jobs = []
+        for sequence in list(self.running):
+            if sequence.row.job not in jobs:
+                jobs.append(sequence.row.job)
+            sequence.row.done = True
+            self._leave(sequence)
+        return jobs
+
+    # -- one iteration --------------------------------------------------------------------
+    def step(self) -> None:
+        self._prefill()
+        self._decode()
+        self.drop_finished()
+        self.metrics.kv_blocks(self.pool.used, self.pool.num_blocks - self.pool.used)
+
+    def _prefill(self) -> None:
+        budget, chosen, claimed = self.max_num_tokens, [], set()
+        size = self.pool.block_size
+        for sequence in [s for s in self.running if not s.prefilled]:
+            if budget <= 0:
+                break
+            if sequence.cached == 0 and not sequence.blocks:
+                names = block_names(sequence.tokens, size, (len(sequence.tokens) - 1) // size)
+                if names and names[0] in claimed:
+                    continue  # another sequence computes the same first block now: reuse it next iteration
+                self._reuse_prefix(sequence, names)
+                claimed.update(names[len(sequence.blocks):])
+            chunk = min(len(sequence.tokens) - sequence.cached, budget)
+            if not self._hold_blocks(sequence, sequence.cached + chunk):
+                break
+            chosen.append((sequence, chunk))
+            budget -= chunk
+        if not chosen:
+            return
+        plan = self._plan([(s, s.tokens[s.cached:s.cached + chunk]) for s, chunk in chosen])
+        logits = self.forward(plan)
+        now = time.perf_counter()
+        for (sequence, chunk), last in zip(chosen, logits):
+            self._cached(sequence, sequence.cached + chunk)
+            if sequence.cached == len(sequence.tokens):  # the whole prompt is in: its next token
+                first = not sequence.prefilled and sequence.last_token_at is None
+                sequence.prefilled = True
+                self.metrics.prompt(sequence.prompt_tokens if first else 0)
+                if first:
+                    self.metrics.first_token(now - sequence.arrived)
+                self._accept(sequence, last, now)
+
+    def _decode(self) -> None:
+        ready = [s for s in self.running if s.prefilled and not s.row.done]
+        held = []
+        for sequence in ready:
+            if sequence in self.running and sequence.prefilled and self._hold_blocks(sequence, sequence.cached + 1):
+                held.append(sequence)
+        held = [s for s in held if s.prefilled]  # a later one's blocks may have come from preempting it
+        if not held:
+            return
+        logits = self.forward(self._plan([(s, s.tokens[s.cached:]) for s in held]))
+        now = time.perf_counter()
+        for sequence, last in zip(held, logits):
+            self._cached(sequence, len(sequence.tokens))
+            self._accept(sequence, last, now)
+
+    # -- blocks -----------------------------------------------------------------------------
+    def _reuse_prefix(self, sequence: Sequence, names: list[int]) -> None:
+        for name in names:
+            block = self.pool.lookup(name)
+            if block is None:
+                break
+            sequence.blocks.append(block)
+        sequence.cached = len(sequence.blocks) * self.pool.block_size
+        if sequence.cached:
+            self.prefix_hit_tokens += sequence.cached
+            self.metrics.prefix_hit(sequence.cached)
+
+    def _hold_blocks(self, sequence: Sequence, positions: int) -> bool:
+        """Blocks for `positions` tokens of `sequence`, preempting the newest other running
+        sequences while none is free; False (nothing held for it) when it is the newest itself."""
+        needed = -(-positions // self.pool.block_size) - len(sequence.blocks)
+        while needed > 0:
+            try:
+                sequence.blocks.append(self.pool.allocate())
+                needed -= 1
+            except NoFreeBlock:
+                victim = next((s for s in reversed(self.running) if s.blocks and s is not sequence), None)
+                if victim is None or self.running.index(victim) < self.running.index(sequence):
+                    self._preempt(sequence)
+                    return False
+                self._preempt(victim)
+        return True
+
+    def _preempt(self, sequence: Sequence) -> None:
+        self.pool.release(sequence.blocks)
+        sequence.blocks, sequence.cached, sequence.prefilled = [], 0, False
+        self.metrics.preempted()
+
+    def _cached(self, sequence: Sequence, cached: int) -> None:
+        """`cached` tokens of `sequence` are in its blocks now: its newly full blocks get names."""
+        size = self.pool.block_size
+        before, sequence.cached = sequence.cached // size, cached
+        full = cached // size
+        if full > before:
+            names = block_names(sequence.tokens, size, full)
+            for index in range(before, full):
+                self.pool.name(sequence.blocks[index], names[index])
+
+    def _plan(self, work: list[tuple[Sequence, list[int]]]) -> Plan:
+        return Plan([list(s.blocks) for s, _ in work], [s.cached for s, _ in work], [tokens for _, tokens in work],
+                    self.pool.num_blocks, self.pool.block_size)
+
+    def _accept(self, sequence: Sequence, logits: torch.Tensor, now: float) -> None:
+        row = sequence.row
+        if row.done:
+            return
+        token = row.choose(logits)
+        row.accept(token)
+        if sequence.last_token_at is not None:
+            self.metrics.token_gap(now - sequence.last_token_at)
+        sequence.last_token_at = now
+        self.metrics.generated(1)
+        sequence.tokens.append(token)
