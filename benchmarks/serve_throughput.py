@@ -1,6 +1,16 @@
-"""Batched serving vs the same prompts one at a time: `collie serve` on a random model, 64
-completions (greedy, 32 tokens each) from 16 concurrent clients, then the same 64 sent one after
-another to the same server; generated tokens per second of each and their ratio.
+"""Continuous vs static batching on a mixed workload, a shared system prompt, and collie's engine
+next to transformers' own continuous batching (`generate_batch`), all in one run.
+
+1. `collie serve` on a random model twice — `--batching continuous`, then `--batching static` —
+   each answering the same 64 streamed completions (greedy, `max_tokens` 4–64, prompts of 3–40
+   words, drawn with a fixed seed) from 16 concurrent clients. Per server: completion tokens per
+   second over the whole run, time to first token (first streamed chunk) p50 and p90, and the
+   peak KV blocks in use (sampled from /health) against the `--kv-cache-gib` budget.
+2. 16 requests that share a 200-token system prompt, on the continuous server: the prompt
+   tokens found in the cache (/health's prefix counter) against those the requests sent.
+3. In-process, no HTTP: collie's `Engine` and transformers' `generate_batch` on the same weights
+   and token prompts, `max_new_tokens` 32 each, greedy: generated tokens per second (each timed
+   on its second round, warm).
 
     OMP_NUM_THREADS=2 python benchmarks/serve_throughput.py [--shape 20m] [--requests 64] [--clients 16]
     python benchmarks/serve_throughput.py --dry-run      # tiny shape, 8 requests, 4 clients
@@ -11,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,51 +30,81 @@ import threading
 import time
 
 import httpx
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig
+
+from collie.models.base import CollieModel, load_tokenizer
+from collie.serve.engine import Engine, Job, RowSettings, kv_bytes_per_token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KV_CACHE_GIB = 0.25
 
 
-def prompts(count: int) -> list[str]:
+def workload(count: int, seed: int = 0) -> list[tuple[str, int]]:
+    """(prompt, max_tokens) pairs: prompts of 3–40 words from the repo's Q/A text, budgets 4–64."""
     with open(os.path.join(ROOT, "examples", "data", "collie_qa.jsonl")) as f:
-        questions = [json.loads(line)["input"] for line in f if line.strip()]
-    return [f"{questions[i % len(questions)]}({i})" for i in range(count)]
+        words = " ".join(json.loads(line)["output"] for line in f if line.strip()).split()
+    draw = random.Random(seed)
+    return [(" ".join(draw.choice(words) for _ in range(draw.randint(3, 40))), draw.randint(4, 64))
+            for _ in range(count)]
 
 
-def ask(url: str, prompt: str, max_tokens: int) -> int:
-    body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
-    response = httpx.post(f"{url}/v1/completions", json=body, timeout=600)
-    response.raise_for_status()
-    return response.json()["usage"]["completion_tokens"]
+def stream(url: str, prompt: str, max_tokens: int) -> tuple[int, float]:
+    """(completion tokens, seconds to the first streamed chunk) of one greedy completion."""
+    body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start, first, tokens = time.perf_counter(), None, 0
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and first is None:
+                first = time.perf_counter() - start
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return tokens, first if first is not None else time.perf_counter() - start
 
 
-def one_at_a_time(url: str, texts: list[str], max_tokens: int) -> tuple[int, float]:
-    start = time.perf_counter()
-    tokens = sum(ask(url, text, max_tokens) for text in texts)
-    return tokens, time.perf_counter() - start
-
-
-def concurrent(url: str, texts: list[str], max_tokens: int, clients: int) -> tuple[int, float]:
-    counts: list[int] = []
+def concurrent(url: str, work: list[tuple[str, int]], clients: int) -> dict:
+    results: list[tuple[int, float]] = []
     lock = threading.Lock()
+    peak = [0]
+    stop = threading.Event()
 
     def client(k: int) -> None:
-        for text in texts[k::clients]:
-            n = ask(url, text, max_tokens)
+        for prompt, max_tokens in work[k::clients]:
+            result = stream(url, prompt, max_tokens)
             with lock:
-                counts.append(n)
+                results.append(result)
+
+    def watch() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], httpx.get(f"{url}/health", timeout=10).json().get("kv_blocks_used", 0))
+            time.sleep(0.05)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    watcher = threading.Thread(target=watch)
     start = time.perf_counter()
+    watcher.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sum(counts), time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    stop.set()
+    watcher.join()
+    tokens = sum(n for n, _ in results)
+    ttft = sorted(t for _, t in results)
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "ttft_p50": statistics.median(ttft), "ttft_p90": ttft[int(0.9 * (len(ttft) - 1))], "peak_blocks": peak[0]}
 
 
-def start_server(model_dir: str, port: int, batch: int, queue: int, log) -> subprocess.Popen:
+def start_server(model_dir: str, port: int, batching: str, clients: int, queue: int, log) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-m", "collie", "serve", model_dir, "--port", str(port),
-                                "--model-name", "bench", "--max-batch-size", str(batch), "--max-queue", str(queue)],
+                                "--model-name", "bench", "--max-batch-size", str(clients), "--max-queue", str(queue),
+                                "--batching", batching, "--kv-cache-gib", str(KV_CACHE_GIB)],
                                stdout=log, stderr=subprocess.STDOUT)
     for _ in range(600):
         try:
@@ -76,39 +118,110 @@ def start_server(model_dir: str, port: int, batch: int, queue: int, log) -> subp
     raise RuntimeError("the server did not start")
 
 
+def shared_prefix(url: str, clients: int, system_tokens: int) -> dict:
+    """`clients` requests with one system prompt of about `system_tokens` tokens, sent together."""
+    system = " ".join(f"rule{i}" for i in range(system_tokens // 2))  # ~2 GPT-style tokens a word
+    before = httpx.get(f"{url}/health").json()["prefix_cache_hit_tokens"]
+    sent = []
+
+    def client(k: int) -> None:
+        body = {"model": "bench", "prompt": f"{system}\nQuestion {k}: why?", "max_tokens": 4, "temperature": 0}
+        sent.append(httpx.post(f"{url}/v1/completions", json=body, timeout=600).json()["usage"]["prompt_tokens"])
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"prompt_tokens": sum(sent), "from_cache": httpx.get(f"{url}/health").json()["prefix_cache_hit_tokens"] - before}
+
+
+def offline(model_dir: str, work: list[tuple[str, int]], max_new: int) -> dict:
+    """collie's Engine and transformers' generate_batch, in this process, on the same prompts."""
+    tokenizer = load_tokenizer(model_dir)
+    prompts = [tokenizer(prompt)["input_ids"] for prompt, _ in work]
+    engine = Engine(CollieModel.from_pretrained(model_dir).eval(), tokenizer, max_batch_size=len(prompts),
+                    max_queue=len(prompts), batch_wait_s=0.0, kv_cache_gib=KV_CACHE_GIB, max_num_tokens=4096)
+    done, counts = threading.Semaphore(0), []
+
+    def events(event) -> None:
+        if event.kind == "finish":
+            counts.append(event.completion_tokens)
+            done.release()
+
+    decoder = threading.Thread(target=engine.serve_forever, daemon=True)
+    decoder.start()
+    collie_s = 0.0
+    for _ in range(2):  # the second round is timed: both sides warm
+        counts.clear()
+        start = time.perf_counter()
+        for ids in prompts:
+            engine.submit(Job([RowSettings(ids, max_new, temperature=0.0)], events))
+        for _ in prompts:
+            done.acquire()
+        collie_s = time.perf_counter() - start
+    engine.stop()
+    decoder.join()
+    hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    config = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.eos_token_id)
+    for _ in range(2):
+        start = time.perf_counter()
+        outputs = hf.generate_batch(prompts, generation_config=config)
+        hf_s = time.perf_counter() - start
+    hf_tokens = sum(len(output.generated_tokens) for output in outputs.values())
+    return {"collie_tokens": sum(counts), "collie_s": collie_s, "hf_tokens": hf_tokens, "hf_s": hf_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="20m")
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--system-tokens", type=int, default=200)
     parser.add_argument("--port", type=int, default=8791)
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     if args.dry_run:
-        args.shape, args.requests, args.clients, args.max_tokens = "tiny", 8, 4, 8
-    work = tempfile.mkdtemp(prefix="collie-serve-bench-")
-    model_dir = os.path.join(work, args.shape)
+        args.shape, args.requests, args.clients, args.system_tokens = "tiny", 8, 4, 40
+    tmp = tempfile.mkdtemp(prefix="collie-serve-bench-")
+    model_dir = os.path.join(tmp, args.shape)
     subprocess.run([sys.executable, "-m", "collie", "init-model", "--shape", args.shape, model_dir], check=True,
                    stdout=subprocess.DEVNULL)
+    work = workload(args.requests)
     url = f"http://127.0.0.1:{args.port}"
-    texts = prompts(args.requests)
-    with open(os.path.join(work, "server.log"), "w") as log:
-        server = start_server(model_dir, args.port, args.clients, args.requests, log)
-        try:
-            ask(url, texts[0], 2)  # warm-up
-            batched_tokens, batched_s = concurrent(url, texts, args.max_tokens, args.clients)
-            single_tokens, single_s = one_at_a_time(url, texts, args.max_tokens)
-        finally:
-            server.terminate()
-            server.wait(timeout=120)
-    batched, single = batched_tokens / batched_s, single_tokens / single_s
-    print(f"shape {args.shape}, {args.requests} requests × {args.max_tokens} tokens (greedy), "
-          f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"{'mode':<28}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}")
-    print(f"{f'{args.clients} concurrent clients':<28}{batched_tokens:>8}{batched_s:>10.2f}{batched:>10.1f}")
-    print(f"{'one at a time':<28}{single_tokens:>8}{single_s:>10.2f}{single:>10.1f}")
-    print(f"batched / one at a time: {batched / single:.2f}x")
+    runs, prefix = {}, None
+    for batching in ("continuous", "static"):
+        with open(os.path.join(tmp, f"{batching}.log"), "w") as log:
+            server = start_server(model_dir, args.port, batching, args.clients, args.requests, log)
+            try:
+                stream(url, work[0][0], 2)  # warm-up
+                runs[batching] = concurrent(url, work, args.clients)
+                if batching == "continuous":
+                    prefix = shared_prefix(url, args.clients, args.system_tokens)
+            finally:
+                server.terminate()
+                server.wait(timeout=120)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    new_tokens = 4 if args.dry_run else 32
+    side = offline(model_dir, work, new_tokens)
+    block_bytes = 16 * kv_bytes_per_token(CollieModel.from_pretrained(model_dir))
+    print(f"shape {args.shape}, {args.requests} requests (max_tokens 4-64, prompts 3-40 words, greedy), "
+          f"{args.clients} clients, threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
+    print(f"{'batching':<12}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'ttft p50':>10}{'ttft p90':>10}{'kv peak MiB':>13}")
+    for name, r in runs.items():
+        kv = r["peak_blocks"] * block_bytes / 2**20
+        print(f"{name:<12}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens_per_s']:>10.1f}{r['ttft_p50']:>10.3f}"
+              f"{r['ttft_p90']:>10.3f}{kv:>13.1f}")
+    c, s = runs["continuous"], runs["static"]
+    print(f"kv budget: {KV_CACHE_GIB * 1024:.0f} MiB")
+    print(f"continuous / static tokens/s: {c['tokens_per_s'] / s['tokens_per_s']:.2f}x")
+    print(f"continuous / static ttft p50: {c['ttft_p50'] / s['ttft_p50']:.2f}x")
+    print(f"shared system prompt: {prefix['from_cache']} of {prefix['prompt_tokens']} prompt tokens from the cache")
+    collie_rate, hf_rate = side["collie_tokens"] / side["collie_s"], side["hf_tokens"] / side["hf_s"]
+    print(f"offline, {new_tokens} new tokens each: collie Engine {side['collie_tokens']} tokens {collie_rate:.1f}/s, "
+          f"transformers generate_batch {side['hf_tokens']} tokens {hf_rate:.1f}/s")
+    print(f"collie / transformers generate_batch tokens/s: {collie_rate / hf_rate:.2f}x")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ def test_tensor_and_pipeline_parallel_servers_answer_as_one_process(tmp_path):
         server = _serve(model_dir, tmp_path, name, *layout)
         try:
             assert _answers(server.url) == expected, name
-            assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+            health = httpx.get(f"{server.url}/health").json()
+            assert health["status"] == "ok" and health["batching"] == "continuous", health
         finally:
             server.stop()  # torchrun itself exits 1 on SIGTERM; its workers drained and stopped
         text = (tmp_path / f"{name}.log").read_text()
