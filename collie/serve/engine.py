@@ -287,7 +287,13 @@ class Engine:
                                         not batcher.running and not jobs):
                     jobs.append(self.waiting.popleft())
             step = self.step()
+            capacity = batcher.pool.num_blocks * batcher.pool.block_size
             for job in jobs:
+                longest = max(len(row.prompt_ids) + row.max_tokens for row in job.rows)
+                if longest > capacity:
+                    job.events(Event("error", text=f"the KV cache holds {capacity} tokens and this request needs up "
+                                                   f"to {longest}; start the server with a larger --kv-cache-gib"))
+                    continue
                 batcher.admit([_Row(job, i, settings, self.tokenizer, self.eos, self.unseeded, step)
                                for i, settings in enumerate(job.rows)], job.arrived)
             self.busy_rows = len(batcher.running)

@@ -118,6 +118,13 @@ def test_a_shared_prefix_is_prefilled_once(model):
     assert [a.text for a in answers[:3]] == alone(model, requests[:3])
 
 
+def test_a_request_larger_than_the_whole_cache_is_refused_and_others_are_served(model):
+    answers = serve(engine_for(model, blocks=3), [(0.0, [RowSettings(PROMPTS[2], 8, temperature=0.0)]),
+                                                  (0.0, [RowSettings(PROMPTS[1], 4, temperature=0.0)])])
+    assert "the KV cache holds 12 tokens and this request needs up to 31" in answers[0].errors[0]
+    assert answers[1].errors == [] and answers[1].finish[0] is not None
+
+
 def test_seeded_sampling_does_not_depend_on_the_batch(model):
     request = [RowSettings(PROMPTS[2], 12, temperature=0.9, top_p=0.95, seed=1234)]
     by_itself = serve(engine_for(model), [(0.0, request)])[0].text
