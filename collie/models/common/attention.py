@@ -3,13 +3,14 @@ positions it is run with (left padding, packed documents, sliding windows, a KV 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from collie.models.common.args import DecoderArgs
+from collie.models.common.packed_attention import PackedDocuments
 from collie.models.common.rope import apply_rope
 from collie.models.kv_cache import KVCache
 from collie.models.layers import Linear
@@ -27,7 +28,7 @@ class Attention(nn.Module):
         self.o_proj = Linear(args.heads * args.head_dim, args.hidden, bias=args.o_bias)
         self.dropout = args.dropout
 
-    def forward(self, x, cos, sin, mask: Optional[torch.Tensor], kv_cache: Optional[KVCache]):
+    def forward(self, x, cos, sin, mask: Union[torch.Tensor, PackedDocuments, None], kv_cache: Optional[KVCache]):
         batch, seq, _ = x.shape
         # -1 instead of the head count: under tensor parallel each rank holds a slice of heads.
         q = self.q_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
@@ -40,9 +41,13 @@ class Attention(nn.Module):
         if repeats > 1:
             k = k.repeat_interleave(repeats, dim=1)
             v = v.repeat_interleave(repeats, dim=1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=mask is None)  # None only without cached keys: plain causal is exact
+        dropout = self.dropout if self.training else 0.0
+        if isinstance(mask, PackedDocuments):
+            out = mask.attend(q, k, v, dropout)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout,
+                is_causal=mask is None)  # None only without cached keys: plain causal is exact
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
     def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

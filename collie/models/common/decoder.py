@@ -17,8 +17,9 @@ from torch import nn
 
 from collie.models.base import CausalLMOutput, CollieModel, spec_for
 from collie.models.common.args import DecoderArgs
-from collie.models.common.attention import Attention, attention_bias_mask, default_position_ids
+from collie.models.common.attention import Attention, attention_bias_mask, default_position_ids, is_packed
 from collie.models.common.mlp import GatedMLP
+from collie.models.common.packed_attention import PackedDocuments
 from collie.models.common.rope import dynamic_ntk_frequencies, inverse_frequencies, rope_cos_sin, scaling_kind
 from collie.models.init import init_tensor
 from collie.models.kv_cache import KVCache
@@ -102,6 +103,10 @@ class LlamaForCausalLM(CollieModel):
         if position_ids is None:
             position_ids = default_position_ids(batch, seq, past, attention_mask, input_ids.device)
         cos, sin = rope_cos_sin(self._frequencies(position_ids), position_ids, dtype)
+        if past == 0 and attention_mask is not None and is_packed(attention_mask):
+            documents = PackedDocuments(attention_mask)
+            if documents.fits_window(self.args.sliding_window):
+                return cos, sin, documents  # attention computed per document
         return cos, sin, attention_bias_mask(attention_mask, seq, past, input_ids.device, self.args.sliding_window)
 
     def _frequencies(self, position_ids: torch.Tensor) -> torch.Tensor:
