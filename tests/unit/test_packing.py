@@ -58,12 +58,10 @@ def test_positions_restart_and_documents_do_not_see_each_other():
     assert allowed[2].tolist() == [True, True, True, False, False, False]
 
 
-def test_documents_are_batched_by_length():
-    """Documents of similar length share one padded SDPA call; a much shorter one gets its own, so
-    the padding costs at most a quarter more than the documents alone."""
+def test_documents_are_found_once_per_forward():
     mask = torch.tensor([[1] * 10 + [2] * 2 + [3] * 2 + [0] * 2, [1] * 3 + [2] * 9 + [0] * 4])
     documents = PackedDocuments(mask)
-    assert [tuple(index.shape) for index, _, _ in documents.groups] == [(2, 10), (1, 3), (2, 2)]
+    assert documents.runs == [(10, True), (2, True), (2, True), (2, False), (3, True), (9, True), (4, False)]
     assert documents.fits_window(None) and documents.fits_window(10) and not documents.fits_window(9)
     q = torch.randn(2, 3, 16, 4, dtype=torch.float64)
     out = documents.attend(q, q, q)
