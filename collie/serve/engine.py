@@ -250,18 +250,7 @@ class Engine:
             decode(self.model, self.forward_context, prompts, max_new, self.pad_id, choose)
         except Exception as e:  # a failed batch fails its requests, not the server
             log.exception("serving: a batch of %d rows failed", len(rows))
-            error = Event("error", text=f"generation failed: {type(e).__name__}: {e}")
-            if self.lockstep is not None:
-                # The other ranks are inside the same collectives: no way to go on together.
-                # Every request still waiting is answered before the server stops.
-                with self.condition:
-                    self.stopping = True
-                    jobs = jobs + list(self.waiting)
-                    self.waiting.clear()
-            for job in jobs:
-                job.events(error)
-            if self.lockstep is not None:
-                raise
+            self._fail(jobs, e)
         finally:
             self.busy_rows = 0
 
@@ -306,6 +295,9 @@ class Engine:
             self.busy_rows = len(batcher.running)
 
     def _fail(self, jobs: list[Job], error: Exception) -> None:
+        """Answer `jobs` with the error. Under lockstep the other ranks are inside the same
+        collectives, so the server cannot go on: every waiting request is answered too, and the
+        error is raised."""
         event = Event("error", text=f"generation failed: {type(error).__name__}: {error}")
         if self.lockstep is not None:
             # The other ranks are inside the same collectives: no way to go on together.
