@@ -295,3 +295,69 @@ def train_transformers_adamw_from(model_dir: str, seq: int, steps: int) -> list[
     from transformers import AutoModelForCausalLM
 
     return _train_transformers(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), seq, steps)
+
+
+def time_calls(owner: Any, attribute: str, label: str) -> None:
+    """Wrap `owner.attribute` (a module's function or a class's method) so that `report` adds how
+    long its calls took in all (`{label}_s`), the resident memory when the first began
+    (`{label}_start_rss_gib`) and the OS peak when the last returned (`{label}_end_peak_rss_gib`):
+    a phase of a run (a reference pass) timed and placed in its memory history."""
+    function = getattr(owner, attribute)
+
+    def timed(*args, **kwargs):
+        _REPORTED.setdefault(f"{label}_start_rss_gib", current_rss_gib())
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _REPORTED[f"{label}_s"] = _REPORTED.get(f"{label}_s", 0.0) + time.perf_counter() - start
+            _REPORTED[f"{label}_end_peak_rss_gib"] = peak_rss_gib()
+
+    setattr(owner, attribute, timed)
+
+
+def record(**fields: Any) -> None:
+    """Fields for `report` to add, from code that does not report itself (a callback)."""
+    _REPORTED.update(fields)
+
+
+def run_child_watched(script: str, name: str, args: list[str], floor_gib: float = 2.0, poll_s: float = 0.05) -> dict:
+    """`run_child` under a watchdog: when the machine's MemAvailable falls below `floor_gib`, the
+    child (its whole process group) is killed before the OS runs out, and the result is
+    `{"killed_at_gib": its resident memory then, "available_gib": ...}` instead of its report."""
+    import signal
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, script, "--run", name, *args], stdout=out, stderr=err, text=True,
+                                start_new_session=True)
+        killed: Optional[dict] = None
+        while proc.poll() is None:
+            available = available_bytes()
+            if available < floor_gib * 2**30:
+                rss = _process_rss_gib(proc.pid)
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = {"killed_at_gib": rss, "available_gib": available / 2**30}
+                proc.wait()
+                break
+            time.sleep(poll_s)
+        if killed is not None:
+            return killed
+        out.seek(0)
+        err.seek(0)
+        lines = [line for line in out.read().splitlines() if line.startswith(RESULT_PREFIX)]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"run {name} failed (exit {proc.returncode}):\n{err.read()[-3000:]}")
+        return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def _process_rss_gib(pid: int) -> float:
+    """Another process's resident memory now (VmRSS of /proc/PID/status), 0 when unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0

@@ -49,7 +49,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -265,38 +264,18 @@ def train_1b(row: Row) -> dict:
 def serve(row: Row) -> dict:
     """collie serve's Engine in this process, on token prompts: the second round is timed."""
     # Here, not at the top: the serving stack (and serve_throughput's httpx) only this row's process needs.
-    from serve_throughput import workload
+    from serve_throughput import time_engine, workload
 
-    from collie.serve.engine import Engine, Job, RowSettings
+    from collie.serve.engine import Engine
 
     tokenizer = load_tokenizer(bundled_tokenizer_path())
     model = random_collie_model(shape_model_config(row.shape)).eval()
     work = [(tokenizer(prompt)["input_ids"], max_tokens) for prompt, max_tokens in workload(row.batch)]
     engine = Engine(model, tokenizer, max_batch_size=len(work), max_queue=len(work), batch_wait_s=0.0,
                     kv_cache_gib=KV_CACHE_GIB[device().type], max_num_tokens=4096)
-    done, counts = threading.Semaphore(0), []
-
-    def events(event) -> None:
-        if event.kind == "finish":
-            counts.append(event.completion_tokens)
-            done.release()
-
-    decoder = threading.Thread(target=engine.serve_forever, daemon=True)
-    decoder.start()
-    seconds = 0.0
-    for _ in range(2):
-        counts.clear()
-        reset_peak_memory()
-        start = time.perf_counter()
-        for ids, max_tokens in work:
-            engine.submit(Job([RowSettings(ids, max_tokens, temperature=0.0)], events))
-        for _ in work:
-            done.acquire()
-        seconds = time.perf_counter() - start
-    engine.stop()
-    decoder.join()
+    tokens, seconds = time_engine(engine, work, before_round=reset_peak_memory)
     peak_gib, memory = peak_memory()
-    return {"tgs": sum(counts) / seconds, "mfu": None, "peak_gib": peak_gib, "memory": memory}
+    return {"tgs": tokens / seconds, "mfu": None, "peak_gib": peak_gib, "memory": memory}
 
 
 MEASURES = {"gpu_throughput": train_1b, "collie": train_collie, "transformers": train_transformers, "engine": serve}

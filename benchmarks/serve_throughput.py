@@ -136,12 +136,10 @@ def shared_prefix(url: str, clients: int, system_tokens: int) -> dict:
     return {"prompt_tokens": sum(sent), "from_cache": httpx.get(f"{url}/health").json()["prefix_cache_hit_tokens"] - before}
 
 
-def offline(model_dir: str, work: list[tuple[str, int]], max_new: int) -> dict:
-    """collie's Engine and transformers' generate_batch, in this process, on the same prompts."""
-    tokenizer = load_tokenizer(model_dir)
-    prompts = [tokenizer(prompt)["input_ids"] for prompt, _ in work]
-    engine = Engine(CollieModel.from_pretrained(model_dir).eval(), tokenizer, max_batch_size=len(prompts),
-                    max_queue=len(prompts), batch_wait_s=0.0, kv_cache_gib=KV_CACHE_GIB, max_num_tokens=4096)
+def time_engine(engine: Engine, work: list[tuple[list[int], int]], before_round=lambda: None) -> tuple[int, float]:
+    """(generated tokens, seconds) of `engine` decoding every (token prompt, max_tokens) of `work`,
+    submitted at once, greedy; the second of two rounds is timed (warm). `before_round` runs
+    before each round (a peak-memory reset)."""
     done, counts = threading.Semaphore(0), []
 
     def events(event) -> None:
@@ -151,26 +149,37 @@ def offline(model_dir: str, work: list[tuple[str, int]], max_new: int) -> dict:
 
     decoder = threading.Thread(target=engine.serve_forever, daemon=True)
     decoder.start()
-    collie_s = 0.0
-    for _ in range(2):  # the second round is timed: both sides warm
+    seconds = 0.0
+    for _ in range(2):
         counts.clear()
+        before_round()
         start = time.perf_counter()
-        for ids in prompts:
-            engine.submit(Job([RowSettings(ids, max_new, temperature=0.0)], events))
-        for _ in prompts:
+        for ids, max_tokens in work:
+            engine.submit(Job([RowSettings(ids, max_tokens, temperature=0.0)], events))
+        for _ in work:
             done.acquire()
-        collie_s = time.perf_counter() - start
+        seconds = time.perf_counter() - start
     engine.stop()
     decoder.join()
+    return sum(counts), seconds
+
+
+def offline(model_dir: str, work: list[tuple[str, int]], max_new: int) -> dict:
+    """collie's Engine and transformers' generate_batch, in this process, on the same prompts."""
+    tokenizer = load_tokenizer(model_dir)
+    prompts = [tokenizer(prompt)["input_ids"] for prompt, _ in work]
+    engine = Engine(CollieModel.from_pretrained(model_dir).eval(), tokenizer, max_batch_size=len(prompts),
+                    max_queue=len(prompts), batch_wait_s=0.0, kv_cache_gib=KV_CACHE_GIB, max_num_tokens=4096)
+    collie_tokens, collie_s = time_engine(engine, [(ids, max_new) for ids in prompts])
     hf = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     config = GenerationConfig(max_new_tokens=max_new, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.eos_token_id)
-    for _ in range(2):
+    for _ in range(2):  # the second round is timed, as collie's
         start = time.perf_counter()
         outputs = hf.generate_batch(prompts, generation_config=config)
         hf_s = time.perf_counter() - start
     hf_tokens = sum(len(output.generated_tokens) for output in outputs.values())
-    return {"collie_tokens": sum(counts), "collie_s": collie_s, "hf_tokens": hf_tokens, "hf_s": hf_s}
+    return {"collie_tokens": collie_tokens, "collie_s": collie_s, "hf_tokens": hf_tokens, "hf_s": hf_s}
 
 
 def main() -> None:
