@@ -163,12 +163,11 @@ class ContinuousBatcher:
                 self._accept(sequence, last, now)
 
     def _decode(self) -> None:
-        ready = [s for s in self.running if s.prefilled and not s.row.done]
         held = []
-        for sequence in ready:
-            if sequence in self.running and sequence.prefilled and self._hold_blocks(sequence, sequence.cached + 1):
+        for sequence in [s for s in self.running if s.prefilled and not s.row.done]:
+            # Oldest first: a block for this one may preempt a newer one, not yet looked at.
+            if sequence.prefilled and self._hold_blocks(sequence, sequence.cached + 1):
                 held.append(sequence)
-        held = [s for s in held if s.prefilled]  # a later one's blocks may have come from preempting it
         if not held:
             return
         logits = self.forward(self._plan([(s, s.tokens[s.cached:]) for s in held]))
