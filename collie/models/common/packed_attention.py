@@ -19,7 +19,6 @@ class PackedDocuments:
 
     def __init__(self, attention_mask: torch.Tensor) -> None:
         batch, length = attention_mask.shape
-        self.shape = (batch, length)
         numbers = attention_mask.cpu()
         starts = torch.ones_like(numbers, dtype=torch.bool)
         starts[:, 1:] = numbers[:, 1:] != numbers[:, :-1]
