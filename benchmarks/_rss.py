@@ -254,18 +254,21 @@ def write_checkpoint(root: str, shape: str, dtype: torch.dtype) -> str:
     return path
 
 
-def train_collie_from_disk(model_dir: str, optimizer: str, seq: int, steps: int, dtype: torch.dtype) -> dict:
+def train_collie_from_disk(model_dir: str, optimizer: str, seq: int, steps: int, dtype: torch.dtype,
+                           extra: Optional[dict] = None) -> dict:
     """As a user runs it: `collie train` on a config naming `model_dir`, LOMO's memory mode
-    (`param_dtype`) and activation checkpointing; returns the step times and the memory the
-    run reported (`mem_run_peak_gib` of its last metrics.csv row)."""
+    (`param_dtype`) and activation checkpointing, plus `extra` config sections (`peft`,
+    `quantization_config`); returns the step times and the memory the run reported
+    (`mem_run_peak_gib` of its last metrics.csv row)."""
     import tempfile
 
     # The run's output (its `final/` export is as large as the model) is removed afterwards.
     with tempfile.TemporaryDirectory(prefix="collie-bench-") as work:
-        return _train_from_disk_in(work, model_dir, optimizer, seq, steps, dtype)
+        return _train_from_disk_in(work, model_dir, optimizer, seq, steps, dtype, extra or {})
 
 
-def _train_from_disk_in(work: str, model_dir: str, optimizer: str, seq: int, steps: int, dtype: torch.dtype) -> dict:
+def _train_from_disk_in(work: str, model_dir: str, optimizer: str, seq: int, steps: int, dtype: torch.dtype,
+                        extra: dict) -> dict:
     import csv
 
     import yaml
@@ -282,7 +285,7 @@ def _train_from_disk_in(work: str, model_dir: str, optimizer: str, seq: int, ste
                         "train_micro_batch_size": 1, "checkpointing": True, "logging": ["csv"],
                         "param_dtype": str(dtype).split(".")[-1],
                         "optimizer": {"name": optimizer, "lr": 1e-5},
-                        "data": {"train_file": data, "max_length": seq}}, f)
+                        "data": {"train_file": data, "max_length": seq}, **extra}, f)
     if main(["train", config]) != 0:
         raise RuntimeError(f"collie train {config} failed")
     with open(os.path.join(work, "out", "metrics.csv"), newline="") as f:

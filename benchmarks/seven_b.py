@@ -1,4 +1,4 @@
-"""One LOMO step on a 7B LLaMA (`7b` in collie/models/shapes.py: hidden 4096, 32 layers, MLP
+"""One LOMO (or AdaLomo) step on a 7B LLaMA (`7b` in collie/models/shapes.py: hidden 4096, 32 layers, MLP
 11008, vocab 32000): peak resident memory and step time. Goal: peak RSS < 20 GB.
 
 bf16 parameter storage with no fp32 copy, activation checkpointing, seq 256, batch 1, random
@@ -11,7 +11,7 @@ when it could fit: it needs 16 bytes per parameter (weights, gradients, two mome
 activations, ~108 GB for this shape, so on a 24 GiB machine it is printed as an arithmetic
 estimate, clearly labelled as such (the dry run's tiny shape does measure it).
 
-    OMP_NUM_THREADS=2 python benchmarks/seven_b.py [--seq 256] [--from-disk DIR]
+    OMP_NUM_THREADS=2 python benchmarks/seven_b.py [--seq 256] [--from-disk DIR] [--optimizer adalomo]
     python benchmarks/seven_b.py --dry-run     # tiny shape, seq 32: checks the plumbing
 
 `--from-disk DIR` is the user's path: the bf16 HF checkpoint is written to DIR first (as
@@ -40,7 +40,7 @@ from _rss import (
     write_checkpoint,
 )
 
-RUN = "collie_lomo_bf16"
+RUNS = {"lomo": "collie_lomo_bf16", "adalomo": "collie_adalomo_bf16"}
 BASELINE = "transformers_adamw"
 GOAL_BYTES = 20e9
 WEIGHTS_GOAL = 1.10  # peak within 10% of the bf16 weights
@@ -60,22 +60,24 @@ def child(name: str, args: argparse.Namespace) -> None:
         params = sum(p.numel() for p in build_collie_model(shape_model_config(args.shape), torch.bfloat16,
                                                            materialize=False).parameters())
     if args.from_disk:
-        result = train_collie_from_disk(checkpoint_dir(args.from_disk, args.shape, torch.bfloat16), "lomo",
+        result = train_collie_from_disk(checkpoint_dir(args.from_disk, args.shape, torch.bfloat16), args.optimizer,
                                         args.seq, 1, torch.bfloat16)
         report(step_s=result["times"][0], params=params, collie_mem_gib=result["collie_mem_gib"])
         return
-    times = train_collie(build_collie_model(shape_model_config(args.shape), torch.bfloat16), "lomo", args.seq, 1)
+    times = train_collie(build_collie_model(shape_model_config(args.shape), torch.bfloat16), args.optimizer, args.seq, 1)
     report(step_s=times[0], params=params)
 
 
 def parent(args: argparse.Namespace) -> None:
     print(f"shape {args.shape}, seq {args.seq}, batch 1, one optimizer step, activation checkpointing, "
           f"device {device().type}, threads {os.environ.get('OMP_NUM_THREADS', 'default')}", flush=True)
-    script, child_args = os.path.abspath(__file__), ["--shape", args.shape, "--seq", str(args.seq)]
+    script = os.path.abspath(__file__)
+    child_args = ["--shape", args.shape, "--seq", str(args.seq), "--optimizer", args.optimizer]
+    run = RUNS[args.optimizer]
     if args.from_disk:
         write_checkpoint(args.from_disk, args.shape, torch.bfloat16)
         print(f"collie loads the bf16 checkpoint in {args.from_disk} with `collie train`", flush=True)
-    ours = run_child(script, RUN, [*child_args, "--from-disk", args.from_disk] if args.from_disk else child_args)
+    ours = run_child(script, run, [*child_args, "--from-disk", args.from_disk] if args.from_disk else child_args)
     estimate = ADAMW_BYTES_PER_PARAM * ours["params"]
     arithmetic = (f"arithmetic: {ADAMW_BYTES_PER_PARAM} B/param x {ours['params'] / 1e6:,.0f}M params = "
                   f"{estimate / 2**30:.2f} GiB before activations")
@@ -89,13 +91,13 @@ def parent(args: argparse.Namespace) -> None:
         note = (f"{arithmetic}; not run: cannot fit in the {available / 2**30:.1f} GiB this machine has "
                 "available")
     print(f"{'run':<34}{'peak RSS':>12}{'ratio':>9}{'s/step':>9}")
-    print(f"{RUN + ' (bf16 storage)':<34}{ours['peak_rss_gib']:>8.2f} GiB{ours['peak_rss_gib'] / base_gib:>8.3f}x"
+    print(f"{run + ' (bf16 storage)':<34}{ours['peak_rss_gib']:>8.2f} GiB{ours['peak_rss_gib'] / base_gib:>8.3f}x"
           f"{ours['step_s']:>9.1f}", flush=True)
     print(f"{base_label:<34}{base_gib:>8.2f} GiB{1.0:>8.3f}x{base_step:>9}   {note}")
-    print(f"peak anonymous memory ({RUN}): {ours['peak_anon_gib']:.2f} GiB" +
+    print(f"peak anonymous memory ({run}): {ours['peak_anon_gib']:.2f} GiB" +
           (f"; collie reported mem_run_peak_gib {ours['collie_mem_gib']:.2f} GiB" if "collie_mem_gib" in ours else ""))
     if "cuda_peak_gib" in ours:
-        print(f"GPU peak allocated ({RUN}): {ours['cuda_peak_gib']:.2f} GiB")
+        print(f"GPU peak allocated ({run}): {ours['cuda_peak_gib']:.2f} GiB")
     weights_gib = ours["params"] * WEIGHT_BYTES_PER_PARAM / 2**30
     if "ready_rss_gib" in ours:  # measured in-process only (not inside `collie train`)
         print(breakdown_line(ours, weights_gib))
@@ -129,7 +131,8 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="tiny shape, seq 32")
     parser.add_argument("--from-disk", metavar="DIR", default="",
                         help="write the bf16 HF checkpoint to DIR, then train by loading it as a user does")
-    parser.add_argument("--run", choices=[RUN, BASELINE], help=argparse.SUPPRESS)
+    parser.add_argument("--optimizer", choices=list(RUNS), default="lomo")
+    parser.add_argument("--run", choices=[*RUNS.values(), BASELINE], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dry_run:
         args.shape, args.seq = "tiny", 32

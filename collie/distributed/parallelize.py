@@ -22,7 +22,7 @@ from collie.distributed.pipeline import local_stages, split_for_stages, stage_la
 from collie.dtypes import DTYPES
 from collie.forward_context import autocast_dtype
 from collie.models.base import is_meta, model_source
-from collie.peft.qlora import quantize_frozen_linears
+from collie.peft.qlora import QuantizingLoad, quantize_frozen_linears
 from collie.peft.quantize import require_backend
 from collie.peft.tensor_parallel import with_lora_styles
 
@@ -57,11 +57,16 @@ def parallelize(model: torch.nn.Module, spec, config, runtime, weights_from: Opt
     if config.compile:
         compile_blocks(spec, model)
     fsdp = layout.uses_fsdp
-    if weights_from is not None and not fsdp:
-        _load_shards(model, weights_from, runtime)  # DDP broadcasts real weights when it wraps
-    quant = quant_settings(config.quantization_config)
-    if quant is not None:  # QLoRA (no FSDP, no model parallel): weights are loaded and on their device
+    quant = quant_settings(config.quantization_config)  # QLoRA: no FSDP, no model parallel
+    if quant is not None:
         require_backend(runtime.device)
+    if weights_from is not None and quant is not None:
+        load = QuantizingLoad(model, spec, quant, runtime.device)
+        load.materialize()
+        model.load_hf_weights(weights_from, take=load.take)
+    elif weights_from is not None and not fsdp:
+        _load_shards(model, weights_from, runtime)  # DDP broadcasts real weights when it wraps
+    if quant is not None:  # a model that came loaded: its weights are on their device now
         quantize_frozen_linears(model, spec, quant, runtime.device)
     if layout.dp > 1 and (fsdp or replicate_wrapper):
         apply_data_parallel(model, spec, runtime.mesh["dp"], layout, config)

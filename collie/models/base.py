@@ -12,7 +12,7 @@ import copy
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -21,6 +21,7 @@ from torch import nn
 from collie import storage
 from collie.config import CollieConfig
 from collie.config.model_path import resolve_model_path
+from collie.config.quantization import quant_settings
 from collie.dtypes import DTYPES
 from collie.generation import GenerationMixin
 from collie.host_memory import return_freed_memory_to_os
@@ -138,7 +139,8 @@ class CollieModel(GenerationMixin, nn.Module):
         a multi-process launch, with a CollieConfig, the model is returned empty (on the meta
         device): the Trainer splits and shards it first, then each rank copies in only its own
         shards of `model.source`, one checkpoint tensor at a time (no rank ever holds the
-        whole model).
+        whole model). So is a model whose CollieConfig asks for QLoRA (`quantization_config`):
+        its frozen linears are put into 4 bits as they are read.
         """
         settings.pop("process_exclusion", None)
         if isinstance(config, str) or (config is None and settings):
@@ -152,7 +154,8 @@ class CollieModel(GenerationMixin, nn.Module):
         if not spec_for(hf_config).supports_model_parallel:
             return _load_transformers_model(cls, path, hf_config, config, dtype)
         model_cls = _model_class(cls, hf_config, path)
-        if config is not None and config.low_cpu_mem_usage and launched_processes() > 1 and \
+        if config is not None and config.low_cpu_mem_usage and \
+                (launched_processes() > 1 or quant_settings(config.quantization_config) is not None) and \
                 not spec_for(hf_config).dims(hf_config).tied_embeddings:
             model = _on_meta(model_cls, hf_config, config, dtype)
             model.source = source
@@ -166,11 +169,13 @@ class CollieModel(GenerationMixin, nn.Module):
         model.source = source
         return model
 
-    def load_hf_weights(self, path: str, partial: bool = False) -> None:
+    def load_hf_weights(self, path: str, partial: bool = False,
+                        take: Optional[Callable[[str, torch.Tensor], bool]] = None) -> None:
         """Copy an HF checkpoint's tensors into this model, whose parameters may be DTensor
         shards (each rank copies its own slice). A fused checkpoint tensor is split into our
         parameters by the family's adapter. `partial`: the model is one pipeline stage, so
-        tensors of other stages are skipped."""
+        tensors of other stages are skipped. `take(name, tensor)` may keep a tensor itself,
+        returning True, instead of its copy into place (QLoRA quantizes it as it is read)."""
         adapter = spec_for(self.config).adapter
         params = self.state_dict(keep_vars=True)
         missing = set(self.hf_state_names())
@@ -188,7 +193,8 @@ class CollieModel(GenerationMixin, nn.Module):
                         what = hf_name if piece is tensor else f"{hf_name} (its part {name})"
                         raise ValueError(f"{path}: {what} has shape {tuple(piece.shape)}, the model expects "
                                          f"{tuple(target.shape)} (does config.json match the weights?)")
-                    copy_whole_into(target, piece.to(target.dtype))
+                    if take is None or not take(name, piece):
+                        copy_whole_into(target, piece.to(target.dtype))
                     missing.discard(name)
         if unexpected:
             raise ValueError(f"{path}: weights the model does not have: {', '.join(unexpected[:5])}")

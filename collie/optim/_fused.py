@@ -36,20 +36,26 @@ class _Mode(enum.Enum):
     UPDATE = "update"  # update the parameter from its gradient, free it
 
 
-def update_in_row_blocks(p: torch.Tensor, grad: torch.Tensor,
+def update_in_row_blocks(p: torch.Tensor, grad_rows: Callable[[slice], torch.Tensor],
                          update: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
-    """Run `update(work, grad_rows)` over blocks of rows of the local storage of `p` and `grad`.
+    """Run `update(work, grad_rows(rows))` over blocks of rows of the local storage of `p`.
 
     `work` is at least fp32: the parameter's own rows when it already is (updated in place),
     otherwise an upcast copy of the block written back afterwards. So a bf16 parameter is never
     copied whole into fp32: for a 7B model's embedding that copy alone would be 0.5 GB."""
-    local_p, local_grad = local_tensor(p.detach()), local_tensor(grad)
+    local_p = local_tensor(p.detach())
     for rows in row_blocks(local_p):
         stored = local_p[rows]
         work = stored.to(at_least_fp32(stored.dtype))
-        update(work, dense_rows(local_grad, rows))
+        update(work, grad_rows(rows))
         if work is not stored:
             stored.copy_(work)
+
+
+def rows_of(grad: torch.Tensor) -> Callable[[slice], torch.Tensor]:
+    """Blocks of rows of this rank's part of `grad`, dense (see `dense_rows`)."""
+    local_grad = local_tensor(grad)
+    return lambda rows: dense_rows(local_grad, rows)
 
 
 def _sums_sparse(weight: torch.Tensor) -> bool:

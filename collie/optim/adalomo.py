@@ -9,13 +9,14 @@ for vectors. Drop-in compatible with ``lomo_optim.AdaLomo``.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
 from collie.dtypes import at_least_fp32, row_blocks
-from collie.optim._fused import FusedBackwardOptimizer, dense_rows, update_in_row_blocks
+from collie.optim._fused import FusedBackwardOptimizer, dense_rows, rows_of, update_in_row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
 from collie.tensors import local_region, local_tensor, whole
 
@@ -98,24 +99,44 @@ class AdaLomo(FusedBackwardOptimizer):
     def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         # The second-moment statistics are small (rows + cols per matrix) and kept whole on
         # every rank, so they do not depend on the layout and reshard trivially; the update
-        # itself is computed on this rank's shard only, in the gradient's own buffer and a block
-        # of rows at a time, so no temporary of the parameter's size exists (for the embedding
-        # and head of a 1B model each would be 0.25 GB).
+        # itself is computed on this rank's shard only, a block of rows at a time, so no
+        # temporary of the parameter's size exists (for the embedding and head of a 1B model
+        # each would be 0.25 GB).
         state = self.state[p]
         if not state:
             state.update(self._init_state(p))
         beta2 = 1.0 - math.pow(self._step_count, self.decay_rate)
+        if self._widened_by_blocks(grad):
+            update_rows, clip = self._narrow_matrix_update(grad, state, beta2)
+        else:
+            update_rows, clip = self._update_in_gradient(grad, state, beta2)
+        step_size = lr * self._param_rms(p).clamp(min=self.eps[1])
+        weight_decay = self.param_groups[0]["weight_decay"]
+
+        def apply(work: torch.Tensor, update: torch.Tensor) -> None:
+            if weight_decay > 0.0:
+                work.mul_(1.0 - step_size * weight_decay)
+            work.sub_(update.div_(clip).mul_(step_size))
+
+        update_in_row_blocks(p, update_rows, apply)
+
+    @staticmethod
+    def _widened_by_blocks(grad: torch.Tensor) -> bool:
+        """Whether `grad` is a plain dense matrix narrower than fp32 (a bf16 model's): its
+        at-least-fp32 copy is made a block of rows at a time, never whole (a 7B head's would be
+        0.5 GB). Sharded gradients are widened a shard at a time; vectors are small."""
+        return (not isinstance(grad, DTensor) and not grad.is_sparse and grad.dim() == 2
+                and grad.dtype != at_least_fp32(grad.dtype))
+
+    def _update_in_gradient(self, grad: torch.Tensor, state: dict, beta2: float):
+        """The update made in the at-least-fp32 gradient's own buffer: its rows, and the clip."""
         grad = self._prepared(grad)
         region = local_region(grad)
         local_grad = local_tensor(grad)
         if grad.dim() >= 2:
-            row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
-            row_mean, col_mean = self._squared_means(grad)
-            row.mul_(beta2).add_(row_mean, alpha=1.0 - beta2)
-            col.mul_(beta2).add_(col_mean, alpha=1.0 - beta2)
-            # 1 / sqrt(V) for Adafactor's rank-1 estimate V = row col^T / mean(row).
-            r_factor = (row / row.mean(dim=-1, keepdim=True)).rsqrt_()[region[:-1]].unsqueeze(-1)
-            c_factor = col[region[:-2] + region[-1:]].unsqueeze(-2).rsqrt()
+            r_factor, c_factor = self._factors(state, *self._squared_means(grad, _blocks(grad), dense_rows), beta2)
+            r_factor = r_factor[region[:-1]].unsqueeze(-1)
+            c_factor = c_factor[region[:-2] + region[-1:]].unsqueeze(-2)
             if grad.is_sparse:  # an embedding's: the update is zero where the gradient is
                 grad.values().mul_(r_factor[grad.indices()[0]] * c_factor)
             else:
@@ -125,25 +146,40 @@ class AdaLomo(FusedBackwardOptimizer):
             exp_avg_sq = state["exp_avg_sq"]
             exp_avg_sq.mul_(beta2).add_(whole(grad.square().add_(self.eps[0])), alpha=1.0 - beta2)
             local_grad.mul_(exp_avg_sq[region].rsqrt())
-        # `grad` now holds the update.
-        clip = (self._rms(grad) / self.clip_threshold).clamp_(min=1.0)
-        step_size = lr * self._param_rms(p).clamp(min=self.eps[1])
-        weight_decay = self.param_groups[0]["weight_decay"]
+        return rows_of(grad), (self._rms(grad) / self.clip_threshold).clamp_(min=1.0)
 
-        def apply(work: torch.Tensor, update: torch.Tensor) -> None:
-            if weight_decay > 0.0:
-                work.mul_(1.0 - step_size * weight_decay)
-            work.sub_(update.div_(clip).mul_(step_size))
+    def _narrow_matrix_update(self, grad: torch.Tensor, state: dict, beta2: float):
+        """The update of a narrow gradient (see `_widened_by_blocks`), recomputed from it a block
+        of rows at a time in each of three passes (squared means, the update's RMS, the
+        update): elementwise work, traded for a whole fp32 copy of the gradient."""
+        blocks = row_blocks(grad)
+        r_factor, c_factor = self._factors(
+            state, *self._squared_means(grad, blocks, lambda g, rows: self._prepared(g[rows])), beta2)
+        r_factor, c_factor = r_factor.unsqueeze(-1), c_factor.unsqueeze(-2)
 
-        update_in_row_blocks(p, grad, apply)
+        def update_rows(rows) -> torch.Tensor:
+            return self._prepared(grad[rows]).mul_(r_factor[rows] * c_factor)
 
-    def _squared_means(self, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Means of ``grad**2 + eps[0]`` over the last and the second-last dim, whole, squaring
-        a block of rows at a time (a sharded gradient in one piece: its shard)."""
-        blocks = _blocks(grad) if not isinstance(grad, DTensor) else [...]
+        squares = sum(update_rows(rows).square().sum() for rows in blocks)
+        rms = squares.sqrt() / math.sqrt(grad.numel())
+        return update_rows, (rms / self.clip_threshold).clamp_(min=1.0)
+
+    def _factors(self, state: dict, row_mean: torch.Tensor, col_mean: torch.Tensor,
+                 beta2: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold the step's squared means into the EMAs; 1 / sqrt(V) for Adafactor's rank-1
+        estimate V = row col^T / mean(row), as its row and column factors (whole)."""
+        row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
+        row.mul_(beta2).add_(row_mean, alpha=1.0 - beta2)
+        col.mul_(beta2).add_(col_mean, alpha=1.0 - beta2)
+        return (row / row.mean(dim=-1, keepdim=True)).rsqrt_(), col.rsqrt()
+
+    def _squared_means(self, grad: torch.Tensor, blocks: list,
+                       rows_fn: Callable[[torch.Tensor, object], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means of ``g**2 + eps[0]`` over the last and the second-last dim, whole, where
+        `rows_fn(grad, rows)` gives a block of rows of the at-least-fp32 gradient ``g``."""
         row_means, col_sum = [], None
         for rows in blocks:
-            sq = dense_rows(grad, rows).square().add_(self.eps[0])
+            sq = rows_fn(grad, rows).square().add_(self.eps[0])
             row_means.append(whole(sq.mean(dim=-1)))
             part = whole(sq.sum(dim=-2))
             col_sum = part if col_sum is None else col_sum.add_(part)
@@ -160,5 +196,5 @@ class AdaLomo(FusedBackwardOptimizer):
 
 
 def _blocks(tensor: torch.Tensor) -> list:
-    """Row blocks of a matrix; a tensor of more dims in one piece."""
-    return row_blocks(tensor) if tensor.dim() == 2 else [...]
+    """Row blocks of a plain matrix; a sharded tensor or one of more dims in one piece."""
+    return row_blocks(tensor) if tensor.dim() == 2 and not isinstance(tensor, DTensor) else [...]

@@ -1,6 +1,6 @@
 """LOMO and AdaLomo update large parameters a block of rows at a time: no temporary of a
-parameter's size exists while its update runs (but AdaLomo's widened copy of a half-precision
-gradient), and the result is the whole-tensor update's."""
+parameter's size exists while its update runs (a half-precision gradient is widened a block at
+a time too), and the result is the whole-tensor update's."""
 
 from __future__ import annotations
 
@@ -77,7 +77,26 @@ def test_update_makes_no_parameter_sized_temporary(optimizer_cls: type, dtype: t
     largest = _LargestOutput()
     with largest, torch.no_grad():
         opt._update_param(model.embed.weight, grad, 1e-2)
-    # AdaLomo widens a half-precision gradient once, whole, and makes the update in it.
-    widened = ROWS * COLS if optimizer_cls is AdaLomo and dtype != torch.float32 else 0
-    assert largest.elements <= max(BLOCK_ROWS * COLS, widened)
+    assert largest.elements <= BLOCK_ROWS * COLS
     assert not torch.equal(model.embed.weight, before)
+
+
+@pytest.mark.parametrize("clip_grad_value", [None, 0.5])
+def test_adalomo_widens_a_bf16_gradient_by_blocks_to_the_same_update(clip_grad_value: float | None,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of the bf16 gradient, each widened on its own (three passes), give the update the
+    whole fp32 gradient gives, to fp32 rounding of the update's norm."""
+    monkeypatch.setattr(dtypes, "UPCAST_BLOCK_ELEMENTS", BLOCK_ROWS * COLS)
+    grad = torch.randn(ROWS, COLS, generator=torch.Generator().manual_seed(1)).mul_(torch.linspace(0.1, 3, COLS))
+    results = []
+    for given in (grad.bfloat16(), grad.bfloat16().float()):
+        model = _Embedder(torch.float32)
+        opt = AdaLomo(model, lr=1e-2, weight_decay=0.1, clip_threshold=0.5, clip_grad_value=clip_grad_value)
+        for step in (1, 2):
+            opt._step_count = step
+            with torch.no_grad():
+                opt._update_param(model.embed.weight, given.clone(), 1e-2)  # the wide path updates in it
+        results.append(model.embed.weight.detach())
+    narrow, wide = results
+    torch.testing.assert_close(narrow, wide, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(narrow, _Embedder(torch.float32).embed.weight)

@@ -11,7 +11,8 @@ from helpers import save_tiny_hf_model
 from collie import CollieConfig
 from collie.config import ConfigError
 from collie.data import CollieDatasetForTraining
-from collie.models.base import CollieModel
+from collie.models.base import CollieModel, is_meta
+from collie.peft import qlora
 from collie.peft.quantize import Linear4bit, is_4bit, require_backend
 from collie.trainer import Callback, Trainer
 
@@ -27,9 +28,10 @@ class Losses(Callback):
         self.values.append(loss)
 
 
-def _trainer(base, tmp_path, steps=6, quant_type="nf4"):
+def _trainer(base, tmp_path, steps=6, quant_type="nf4", checkpointing="none"):
     config = CollieConfig(train_micro_batch_size=16, logging=[], seed=1, max_steps=steps, output_dir=str(tmp_path),
-                          quantization_config={"load_in_4bit": True, "bnb_4bit_quant_type": quant_type})
+                          quantization_config={"load_in_4bit": True, "bnb_4bit_quant_type": quant_type},
+                          checkpointing=checkpointing)
     config.optimizer.lr = 1e-2
     config.peft.type = "lora"
     losses = Losses()
@@ -55,6 +57,37 @@ def test_4bit_model_equals_its_dequantized_weights(tmp_path, quant_type):
     ids = torch.tensor([RECORDS[2]["tokens"]])
     with torch.no_grad():  # B starts at zero: the adapters add nothing yet
         assert (quantized.eval()(ids).logits - reference(ids).logits).abs().max() <= 1e-5
+
+
+def test_weights_are_quantized_as_they_are_read_as_after_a_whole_load(tmp_path, monkeypatch):
+    """`from_pretrained` with QLoRA returns an empty model; the Trainer quantizes each frozen
+    linear as its weight is read, while every other one is still empty or already 4-bit (the
+    full-precision base is never whole), giving the bits a whole load then quantization gives."""
+    base = save_tiny_hf_model(str(tmp_path / "base"))
+    seen = []
+
+    def take(self, name, piece):
+        frozen = [m.weight for m in self.pending.values()]
+        seen.append(all(p.is_meta or is_4bit(p) for p in frozen))
+        return original(self, name, piece)
+
+    original = qlora.QuantizingLoad.take
+    monkeypatch.setattr(qlora.QuantizingLoad, "take", take)
+    trainer, _ = _trainer(base, tmp_path, checkpointing="full")  # names inside checkpoint wrappers too
+    assert len(seen) == 2 * 7 + 2 * 2 + 3 and all(seen)  # every checkpoint tensor: linears, norms, edges
+    assert not is_meta(trainer.model)
+    loaded = CollieModel.from_pretrained(base)
+    streamed = 0
+    for name, param in trainer.model.state_dict(keep_vars=True).items():
+        if is_4bit(param):
+            reference = bnb.nn.Params4bit(loaded.get_parameter(name).data, requires_grad=False,
+                                          quant_type="nf4", compress_statistics=False).to("cpu")
+            assert torch.equal(param.data, reference.data), name
+            assert torch.equal(param.quant_state.absmax, reference.quant_state.absmax), name
+            streamed += 1
+        elif "lora_" not in name:
+            assert torch.equal(param, loaded.get_parameter(name)), name
+    assert streamed == 2 * 7
 
 
 def test_qlora_trains_and_checkpoints_adapters_only(tmp_path):
