@@ -64,7 +64,7 @@ def report(**fields: Any) -> None:
     result = {"peak_rss_gib": peak_rss_gib(), **_REPORTED, **fields}
     if _ANON is not None:
         _ANON.interval_peak()
-        result["peak_anon_gib"] = _ANON.run_peak / 2**30
+        result["peak_anon_gib"] = _ANON.sampled_peak / 2**30
     if torch.cuda.is_available():
         result["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     print(RESULT_PREFIX + json.dumps(result), flush=True)

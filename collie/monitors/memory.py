@@ -1,10 +1,14 @@
 """The memory a training process holds, and its peaks.
 
-On CPU that is the process's anonymous resident memory (`RssAnon` in /proc/self/status):
-weights, gradients, optimizer state, activations. It leaves out file pages — shared
-libraries, and any memory-mapped file — which the OS can drop and re-read, and which a
-process's peak RSS would otherwise mix in. Linux keeps no high-water mark of the anonymous
-part, so a background thread samples it. On CUDA it is `torch.cuda.max_memory_allocated`.
+Between log lines, on CPU, that is the process's anonymous resident memory (`RssAnon` in
+/proc/self/status): weights, gradients, optimizer state, activations. It leaves out file
+pages — shared libraries, and any memory-mapped file — which the OS can drop and re-read.
+Linux keeps no high-water mark of the anonymous part, so a background thread samples it. On
+CUDA it is `torch.cuda.max_memory_allocated`.
+
+The run's peak is the process's since it began, loading the model included (what a machine
+must have, however the weights got there): on CPU the OS's own peak resident memory, on CUDA
+the allocator's peak, never reset.
 """
 
 from __future__ import annotations
@@ -34,8 +38,14 @@ def has_proc_status() -> bool:
     return sys.platform.startswith("linux")
 
 
+def os_peak_rss() -> int:
+    """The OS's peak resident memory of this process, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 class PeakMemory:
-    """Peak memory of this process since the last `interval_peak()` call and since `start()`.
+    """Peak memory of this process since the last `interval_peak()` call, and of the run.
 
     CPU: a daemon thread reads the anonymous resident memory every `interval_s` (the sampling
     can miss a spike shorter than that; training steps are far longer). CUDA: the allocator's
@@ -52,9 +62,8 @@ class PeakMemory:
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif has_proc_status() and self._thread is None:
+        # CUDA's peak is not reset here: the first interval and the run include loading.
+        if self.device.type != "cuda" and has_proc_status() and self._thread is None:
             self._stop.clear()
             self._sample()
             self._thread = threading.Thread(target=self._run, name="collie-memory-sampler", daemon=True)
@@ -74,9 +83,8 @@ class PeakMemory:
                 torch.cuda.reset_peak_memory_stats(self.device)
             self._run_peak = max(self._run_peak, peak)
             return peak
-        if not has_proc_status():  # no anonymous figure: the OS's peak RSS (KiB on Linux, bytes on macOS)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            self._run_peak = peak if sys.platform == "darwin" else peak * 1024
+        if not has_proc_status():  # no anonymous figure: the OS's peak RSS
+            self._run_peak = os_peak_rss()
             return self._run_peak
         self._sample()
         with self._lock:
@@ -86,9 +94,17 @@ class PeakMemory:
             return peak
 
     @property
-    def run_peak(self) -> int:
-        """Peak bytes since `start()`."""
+    def sampled_peak(self) -> int:
+        """Peak bytes sampled since `start()`: anonymous memory on CPU."""
         return self._run_peak
+
+    @property
+    def run_peak(self) -> int:
+        """Peak bytes of the process: the OS's peak resident memory on CPU, at least what was
+        sampled (see the module's docstring)."""
+        if self.device.type == "cuda":
+            return self._run_peak
+        return max(self._run_peak, os_peak_rss())
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

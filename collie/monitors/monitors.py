@@ -92,7 +92,8 @@ class MemoryMonitor(Monitor):
     allocated memory on CUDA (see `collie.monitors.memory`):
 
     - `mem_peak_gib`: the peak since the last log line (`log_every_n_steps` from the config),
-    - `mem_run_peak_gib`: the peak of the run so far.
+    - `mem_run_peak_gib`: the process's peak so far, loading the model included (on CPU the
+      OS's peak resident memory).
     """
 
     def __init__(self, config=None) -> None:

@@ -77,3 +77,26 @@ def test_memory_columns_peak_since_the_last_log_line_and_of_the_run():
     assert step3["mem_peak_gib"] < step2["mem_peak_gib"] - 0.2  # the spike was before the last log line
     assert step3["mem_run_peak_gib"] >= step2["mem_peak_gib"]
     assert abs(step3["mem_peak_gib"] - resident_memory()["RssAnon"] / GIB) < 0.1
+
+
+RUN_PEAK_CHILD = """
+import json, torch
+from collie.monitors.memory import GIB
+from collie.monitors.monitors import MemoryMonitor, StepStats
+loading = torch.ones(512 * 2**20 // 4)  # 512 MiB held while "loading", freed before training
+del loading
+monitor = MemoryMonitor()
+monitor.start(torch.device("cpu"))
+columns = monitor.step_columns(StepStats(step=1, epoch=0, loss=1.0, lr=0.1, tokens=1, step_time_s=0.1,
+                                         num_devices=1, flops_per_token=None, device=torch.device("cpu")))
+monitor.stop()
+print(json.dumps(columns))
+"""
+
+
+def test_run_peak_counts_what_came_before_training():
+    """A model's loading peaks before the monitor starts: the run's peak still shows it (a
+    machine must have that much), the step's peak does not."""
+    out = subprocess.run([sys.executable, "-c", RUN_PEAK_CHILD], capture_output=True, text=True, check=True)
+    columns = json.loads(out.stdout.strip().splitlines()[-1])
+    assert columns["mem_run_peak_gib"] >= columns["mem_peak_gib"] + 0.45, columns

@@ -101,15 +101,17 @@ def test_seven_b_dry_run_and_goal_verdicts(benchmarks) -> None:
 
 
 def test_seven_b_from_disk_dry_run_reports_what_collie_train_reported(tmp_path) -> None:
-    """The user's path: `collie train` loads the checkpoint init-model wrote; the memory it
-    reports (mem_run_peak_gib) agrees with the benchmark's own sampling of the process."""
+    """The user's path: `collie train` loads the checkpoint init-model wrote; the run's peak it
+    reports (mem_run_peak_gib) is the OS's peak of the process the benchmark measures (the
+    export after the last step may add to the latter)."""
     lines = _dry_run("seven_b.py", "--from-disk", str(tmp_path))
     assert (tmp_path / "tiny-bfloat16" / "config.json").is_file()
     match = re.search(r"peak anonymous memory \(collie_lomo_bf16\): (\d+\.\d+) GiB; "
                       r"collie reported mem_run_peak_gib (\d+\.\d+) GiB", "\n".join(lines))
     assert match, lines
     sampled, reported = float(match.group(1)), float(match.group(2))
-    assert abs(reported - sampled) <= 0.1 * sampled, (reported, sampled)
+    peak_rss = _table(lines)["collie_lomo_bf16"][0]
+    assert sampled < reported <= peak_rss + 0.005 and reported >= 0.9 * peak_rss, (sampled, reported, peak_rss)
 
 
 def test_lora_memory_dry_run_and_goal_verdicts() -> None:
