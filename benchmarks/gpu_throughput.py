@@ -1,34 +1,21 @@
-"""Single-GPU throughput and memory: 1B and 7B LLaMA shapes (random init), collie with AdamW
-(eager and with `compile: true`) and LOMO, and transformers' own Trainer on the same model as
-the baseline.
+"""The training runs `gpu_suite.py` measures on one GPU: a LLaMA shape (random init), collie
+with AdamW (eager, or with `compile: true`) or LOMO, or transformers' own Trainer on the same
+model as the baseline; TGS (tokens/GPU/s), MFU and peak memory of one run, in this process.
 
 bf16 (AdamW: fp32 master weights + bf16 autocast, fused AdamW on GPUs; LOMO: bf16 storage, no
 master copy), SDPA attention (FlashAttention kernels on GPUs), activation checkpointing. The
 baseline is `transformers.Trainer` with bf16, gradient checkpointing and `adamw_torch_fused`.
-Each configuration runs in its own process so peak memory is its own; a configuration that
-does not fit is reported as OOM. Prints TGS (tokens/GPU/s), MFU, peak memory and the TGS ratio
-to the transformers run of the same shape, table last.
-
-    python benchmarks/gpu_throughput.py            # on a GPU: < 10 minutes on one H100-class GPU
-    python benchmarks/gpu_throughput.py --dry-run  # tiny shape on CPU, to check it runs
+`gpu_suite.py` runs each in its own process and prints them in its one table.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 
-RUNNERS = ("transformers", "adamw", "adamw_compile", "lomo")
-BASELINE = "transformers"
-RUNS = [(shape, runner) for shape in ("1b", "7b") for runner in RUNNERS]
-RESULT = "RESULT "
+BASELINE = "transformers"  # the runner name of transformers' Trainer; the others are collie's
 
 
 class _Clock:
@@ -126,54 +113,3 @@ def _transformers_trainer(model_config, runner: str, records: list[dict]) -> tup
     dataset = [{"input_ids": r["tokens"], "labels": r["tokens"]} for r in records]
     Trainer(model=model, args=args, train_dataset=dataset, callbacks=[Timer()]).train()
     return sum(p.numel() for p in model.parameters()), clock.times
-
-
-def parent(args: argparse.Namespace) -> None:
-    runs = [("tiny", runner) for runner in RUNNERS] if args.dry_run else RUNS
-    seq = 32 if args.dry_run else args.seq
-    steps, warmup = (1, 1) if args.dry_run else (args.steps, 2)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"device {device}, seq {seq}, batch 1, {steps} timed steps after {warmup} warm-up, "
-          "activation checkpointing", flush=True)
-    rows = []
-    for shape, runner in runs:
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", shape, runner, "--seq", str(seq),
-               "--steps", str(steps), "--warmup", str(warmup)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
-        if lines:
-            rows.append((shape, runner, json.loads(lines[-1][len(RESULT):])))
-        else:
-            oom = "OutOfMemoryError" in proc.stderr or "out of memory" in proc.stderr
-            rows.append((shape, runner, "OOM" if oom else f"failed: {proc.stderr.strip().splitlines()[-1:]}"))
-        print(f"  done {shape} {runner}", flush=True)
-    baseline = {shape: result["tgs"] for shape, runner, result in rows
-                if runner == BASELINE and not isinstance(result, str)}
-    print(f"{'shape':6} {'run':14} {'params':>7} {'TGS':>9} {'MFU':>6} {'peak mem':>9} {'TGS ratio':>10}")
-    for shape, runner, result in rows:
-        if isinstance(result, str):
-            print(f"{shape:6} {runner:14} {result}")
-            continue
-        mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
-        memory = f"{result['peak_gib']:.1f} GiB" if result["peak_gib"] is not None else "n/a"
-        ratio = f"{result['tgs'] / baseline[shape]:.2f}x" if shape in baseline else "n/a"
-        print(f"{shape:6} {runner:14} {result['params_b']:6.2f}B {result['tgs']:9.1f} {mfu:>6} {memory:>9} "
-              f"{ratio:>10}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry-run", action="store_true", help="tiny shape on CPU, 1 step")
-    parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--child", nargs=2, metavar=("SHAPE", "RUNNER"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(RESULT + json.dumps(child(*args.child, args.seq, args.steps, args.warmup)), flush=True)
-    else:
-        parent(args)
-
-
-if __name__ == "__main__":
-    main()

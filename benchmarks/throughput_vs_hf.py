@@ -1,13 +1,23 @@
 """Training throughput: collie's Trainer vs transformers' LlamaForCausalLM in a plain loop.
 
-Same ~110M LLaMA shape, same random token batches, same steps, AdamW fp32, one process.
-Prints tokens/s for both and the ratio (collie / HF) last.
+Same ~110M LLaMA shape, same random token batches, same steps, AdamW fp32. Each side runs in
+its own process (neither inherits the other's allocator state), `--runs` pairs alternating;
+prints each pair's tokens/s and ratio, then the median ratio last.
 
-    OMP_NUM_THREADS=2 python benchmarks/throughput_vs_hf.py [--steps 10] [--seq 256] [--batch 4]
+`--with-memory` also measures, in the same invocation, the memory figures collie's host
+allocation policy must keep (`collie/host_memory.py`): the 1B LoRA run of `lora_memory.py`
+and the 1B LOMO and AdaLomo fp32 runs of `memory.py`, peak RSS each in its own process.
+
+    OMP_NUM_THREADS=2 python benchmarks/throughput_vs_hf.py [--runs 5] [--steps 10] [--seq 256] [--batch 4]
+                                                        [--with-memory]
 """
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -70,25 +80,63 @@ def collie_loop(model_dir: str, data: list[torch.Tensor], lr: float) -> list[flo
     return timer.times
 
 
+def side(name: str, model_dir: str, args: argparse.Namespace) -> float:
+    """Median tokens/s of one side's timed steps, in this process."""
+    torch.manual_seed(0)
+    data = batches(args.steps + WARMUP, args.batch, args.seq)
+    loop = hf_loop if name == "transformers" else collie_loop
+    return args.batch * args.seq / statistics.median(loop(model_dir, data, 1e-4)[WARMUP:])
+
+
+def run_side(name: str, model_dir: str, args: argparse.Namespace) -> float:
+    command = [sys.executable, os.path.abspath(__file__), "--side", name, "--model-dir", model_dir,
+               "--steps", str(args.steps), "--seq", str(args.seq), "--batch", str(args.batch)]
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"]
+
+
+def memory_rows() -> list[str]:
+    """The collie rows of the memory benchmarks, as they print them."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    lines = []
+    for script, only in (("lora_memory.py", "collie_lora"), ("memory.py", "collie_lomo,collie_adalomo")):
+        out = subprocess.run([sys.executable, os.path.join(here, script), "--only", only], capture_output=True,
+                             text=True, check=True)
+        lines += [line for line in out.stdout.splitlines() if line.startswith("collie_")]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=5, help="alternating pairs of processes")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--with-memory", action="store_true", help="also the LoRA and LOMO/AdaLomo memory rows")
+    parser.add_argument("--side", choices=["transformers", "collie"], help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.side:
+        print(json.dumps({"tokens_per_s": side(args.side, args.model_dir, args)}))
+        return
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as model_dir:
         HFLlama(shape()).save_pretrained(model_dir)
         params = sum(p.numel() for p in HFLlama(shape()).parameters())
-        data = batches(args.steps + WARMUP, args.batch, args.seq)
-        tokens = args.batch * args.seq
-        print(f"shape: {params / 1e6:.0f}M params, seq {args.seq}, batch {args.batch}, "
-              f"{args.steps} timed steps after {WARMUP} warm-up, threads {torch.get_num_threads()}")
-        hf = tokens / statistics.median(hf_loop(model_dir, data, 1e-4)[WARMUP:])
-        print(f"transformers  {hf:8.1f} tokens/s")
-        ours = tokens / statistics.median(collie_loop(model_dir, data, 1e-4)[WARMUP:])
-        print(f"collie        {ours:8.1f} tokens/s")
-        print(f"ratio collie/transformers: {ours / hf:.3f}")
+        print(f"shape: {params / 1e6:.0f}M params, seq {args.seq}, batch {args.batch}, {args.steps} timed steps "
+              f"after {WARMUP} warm-up, {args.runs} pairs of processes, threads {torch.get_num_threads()}",
+              flush=True)
+        ratios = []
+        for run in range(args.runs):
+            hf, ours = run_side("transformers", model_dir, args), run_side("collie", model_dir, args)
+            ratios.append(ours / hf)
+            print(f"run {run + 1}: transformers {hf:8.1f} tokens/s, collie {ours:8.1f} tokens/s, "
+                  f"ratio {ours / hf:.3f}", flush=True)
+    if args.with_memory:
+        print("\n".join(memory_rows()), flush=True)
+    print(f"median ratio collie/transformers: {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,6 @@
 The names CoLLiE 1.0 exported from its top level are here too (see docs/collie-api.md): a CoLLiE
 script's `from collie import Trainer, CollieConfig, …` runs on collie's engine."""
 
-# First, before anything allocates a tensor: it sets how PyTorch allocates host memory.
-import collie.host_memory  # noqa: F401
 from collie.callbacks import Callback, CheckpointCallback, HasMonitorCallback, LoadBestModelCallback
 from collie.config import CollieConfig, ConfigError
 from collie.controller import (

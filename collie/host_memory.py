@@ -1,4 +1,4 @@
-"""Give freed host memory back to the OS, and make fresh memory cheap to fault in.
+"""Give freed host memory back to the OS.
 
 glibc's malloc serves a large block from its heap instead of a fresh mapping once a block of
 that size has been freed (its mmap threshold grows with each free, up to 32 MiB), and freed
@@ -7,14 +7,7 @@ frees activation and gradient buffers of a few MiB all the time, so on CPUs the 
 memory creeps up by hundreds of MiB per step (measured: 1B LLaMA LoRA step 5.04 GiB with the
 default, 4.14 GiB with a fixed threshold). A fixed 1 MiB threshold maps every larger block
 on its own and unmaps it when freed. A user's own MALLOC_MMAP_THRESHOLD_ wins; other C
-libraries (musl, macOS) are left alone. Trimming the heap after each step instead does not
-do it: the creep is within a step (the same LoRA step peaked at 5.08 GiB trimmed).
-
-The price of fresh mappings is faulting them in: 4 KiB at a time, an 8 MiB buffer costs ~4 ms
-to touch against ~0.1 ms reused (~10% of a small model's step). PyTorch can ask the kernel for
-2 MiB pages for its buffers of 2 MiB and more (`THP_MEM_ALLOC_ENABLE`, read at its first
-allocation, so it is set when collie is imported): 512 times fewer faults, the same resident
-memory. A user's own THP_MEM_ALLOC_ENABLE (0 turns it off) wins.
+libraries (musl, macOS) are left alone.
 """
 
 from __future__ import annotations
@@ -26,9 +19,6 @@ import sys
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 THRESHOLD_BYTES = 1 << 20
 _applied = False
-
-if sys.platform.startswith("linux"):
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 def return_freed_memory_to_os() -> bool:

@@ -134,12 +134,11 @@ class CharTokenizer:
 # rewards, on the layouts that change how a pair's rows and their loss are split: replicas (left
 # padding), FSDP shards, vocabulary-sharded logits (loss parallel, sequence parallel), pipeline
 # micro-batches cut from pairs, and dp×tp. With AdamW and with LOMO (the pair loss must be whole
-# before its in-backward update).
+# before its in-backward update, whichever loss it is); SimPO for a loss with no reference.
 PREFERENCE = {
     "dpo/adamw": ["preference.loss=dpo"],
     "dpo/lomo": ["preference.loss=dpo", *IN_BACKWARD["lomo"]],
     "simpo/adamw": ["preference.loss=simpo"],
-    "simpo/lomo": ["preference.loss=simpo", *IN_BACKWARD["lomo"]],
 }
 PREFERENCE_LAYOUTS = ("dp2_left", "zero3_dp2", "tp2_sp_loss_parallel_left", "pp2_1f1b")
 PREFERENCE_LAYOUTS_4 = ("dp2_tp2",)
