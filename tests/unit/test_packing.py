@@ -68,20 +68,15 @@ def test_documents_are_found_once_per_forward():
     assert out[0, :, 14:].abs().max() == 0 and out[1, :, 12:].abs().max() == 0  # padding gets zeros
 
 
-@pytest.mark.parametrize("groups", [1, 2, 4])
-def test_documents_padded_into_groups_attend_as_the_block_diagonal_mask(groups, monkeypatch):
-    """However the documents are grouped (each group padded to its longest), every document's
-    output and gradients are what the block-diagonal mask gives; padding tokens get zeros."""
-    from collie.models.common import packed_attention
+def test_documents_attend_as_the_block_diagonal_mask():
+    """Every document's output and gradients are what the block-diagonal mask gives; padding
+    tokens get zeros."""
     from collie.models.common.attention import attention_bias_mask
 
-    monkeypatch.setattr(packed_attention, "MAX_GROUPS", groups)
     mask = torch.tensor([[1] * 7 + [2] * 2 + [3] * 5 + [0] * 2, [1] * 3 + [2] * 12 + [0], [1] * 16])
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, 2, 16, 4, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(3))
-    documents = PackedDocuments(mask)
-    assert len(documents.groups) == min(groups, 6)
-    out = documents.attend(q, k, v)
+    out = PackedDocuments(mask).attend(q, k, v)
     reference = torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=attention_bias_mask(mask, 16, 0, torch.device("cpu")))
     real = (mask > 0)[:, None, :, None]
@@ -92,11 +87,3 @@ def test_documents_padded_into_groups_attend_as_the_block_diagonal_mask(groups, 
     expected = torch.autograd.grad((reference * weights).sum(), (q, k, v))
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
-
-
-def test_groups_pad_the_least():
-    from collie.models.common.packed_attention import _groups
-
-    assert _groups([100, 101, 5, 6, 50], 2) == [[2, 3, 4], [0, 1]]  # 3 x 50^2 + 2 x 101^2
-    assert _groups([10, 2, 2, 3, 9], 4) == [[1, 2], [3], [4], [0]]
-    assert _groups([7], 4) == [[0]] and _groups([], 4) == []
