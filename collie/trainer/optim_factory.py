@@ -62,10 +62,14 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim
 
 
 def adam_implementation(params: list[torch.Tensor]) -> dict:
-    """The fused (one kernel for all parameters) Adam on GPUs, where every parameter is a plain
-    CUDA tensor; PyTorch's default (foreach) elsewhere: on CPUs, and for DTensor parameters
-    (tensor parallel, FSDP), whose fused kernel support depends on the PyTorch version."""
-    fused = bool(params) and all(p.device.type == "cuda" and not isinstance(p, DTensor) for p in params)
+    """The fused (one kernel for all parameters) Adam where every parameter is a plain tensor on
+    one kind of device that has the kernel (CUDA; CPUs since PyTorch 2.4, below collie's floor):
+    it makes no temporaries, where the default (foreach) makes several per parameter each step
+    (on a CPU with collie's fixed mmap threshold, each a fresh mapping to fault in: 0.41 s
+    against 0.06 s a step for 110M parameters). PyTorch's default elsewhere: for DTensor
+    parameters (tensor parallel, FSDP), whose fused kernel support depends on the version."""
+    devices = {p.device.type for p in params}
+    fused = len(devices) == 1 and devices <= {"cuda", "cpu"} and not any(isinstance(p, DTensor) for p in params)
     return {"fused": True} if fused else {}
 
 

@@ -88,14 +88,15 @@ def test_mfu_peak_follows_the_precision_the_config_computes_in():
     assert MFUMonitor()._matmul_dtype(cuda) == torch.bfloat16
 
 
-def test_adam_is_fused_only_where_every_parameter_is_a_plain_cuda_tensor():
+def test_adam_is_fused_only_where_every_parameter_is_a_plain_tensor_on_one_device_kind():
     from types import SimpleNamespace
 
     from collie.trainer.optim_factory import adam_implementation
 
     cuda, cpu = SimpleNamespace(device=torch.device("cuda", 0)), SimpleNamespace(device=torch.device("cpu"))
-    assert adam_implementation([cuda, cuda]) == {"fused": True}
-    assert adam_implementation([cuda, cpu]) == {} == adam_implementation([cpu]) == adam_implementation([])
+    meta = SimpleNamespace(device=torch.device("meta"))
+    assert adam_implementation([cuda, cuda]) == {"fused": True} == adam_implementation([cpu])
+    assert adam_implementation([cuda, cpu]) == {} == adam_implementation([meta]) == adam_implementation([])
 
 
 def test_activation_offload_is_a_gpu_setting():
