@@ -56,7 +56,7 @@ class PeakMemory:
         self.device = device
         self.interval_s = interval_s
         self._interval_peak = 0
-        self._run_peak = 0
+        self._sampled_peak = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -81,11 +81,11 @@ class PeakMemory:
             peak = torch.cuda.max_memory_allocated(self.device)
             if reset:
                 torch.cuda.reset_peak_memory_stats(self.device)
-            self._run_peak = max(self._run_peak, peak)
+            self._sampled_peak = max(self._sampled_peak, peak)
             return peak
         if not has_proc_status():  # no anonymous figure: the OS's peak RSS
-            self._run_peak = os_peak_rss()
-            return self._run_peak
+            self._sampled_peak = os_peak_rss()
+            return self._sampled_peak
         self._sample()
         with self._lock:
             peak = self._interval_peak
@@ -96,15 +96,15 @@ class PeakMemory:
     @property
     def sampled_peak(self) -> int:
         """Peak bytes sampled since `start()`: anonymous memory on CPU."""
-        return self._run_peak
+        return self._sampled_peak
 
     @property
     def run_peak(self) -> int:
         """Peak bytes of the process: the OS's peak resident memory on CPU, at least what was
         sampled (see the module's docstring)."""
         if self.device.type == "cuda":
-            return self._run_peak
-        return max(self._run_peak, os_peak_rss())
+            return self._sampled_peak
+        return max(self._sampled_peak, os_peak_rss())
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -114,4 +114,4 @@ class PeakMemory:
         now = resident_memory()["RssAnon"]
         with self._lock:
             self._interval_peak = max(self._interval_peak, now)
-            self._run_peak = max(self._run_peak, now)
+            self._sampled_peak = max(self._sampled_peak, now)
