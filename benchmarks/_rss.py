@@ -125,10 +125,16 @@ def train_transformers_adamw(shape: str, seq: int, steps: int, checkpointing: bo
 def train_transformers_peft_lora(shape: str, seq: int, steps: int, lora: dict) -> list[float]:
     """The LoRA baseline: transformers' LlamaForCausalLM (fp32) wrapped by peft's LoRA, gradient
     checkpointing, AdamW over the adapters, the same loop and tokens."""
-    from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM as HFLlama
 
-    model = HFLlama(shape_model_config(shape))
+    return train_peft_lora(HFLlama(shape_model_config(shape)), seq, steps, lora)
+
+
+def train_peft_lora(model, seq: int, steps: int, lora: dict) -> list[float]:
+    """A transformers model (a 4-bit one too) wrapped by peft's LoRA (`lora`: r, alpha,
+    target_modules), trained by the baseline loop with gradient checkpointing."""
+    from peft import LoraConfig, get_peft_model
+
     # What peft's docs prescribe with checkpointing and a frozen embedding.
     model.enable_input_require_grads()
     config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], target_modules=list(lora["target_modules"]),

@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 
 import torch
 from _rss import (
-    random_records,
     report,
     run_child,
     start_anon_sampling,
     train_collie_from_disk,
+    train_peft_lora,
     write_checkpoint,
 )
 
@@ -38,25 +37,14 @@ GOAL_GIB, GOAL_RATIO = 6.0, 0.8
 
 
 def train_baseline(model_dir: str, seq: int) -> float:
-    """transformers + peft + bitsandbytes, one step; returns its time."""
-    from peft import LoraConfig, get_peft_model
+    """transformers + peft + bitsandbytes, one step of the baseline loop; returns its time."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                       bnb_4bit_compute_dtype=torch.float32)
     model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=quantization, dtype=torch.bfloat16,
                                                  device_map="cpu")
-    model.enable_input_require_grads()
-    model.gradient_checkpointing_enable()
-    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules=TARGETS,
-                                             task_type="CAUSAL_LM"))
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ids = torch.tensor([random_records(model.config.vocab_size, seq, 1)[0]["tokens"]])
-    start = time.perf_counter()
-    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
-    optimizer.step()
-    return time.perf_counter() - start
+    return train_peft_lora(model, seq, 1, LORA)[0]
 
 
 def child(name: str, args: argparse.Namespace) -> None:

@@ -1,5 +1,5 @@
-"""One LOMO (or AdaLomo) step on a 7B LLaMA (`7b` in collie/models/shapes.py: hidden 4096, 32 layers, MLP
-11008, vocab 32000): peak resident memory and step time. Goal: peak RSS < 20 GB.
+"""One LOMO (or AdaLomo) step on a 7B LLaMA (`7b` in collie/models/shapes.py: hidden 4096, 32
+layers, MLP 11008, vocab 32000): peak resident memory and step time. Goal: peak RSS < 20 GB.
 
 bf16 parameter storage with no fp32 copy, activation checkpointing, seq 256, batch 1, random
 tokens, collie's Trainer with optimizer lomo. On CPU each layer computes in fp32 with its

@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import torch
+from _rss import RESULT_PREFIX, run_child
 from transformers import LlamaConfig
 from transformers import LlamaForCausalLM as HFLlama
 
@@ -88,15 +89,6 @@ def side(name: str, model_dir: str, args: argparse.Namespace) -> float:
     return args.batch * args.seq / statistics.median(loop(model_dir, data, 1e-4)[WARMUP:])
 
 
-def run_side(name: str, model_dir: str, args: argparse.Namespace) -> float:
-    command = [sys.executable, os.path.abspath(__file__), "--side", name, "--model-dir", model_dir,
-               "--steps", str(args.steps), "--seq", str(args.seq), "--batch", str(args.batch)]
-    out = subprocess.run(command, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"{name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])["tokens_per_s"]
-
-
 def memory_rows() -> list[str]:
     """The collie rows of the memory benchmarks, as they print them."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -115,11 +107,11 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--with-memory", action="store_true", help="also the LoRA and LOMO/AdaLomo memory rows")
-    parser.add_argument("--side", choices=["transformers", "collie"], help=argparse.SUPPRESS)
+    parser.add_argument("--run", choices=["transformers", "collie"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.side:
-        print(json.dumps({"tokens_per_s": side(args.side, args.model_dir, args)}))
+    if args.run:
+        print(RESULT_PREFIX + json.dumps({"tokens_per_s": side(args.run, args.model_dir, args)}), flush=True)
         return
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as model_dir:
@@ -129,8 +121,11 @@ def main() -> None:
               f"after {WARMUP} warm-up, {args.runs} pairs of processes, threads {torch.get_num_threads()}",
               flush=True)
         ratios = []
+        child_args = ["--model-dir", model_dir, "--steps", str(args.steps), "--seq", str(args.seq),
+                      "--batch", str(args.batch)]
         for run in range(args.runs):
-            hf, ours = run_side("transformers", model_dir, args), run_side("collie", model_dir, args)
+            hf, ours = (run_child(os.path.abspath(__file__), name, child_args)["tokens_per_s"]
+                        for name in ("transformers", "collie"))
             ratios.append(ours / hf)
             print(f"run {run + 1}: transformers {hf:8.1f} tokens/s, collie {ours:8.1f} tokens/s, "
                   f"ratio {ours / hf:.3f}", flush=True)
