@@ -8,6 +8,11 @@ memory creeps up by hundreds of MiB per step (measured: 1B LLaMA LoRA step 5.04 
 default, 4.14 GiB with a fixed threshold). A fixed 1 MiB threshold maps every larger block
 on its own and unmaps it when freed. A user's own MALLOC_MMAP_THRESHOLD_ wins; other C
 libraries (musl, macOS) are left alone.
+
+A server is the opposite case: it allocates buffers of the same few sizes at every decoding
+step and has nothing to creep, so there every block mapped afresh is only page faults
+(measured: 2 MiB gathers of cached keys 0.7 ms each instead of 0.05 ms). `reuse_freed_memory`
+keeps blocks up to glibc's own ceiling in the heap for such a process.
 """
 
 from __future__ import annotations
@@ -15,22 +20,41 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from typing import Optional
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 THRESHOLD_BYTES = 1 << 20
-_applied = False
+# Where glibc's own dynamic thresholds end up (64-bit): blocks up to 32 MiB from the heap, and
+# the heap's top given back only past twice that.
+REUSE_THRESHOLD_BYTES = 32 << 20
+_set: Optional[int] = None  # the mmap threshold this module set
 
 
 def return_freed_memory_to_os() -> bool:
-    """Fix glibc's mmap threshold for this process (once); whether it is in effect."""
-    global _applied
-    if _applied:
+    """Fix glibc's mmap threshold at 1 MiB for this process (once, and not after
+    `reuse_freed_memory`); whether it is in effect."""
+    if _set is not None:
+        return _set == THRESHOLD_BYTES
+    return _mallopt({_M_MMAP_THRESHOLD: THRESHOLD_BYTES})
+
+
+def reuse_freed_memory() -> bool:
+    """Serve blocks up to 32 MiB from the heap, and keep its freed top, for the rest of this
+    process (after loading, which sets the threshold above); whether it is in effect."""
+    if _set == REUSE_THRESHOLD_BYTES:
         return True
+    return _mallopt({_M_MMAP_THRESHOLD: REUSE_THRESHOLD_BYTES, _M_TRIM_THRESHOLD: 2 * REUSE_THRESHOLD_BYTES})
+
+
+def _mallopt(settings: dict[int, int]) -> bool:
+    global _set
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        _applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, THRESHOLD_BYTES))
+        in_effect = all(libc.mallopt(parameter, value) for parameter, value in settings.items())
     except (OSError, AttributeError):  # not glibc
         return False
-    return _applied
+    if in_effect:
+        _set = settings[_M_MMAP_THRESHOLD]
+    return in_effect

@@ -234,7 +234,7 @@ class PipelinedModel(GenerationMixin, nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
-                kv_cache=None) -> CausalLMOutput:
+                kv_cache=None, logits_to_keep: Optional[torch.Tensor] = None) -> CausalLMOutput:
         rt, group = self.runtime, self.runtime.pp_group
         batch, seq = input_ids.shape
         chunked = labels is not None and kv_cache is None and self.loss_chunk_tokens > 0
@@ -262,7 +262,7 @@ class PipelinedModel(GenerationMixin, nn.Module):
             # Sent and broadcast in one agreed dtype: under autocast a stage's output dtype is
             # autocast's choice, which the receiving buffer could not know.
             x = stage_output(self.views[stage](x, attention_mask=attention_mask, position_ids=position_ids,
-                                               kv_cache=kv_cache)).to(self._dtype())
+                                               kv_cache=kv_cache, logits_to_keep=logits_to_keep)).to(self._dtype())
             next_owner = (stage + 1) % rt.pp_size
             if stage < self.num_stages - 1 and next_owner != rt.pp_rank:
                 dist.send(x.contiguous(), dst=dist.get_global_rank(group, next_owner), group=group)
@@ -274,7 +274,8 @@ class PipelinedModel(GenerationMixin, nn.Module):
             dist.broadcast(loss, src=dist.get_global_rank(group, last_owner), group=group)
             return CausalLMOutput(logits=None, loss=loss, kv_cache=kv_cache)
         if rt.pp_rank != last_owner:
-            x = torch.empty(batch, seq, self.dims.vocab, dtype=self._dtype(), device=rt.device)
+            kept = seq if logits_to_keep is None else len(logits_to_keep)
+            x = torch.empty(batch, kept, self.dims.vocab, dtype=self._dtype(), device=rt.device)
         dist.broadcast(x, src=dist.get_global_rank(group, last_owner), group=group)
         loss = causal_lm_loss(x, labels) if labels is not None else None
         return CausalLMOutput(logits=x, loss=loss, kv_cache=kv_cache)

@@ -3,10 +3,11 @@ waiting requests join (their prompts prefilled in chunks of at most `max_num_tok
 iteration), and every running sequence decodes one token.
 
 Iteration: drop cancelled sequences; admit whole jobs while the rows fit `max_batch_size`; one
-prefill forward for the sequences whose prompt is not yet cached (first reusing the cached full
-blocks that begin their tokens); one decode forward for the rest. When a sequence needs a block
-and none is free, the newest running sequence is preempted: its blocks are released and it is
-prefilled again later from its prompt and what it generated — a request never fails for memory.
+forward that feeds every decoding sequence its last token and the joining ones a chunk of their
+prompt (first reusing the cached full blocks that begin their tokens), laid end to end in one row
+(`PagedForward`). When a sequence needs a block and none is free, the newest running sequence is
+preempted: its blocks are released and it is prefilled again later from its prompt and what it
+generated — a request never fails for memory.
 
 Every rank of a parallel model runs the same forwards: rank 0 decides, the others receive each
 forward's plan (`Lockstep.send_plan`) and run `paged_forward` on their own blocks.
@@ -36,23 +37,19 @@ class Plan:
     block_size: int
 
 
-def paged_forward(model, forward_context: Callable[[], ContextManager], pool: BlockPool, plan: Plan,
-                  pad_id: int) -> torch.Tensor:
-    """The last position's logits of each sequence after feeding its `inputs`, whose keys and
-    values are written into its blocks. Inputs are left-padded to the widest, cached keys to the
-    longest cache; the attention mask marks both paddings, so positions count real tokens only."""
+def paged_forward(model, forward_context: Callable[[], ContextManager], pool: BlockPool, plan: Plan) -> torch.Tensor:
+    """The last position's logits of each sequence, [sequences, vocab], after feeding its
+    `inputs` (laid end to end in one row, each at its own positions), whose keys and values are
+    written into its blocks."""
     device = next(iter(model.parameters())).device
     widths = [len(tokens) for tokens in plan.inputs]
-    width, past = max(widths), max(plan.cached)
-    ids = torch.full((len(widths), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(widths), past + width), dtype=torch.long)
-    for row, (tokens, cached) in enumerate(zip(plan.inputs, plan.cached)):
-        ids[row, width - len(tokens):] = torch.tensor(tokens, dtype=torch.long)
-        mask[row, past - cached:past] = 1
-        mask[row, past + width - len(tokens):] = 1
+    ids = torch.tensor([[token for tokens in plan.inputs for token in tokens]], dtype=torch.long)
+    positions = torch.cat([torch.arange(c, c + n) for c, n in zip(plan.cached, widths)])[None]
+    last = torch.tensor(widths).cumsum(0) - 1
     view = PagedForward(pool, plan.tables, plan.cached, widths, device)
     with torch.no_grad(), forward_context():
-        logits = whole(model(ids.to(device), attention_mask=mask.to(device), kv_cache=view).logits)[:, -1]
+        logits = whole(model(ids.to(device), position_ids=positions.to(device), kv_cache=view,
+                             logits_to_keep=last.to(device)).logits)[0]
     return logits.to(at_least_fp32(logits.dtype))
 
 
@@ -125,13 +122,40 @@ class ContinuousBatcher:
 
     # -- one iteration --------------------------------------------------------------------
     def step(self) -> None:
-        self._prefill()
-        self._decode()
+        """One forward: every decoding sequence's next token and the prompt chunks of those
+        joining, laid end to end."""
+        work = self._decoding() + self._prefilling()
+        # Planning may have preempted a sequence already planned: it is recomputed later.
+        work = [(s, start, tokens) for s, start, tokens in work
+                if s.cached == start and len(s.blocks) * self.pool.block_size >= start + len(tokens)]
+        if work:
+            logits = self.forward(self._plan(work))
+            now = time.perf_counter()
+            for (sequence, start, tokens), last in zip(work, logits):
+                self._cached(sequence, start + len(tokens))
+                if sequence.cached < len(sequence.tokens):
+                    continue  # a prompt chunk: the rest of the prompt comes next iteration
+                if not sequence.prefilled:
+                    first = sequence.last_token_at is None
+                    sequence.prefilled = True
+                    self.metrics.prompt(sequence.prompt_tokens if first else 0)
+                    if first:
+                        self.metrics.first_token(now - sequence.arrived)
+                self._accept(sequence, last, now)
         self.drop_finished()
         self.metrics.kv_blocks(self.pool.used, self.pool.num_blocks - self.pool.used)
 
-    def _prefill(self) -> None:
-        budget, chosen, claimed = self.max_num_tokens, [], set()
+    def _decoding(self) -> list[tuple[Sequence, int, list[int]]]:
+        work = []
+        for sequence in [s for s in self.running if s.prefilled and not s.row.done]:
+            # Oldest first: a block for this one may preempt a newer one, not yet looked at.
+            if sequence.prefilled and self._hold_blocks(sequence, sequence.cached + 1):
+                work.append((sequence, sequence.cached, sequence.tokens[sequence.cached:]))
+        return work
+
+    def _prefilling(self) -> list[tuple[Sequence, int, list[int]]]:
+        """Prompt chunks of at most `max_num_tokens` tokens in all, oldest sequence first."""
+        budget, work, claimed = self.max_num_tokens, [], set()
         size = self.pool.block_size
         for sequence in [s for s in self.running if not s.prefilled]:
             if budget <= 0:
@@ -145,36 +169,9 @@ class ContinuousBatcher:
             chunk = min(len(sequence.tokens) - sequence.cached, budget)
             if not self._hold_blocks(sequence, sequence.cached + chunk):
                 break
-            chosen.append((sequence, chunk))
+            work.append((sequence, sequence.cached, sequence.tokens[sequence.cached:sequence.cached + chunk]))
             budget -= chunk
-        if not chosen:
-            return
-        plan = self._plan([(s, s.tokens[s.cached:s.cached + chunk]) for s, chunk in chosen])
-        logits = self.forward(plan)
-        now = time.perf_counter()
-        for (sequence, chunk), last in zip(chosen, logits):
-            self._cached(sequence, sequence.cached + chunk)
-            if sequence.cached == len(sequence.tokens):  # the whole prompt is in: its next token
-                first = not sequence.prefilled and sequence.last_token_at is None
-                sequence.prefilled = True
-                self.metrics.prompt(sequence.prompt_tokens if first else 0)
-                if first:
-                    self.metrics.first_token(now - sequence.arrived)
-                self._accept(sequence, last, now)
-
-    def _decode(self) -> None:
-        held = []
-        for sequence in [s for s in self.running if s.prefilled and not s.row.done]:
-            # Oldest first: a block for this one may preempt a newer one, not yet looked at.
-            if sequence.prefilled and self._hold_blocks(sequence, sequence.cached + 1):
-                held.append(sequence)
-        if not held:
-            return
-        logits = self.forward(self._plan([(s, s.tokens[s.cached:]) for s in held]))
-        now = time.perf_counter()
-        for sequence, last in zip(held, logits):
-            self._cached(sequence, len(sequence.tokens))
-            self._accept(sequence, last, now)
+        return work
 
     # -- blocks -----------------------------------------------------------------------------
     def _reuse_prefix(self, sequence: Sequence, names: list[int]) -> None:
@@ -219,9 +216,9 @@ class ContinuousBatcher:
             for index in range(before, full):
                 self.pool.name(sequence.blocks[index], names[index])
 
-    def _plan(self, work: list[tuple[Sequence, list[int]]]) -> Plan:
-        return Plan([list(s.blocks) for s, _ in work], [s.cached for s, _ in work], [tokens for _, tokens in work],
-                    self.pool.num_blocks, self.pool.block_size)
+    def _plan(self, work: list[tuple[Sequence, int, list[int]]]) -> Plan:
+        return Plan([list(s.blocks) for s, _, _ in work], [start for _, start, _ in work],
+                    [tokens for _, _, tokens in work], self.pool.num_blocks, self.pool.block_size)
 
     def _accept(self, sequence: Sequence, logits: torch.Tensor, now: float) -> None:
         row = sequence.row

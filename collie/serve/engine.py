@@ -106,8 +106,9 @@ class _Row:
             return self._finish("stop", piece)
         if self.generated >= self.settings.max_tokens:
             return self._finish("length", piece + self.text.flush())
-        if piece:
-            self.job.events(Event("text", self.index, piece, step=self.step))
+        # Every token, even one whose text is held back (half a character, the start of a stop
+        # sequence, a special token): a streaming client hears of its first token when it is made.
+        self.job.events(Event("text", self.index, piece, step=self.step))
 
     def _finish(self, reason: str, piece: str) -> None:
         if piece:
@@ -258,7 +259,7 @@ class Engine:
     def _paged_forward(self, plan: Plan) -> torch.Tensor:
         if self.lockstep is not None:
             self.lockstep.send_plan(plan)
-        return paged_forward(self.model, self.forward_context, self.batcher.pool, plan, self.pad_id)
+        return paged_forward(self.model, self.forward_context, self.batcher.pool, plan)
 
     def _continuous_forever(self) -> None:
         batcher = self.batcher
@@ -270,11 +271,11 @@ class Engine:
                             self.lockstep.send_stop()
                         return
                     self.condition.wait()
-                jobs = []
+                jobs, room = [], batcher.room()
                 # Whole jobs, while their rows fit (a job larger than the batch runs alone).
-                while self.waiting and (len(self.waiting[0].rows) <= batcher.room() or
-                                        not batcher.running and not jobs):
+                while self.waiting and (len(self.waiting[0].rows) <= room or not batcher.running and not jobs):
                     jobs.append(self.waiting.popleft())
+                    room -= len(jobs[-1].rows)
             step = self.step()
             capacity = batcher.pool.num_blocks * batcher.pool.block_size
             for job in jobs:

@@ -16,6 +16,9 @@ from collections import OrderedDict
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
+
+from collie.models.common.attention_layout import CacheLayout
 
 
 class NoFreeBlock(RuntimeError):
@@ -86,39 +89,97 @@ def slots(blocks: list[int], start: int, stop: int, block_size: int) -> list[int
     return [blocks[p // block_size] * block_size + p % block_size for p in range(start, stop)]
 
 
-class PagedForward:
+class _Group:
+    """Sequences attended in one SDPA call: a run of decoding sequences (one new token each;
+    their keys right-aligned to the longest, [rows, span]), or one sequence with several new
+    tokens (a prompt chunk). Their new tokens are `tokens` of the forward's row."""
+
+    def __init__(self, tables: list[list[int]], cached: list[int], new: list[int], tokens: slice, block_size: int,
+                 device: torch.device) -> None:
+        totals = [c + n for c, n in zip(cached, new)]
+        self.rows, self.span, self.tokens = len(tables), max(totals), tokens
+        self.cached, self.new = cached, new
+        read = []
+        for table, total in zip(tables, totals):
+            held = slots(table, 0, total, block_size)
+            read += held[:1] * (self.span - total) + held   # padding reads a real slot: finite, weighed 0
+        self.read = torch.tensor(read, dtype=torch.long, device=device)
+        self.mask: Optional[torch.Tensor] = None
+        self.is_causal = False
+
+    def use_window(self, sliding_window: Optional[int], device: torch.device) -> None:
+        window = sliding_window is not None and sliding_window < self.span
+        k = torch.arange(self.span, device=device)
+        if self.rows > 1 or self.new[0] == 1:  # decoding: each row's one query is its last position
+            if self.rows == 1 and not window:
+                self.mask = None  # one query over all of its keys
+                return
+            starts = torch.tensor([self.span - c - n for c, n in zip(self.cached, self.new)], device=device)
+            allowed = k[None, :] >= starts[:, None]
+            if window:
+                allowed = allowed & (self.span - 1 - k < sliding_window)[None, :]
+            self.mask = allowed[:, None, None, :]
+            return
+        if self.cached[0] == 0 and not window:
+            self.is_causal = True  # a whole prompt: plain causal attention
+            return
+        q = torch.arange(self.cached[0], self.span, device=device)[:, None]
+        allowed = k[None, :] <= q
+        if window:
+            allowed = allowed & (q - k[None, :] < sliding_window)
+        self.mask = allowed
+
+    def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """q: [1, heads, tokens, head_dim] of the whole row → this group's output, [1, heads, its tokens, head_dim]."""
+        k = keys.index_select(0, self.read).view(self.rows, self.span, *keys.shape[1:]).transpose(1, 2)
+        v = values.index_select(0, self.read).view(self.rows, self.span, *values.shape[1:]).transpose(1, 2)
+        repeats = q.shape[1] // k.shape[1]
+        if repeats > 1:
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        q = q[:, :, self.tokens]
+        if self.rows > 1:  # one query per row: [1, heads, rows, dim] → [rows, heads, 1, dim]
+            q = q[0].transpose(0, 1).unsqueeze(2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, is_causal=self.is_causal)
+        return out.squeeze(2).transpose(0, 1)[None] if self.rows > 1 else out
+
+
+class PagedForward(CacheLayout):
     """What a model receives as `kv_cache` for one forward over several sequences, each with its
-    own number of cached tokens (`cached`) and of new ones (`new`, left-padded to the widest):
-    its keys and values are gathered from the blocks into rows left-padded to the longest cache,
-    which is the layout of a left-padded batch — the attention mask the engine passes marks
-    both paddings — and the new tokens' keys and values are written into their blocks."""
+    own number of cached tokens (`cached`) and of new ones (`new`). The new tokens are laid end
+    to end in one row, so the linear layers see no padding whether a sequence brings one token
+    (decoding) or a prompt chunk (prefill). Each layer writes their keys and values into their
+    blocks, then attends in groups: every run of decoding sequences in one SDPA call over their
+    keys read back from the blocks, each prompt chunk in a call of its own — so no decoding
+    row is padded to a prompt's width."""
 
     def __init__(self, pool: BlockPool, tables: list[list[int]], cached: list[int], new: list[int],
                  device: torch.device) -> None:
-        self.pool = pool
-        self.length = max(cached)   # the shared past width, as the model reads it
-        self.width = max(new)
-        self.model_state: dict = {}
+        self.pool, self.device = pool, device
         size = pool.block_size
-        read = [[0] * (self.length - c) + slots(table, 0, c, size) for table, c in zip(tables, cached)]
-        self._read = torch.tensor(read, dtype=torch.long, device=device).reshape(len(tables), self.length)
-        rows, columns, written = [], [], []
-        for row, (table, c, n) in enumerate(zip(tables, cached, new)):
-            rows += [row] * n
-            columns += range(self.width - n, self.width)
+        written = []
+        for table, c, n in zip(tables, cached, new):
             written += slots(table, c, c + n, size)
-        self._rows, self._columns, self._written = (torch.tensor(x, dtype=torch.long, device=device)
-                                                    for x in (rows, columns, written))
+        self._written = torch.tensor(written, dtype=torch.long, device=device)
+        self._groups: list[_Group] = []
+        row, token = 0, 0
+        while row < len(tables):
+            end = row + 1
+            if new[row] == 1:
+                while end < len(tables) and new[end] == 1:
+                    end += 1
+            width = sum(new[row:end])
+            self._groups.append(_Group(tables[row:end], cached[row:end], new[row:end], slice(token, token + width),
+                                       size, device))
+            row, token = end, token + width
+        self.model_state: dict = {}
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v: [rows, kv_heads, width, head_dim] of the new tokens → the cached ones before them."""
+    def use_window(self, sliding_window: Optional[int]) -> None:
+        for group in self._groups:
+            group.use_window(sliding_window, self.device)
+
+    def attend_new(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         keys, values = self.pool.storage(layer, k, v)
-        k_new, v_new = k.transpose(1, 2), v.transpose(1, 2)   # [rows, width, heads, dim]
-        keys[self._written] = k_new[self._rows, self._columns]
-        values[self._written] = v_new[self._rows, self._columns]
-        k_all = torch.cat([keys[self._read], k_new], dim=1)
-        v_all = torch.cat([values[self._read], v_new], dim=1)
-        return k_all.transpose(1, 2), v_all.transpose(1, 2)
-
-    def advance(self, n: int) -> None:
-        """The engine moves each sequence's cached count itself."""
+        keys.index_copy_(0, self._written, k[0].transpose(0, 1))
+        values.index_copy_(0, self._written, v[0].transpose(0, 1))
+        outs = [group.attend(q, keys, values) for group in self._groups]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

@@ -11,6 +11,7 @@ from typing import Callable, ContextManager, Optional
 
 import torch
 
+from collie.host_memory import reuse_freed_memory
 from collie.serve.app import ServedModel, build_app
 from collie.serve.continuous import Plan, paged_forward
 from collie.serve.engine import Engine, decode
@@ -21,13 +22,12 @@ from collie.serve.lockstep import Lockstep
 log = logging.getLogger("collie")
 
 
-def follow_plan(model, forward_context: Callable[[], ContextManager], plan: Plan, pad_id: int,
-                blocks: list[BlockPool]) -> None:
+def follow_plan(model, forward_context: Callable[[], ContextManager], plan: Plan, blocks: list[BlockPool]) -> None:
     """A following rank's part of one continuous-batching forward, on its own blocks (the same
     block numbers as rank 0's, holding this rank's heads or layers)."""
     if not blocks:
         blocks.append(BlockPool(plan.num_blocks, plan.block_size))
-    paged_forward(model, forward_context, blocks[0], plan, pad_id)
+    paged_forward(model, forward_context, blocks[0], plan)
 
 
 def serve_until_stopped(model: torch.nn.Module, tokenizer, forward_context: Callable[[], ContextManager],
@@ -38,6 +38,7 @@ def serve_until_stopped(model: torch.nn.Module, tokenizer, forward_context: Call
     """Serve `model` at http://host:port/v1 until SIGTERM or Ctrl-C, then answer what is in flight
     and return. `page(api_url, model_name)` makes a web page over the endpoint (rank 0). A port
     that cannot be listened on is a ValueError naming `port_setting`, before anything starts."""
+    reuse_freed_memory()  # the same step buffers every step: keep them, not fault them in anew
     lockstep = Lockstep() if world_size > 1 else None
     blocks: list[BlockPool] = []  # a following rank's own KV blocks, made at the first plan
     engine = Engine(model, tokenizer, forward_context, max_batch_size, max_queue, lockstep=lockstep,
@@ -45,7 +46,7 @@ def serve_until_stopped(model: torch.nn.Module, tokenizer, forward_context: Call
     if lockstep is not None and lockstep.rank != 0:
         lockstep.follow(lambda prompts, max_new, choose: decode(model, forward_context, prompts, max_new,
                                                                 engine.pad_id, choose),
-                        run_plan=lambda plan: follow_plan(model, forward_context, plan, engine.pad_id, blocks))
+                        run_plan=lambda plan: follow_plan(model, forward_context, plan, blocks))
         return
     sock = listening_socket(host, port, port_setting)
     server = http_server(build_app(engine, served), host, port)

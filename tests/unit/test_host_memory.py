@@ -1,5 +1,5 @@
-"""collie gives freed host memory back to the OS (glibc's growing mmap threshold otherwise
-keeps freed multi-MiB buffers resident)."""
+"""collie gives freed host memory back to the OS when training (glibc's growing mmap threshold
+otherwise keeps freed multi-MiB buffers resident), and keeps it for reuse when serving."""
 
 import os
 import subprocess
@@ -37,3 +37,30 @@ def _retained_mib(mode: str) -> float:
 def test_freed_buffers_leave_resident_memory():
     assert _retained_mib("default") > 100  # the problem, as glibc behaves by default
     assert _retained_mib("collie") < 10
+
+
+FAULTS = """
+import resource, torch
+from collie.host_memory import return_freed_memory_to_os, reuse_freed_memory
+
+def faults():
+    torch.ones(2**19).sum()  # a 2 MiB step buffer, once before counting
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(50):
+        torch.ones(2**19).sum()   # the same buffer again, as every decoding step makes it
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+assert return_freed_memory_to_os()   # as loading a model does
+training = faults()
+assert reuse_freed_memory() and not return_freed_memory_to_os()   # a later load leaves it so
+print(training, faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_server_reuses_its_step_buffers_instead_of_faulting_them_in():
+    out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"})
+    training, serving = map(int, out.stdout.split())
+    assert training > 50 * 400   # every 2 MiB buffer mapped afresh: 512 pages each
+    assert serving < 1000

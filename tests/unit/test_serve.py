@@ -347,6 +347,8 @@ def test_a_failed_batch_under_several_processes_answers_everyone_then_stops(mode
     engine.submit(Job([RowSettings([1, 5, 9], 4, temperature=0.0)], queued.append))
     with pytest.raises(RuntimeError, match="peer gone"):
         engine.run_batch([Job([RowSettings([1, 5, 9], 4, temperature=0.0)], running.append)])
-    assert [e.kind for e in running] == ["error"] and [e.kind for e in queued] == ["error"]
+    # The running request may have heard of its first token before the failure; it ends in the error.
+    assert [e.kind for e in running if e.kind != "text"] == ["error"] and running[-1].kind == "error"
+    assert [e.kind for e in queued] == ["error"]
     with pytest.raises(Overloaded):
         engine.submit(Job([RowSettings([1], 1)], queued.append))

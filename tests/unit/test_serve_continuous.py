@@ -3,6 +3,7 @@ tokens are compared exactly): requests that join while others decode get the tok
 alone and under static batching, with prefix reuse and after preemption; seeded sampling does not
 depend on the batch; every block comes back; `/metrics` parses as Prometheus text."""
 
+import copy
 import threading
 import time
 
@@ -14,7 +15,9 @@ from serve_helpers import quickstart_model
 
 from collie.models.base import CollieModel, load_tokenizer
 from collie.serve.app import ServedModel, build_app
+from collie.serve.continuous import Plan, paged_forward
 from collie.serve.engine import Engine, Job, RowSettings, kv_bytes_per_token
+from collie.serve.kv_blocks import BlockPool
 
 BLOCK = 4
 
@@ -93,6 +96,75 @@ def test_greedy_tokens_equal_one_request_alone_and_static_batching(model):
     for answer, other, single in zip(continuous, static, expected):
         assert answer.errors == [] and answer.text == single == other.text
     assert continuous[-1].text[0] == continuous[-1].text[1]  # n = 2, greedy
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_one_paged_forward_gives_each_sequence_the_logits_of_its_own_forward(model, window):
+    """Decoding rows, a whole prompt and a prompt chunk laid end to end in one forward: each
+    sequence's last logits equal a plain forward over its tokens (float64), with and without a
+    sliding window shorter than the sequences."""
+    model, _ = model
+    config = copy.deepcopy(model.config)
+    config.sliding_window = window
+    windowed = type(model)(config).to(torch.float64).eval()
+    windowed.load_state_dict(model.state_dict())
+    pool = BlockPool(32, BLOCK)
+    tokens = [[5, 17, 42, 9, 100, 3, 7, 7, 11, 12], [1000, 7, 8, 9, 10], [300, 301, 302, 303, 304, 2],
+              [9, 9, 42, 42, 1000, 7, 8, 8]]
+    tables = [[pool.allocate() for _ in range(4)] for _ in tokens]
+
+    def forward(cached: list[int], upto: list[int]) -> torch.Tensor:
+        keep = [i for i, (c, u) in enumerate(zip(cached, upto)) if u > c]
+        plan = Plan([tables[i] for i in keep], [cached[i] for i in keep],
+                    [tokens[i][cached[i]:upto[i]] for i in keep], pool.num_blocks, pool.block_size)
+        return paged_forward(windowed, torch.no_grad, pool, plan)
+
+    forward([0, 0, 0, 0], [9, 4, 0, 5])  # two prompts, nothing, a first chunk
+    logits = forward([9, 4, 0, 5], [10, 5, 6, 8])  # two decoding, a whole prompt, the rest of a prompt
+    with torch.no_grad():
+        expected = torch.stack([windowed(torch.tensor([t])).logits[0, -1] for t in tokens])
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-9)
+    # Only the kept positions' logits are made, and they are the whole forward's.
+    ids, keep = torch.tensor([tokens[0]]), torch.tensor([2, 9])
+    with torch.no_grad():
+        torch.testing.assert_close(windowed(ids, logits_to_keep=keep).logits, windowed(ids).logits[:, keep])
+
+
+def test_no_more_than_max_batch_size_sequences_run_at_once(model):
+    engine = engine_for(model, max_batch_size=3)
+    widths, forward = [], engine.batcher.forward
+
+    def counting(plan):
+        widths.append(len(plan.tables))
+        return forward(plan)
+
+    engine.batcher.forward = counting
+    for prompt in PROMPTS:  # all waiting before the engine starts: admission alone must hold the limit
+        engine.submit(Job([RowSettings(prompt, 5, temperature=0.0)], Answer(1)))
+    answers = serve(engine, [(0.0, [RowSettings(PROMPTS[0], 2, temperature=0.0)])])
+    assert answers[0].finish[0] is not None and max(widths) == 3
+
+
+def test_a_stream_hears_of_every_token_when_it_is_made(model):
+    """One text event per generated token, empty while its text is held back (here the start of
+    a UTF-8 character split over two tokens): a streaming client sees its first token at once."""
+    events = []
+    answer = Answer(1)
+
+    def record(event) -> None:
+        events.append(event)
+        answer(event)
+
+    engine = engine_for(model)
+    decoder = threading.Thread(target=engine.serve_forever, daemon=True)
+    decoder.start()
+    engine.submit(Job([RowSettings(PROMPTS[1], 24, temperature=0.0)], record))
+    assert answer.done.wait(60)
+    engine.stop()
+    decoder.join(30)
+    texts = [e.text for e in events if e.kind == "text"]
+    generated = answer.finish[0][1]
+    assert "" in texts and len(texts) >= generated - 1  # the last token may come with the finish only
 
 
 def test_preemption_recomputes_and_changes_nothing(model):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from collie.models.common.args import DecoderArgs
-from collie.models.common.packed_attention import PackedDocuments
+from collie.models.common.attention_layout import AttentionLayout, CacheLayout
 from collie.models.common.rope import apply_rope
 from collie.models.kv_cache import KVCache
 from collie.models.layers import Linear
@@ -28,13 +28,16 @@ class Attention(nn.Module):
         self.o_proj = Linear(args.heads * args.head_dim, args.hidden, bias=args.o_bias)
         self.dropout = args.dropout
 
-    def forward(self, x, cos, sin, mask: Union[torch.Tensor, PackedDocuments, None], kv_cache: Optional[KVCache]):
+    def forward(self, x, cos, sin, mask: Union[torch.Tensor, AttentionLayout, None],
+                kv_cache: Union[KVCache, CacheLayout, None]):
         batch, seq, _ = x.shape
         # -1 instead of the head count: under tensor parallel each rank holds a slice of heads.
         q = self.q_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, seq, -1, self.head_dim).transpose(1, 2)
         q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+        if isinstance(kv_cache, CacheLayout):  # continuous batching: the cache lays out attention
+            return self.o_proj(kv_cache.attend_new(self.layer_idx, q, k, v).transpose(1, 2).reshape(batch, seq, -1))
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
         repeats = q.shape[1] // k.shape[1]
@@ -42,7 +45,7 @@ class Attention(nn.Module):
             k = k.repeat_interleave(repeats, dim=1)
             v = v.repeat_interleave(repeats, dim=1)
         dropout = self.dropout if self.training else 0.0
-        if isinstance(mask, PackedDocuments):
+        if isinstance(mask, AttentionLayout):
             out = mask.attend(q, k, v, dropout)
         else:
             out = F.scaled_dot_product_attention(

@@ -18,6 +18,7 @@ from torch import nn
 from collie.models.base import CausalLMOutput, CollieModel, spec_for
 from collie.models.common.args import DecoderArgs
 from collie.models.common.attention import Attention, attention_bias_mask, default_position_ids, is_packed
+from collie.models.common.attention_layout import CacheLayout
 from collie.models.common.mlp import GatedMLP
 from collie.models.common.packed_attention import PackedDocuments
 from collie.models.common.rope import dynamic_ntk_frequencies, inverse_frequencies, rope_cos_sin, scaling_kind
@@ -41,7 +42,8 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(CollieModel):
-    """Decoder-only LLaMA. `forward(input_ids, attention_mask, labels, position_ids, kv_cache)`.
+    """Decoder-only LLaMA. `forward(input_ids, attention_mask, labels, position_ids, kv_cache,
+    inputs_embeds, logits_to_keep)`.
 
     Networks that differ only in their blocks and norms (MOSS, ChatGLM v1) subclass it and set
     the class attributes below; the forward pass, positions, masks and KV cache are shared."""
@@ -66,9 +68,12 @@ class LlamaForCausalLM(CollieModel):
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
-                kv_cache: Optional[KVCache] = None, inputs_embeds: Optional[torch.Tensor] = None) -> CausalLMOutput:
+                kv_cache: Optional[KVCache] = None, inputs_embeds: Optional[torch.Tensor] = None,
+                logits_to_keep: Optional[torch.Tensor] = None) -> CausalLMOutput:
         """`inputs_embeds` [batch, seq, hidden] (as in transformers) replaces `input_ids` and the
-        embedding lookup; positions then come from `attention_mask` or `position_ids`."""
+        embedding lookup; positions then come from `attention_mask` or `position_ids`.
+        `logits_to_keep` (indices along the sequence, as in transformers): the only positions
+        whose logits are made — a server needs each sequence's last, not a whole prompt's."""
         # Sizes from the input, not from h: under sequence parallel h holds a slice of the sequence.
         tokens = input_ids if inputs_embeds is None else inputs_embeds
         seq = tokens.shape[1]
@@ -83,6 +88,10 @@ class LlamaForCausalLM(CollieModel):
             h = layer(h, cos, sin, mask, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(seq)
+        # Under sequence parallel h holds a slice of the sequence: the head gathers it, then select.
+        select_now = logits_to_keep is not None and self.lm_head is not None and h.shape[1] == seq
+        if select_now:
+            h = h.index_select(1, logits_to_keep)
         if self.norm is not None:
             h = self.norm(h)
         if self.lm_head is None:
@@ -91,6 +100,8 @@ class LlamaForCausalLM(CollieModel):
             return CausalLMOutput(logits=None, loss=chunked_lm_loss(h, self.lm_head, labels, self.loss_chunk_tokens),
                                   kv_cache=kv_cache)
         logits = self.lm_head(h)
+        if logits_to_keep is not None and not select_now:
+            logits = logits.index_select(1, logits_to_keep)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, kv_cache=kv_cache)
 
@@ -100,6 +111,12 @@ class LlamaForCausalLM(CollieModel):
         the sizes only (a later pipeline stage receives hidden states in its place)."""
         batch, seq = input_ids.shape[:2]
         past = kv_cache.length if kv_cache is not None else 0
+        if isinstance(kv_cache, CacheLayout):
+            if position_ids is None:
+                raise ValueError("a KV cache that lays out attention itself needs position_ids")
+            cos, sin = rope_cos_sin(self._frequencies(position_ids), position_ids, dtype)
+            kv_cache.use_window(self.args.sliding_window)
+            return cos, sin, None
         if position_ids is None:
             position_ids = default_position_ids(batch, seq, past, attention_mask, input_ids.device)
         cos, sin = rope_cos_sin(self._frequencies(position_ids), position_ids, dtype)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from collie.models.common.attention_layout import AttentionLayout
 
-class PackedDocuments:
+
+class PackedDocuments(AttentionLayout):
     """The documents of a batch of packed rows, found once per forward and used by every layer."""
 
     def __init__(self, attention_mask: torch.Tensor) -> None:
