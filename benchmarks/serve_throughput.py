@@ -4,15 +4,16 @@ next to transformers' own continuous batching (`generate_batch`), all in one run
 1. `collie serve` on a random model twice — `--batching continuous`, then `--batching static` —
    each answering the same 64 streamed completions (greedy, `max_tokens` 4–64, prompts of 3–40
    words, drawn with a fixed seed) from 16 concurrent clients. Per server: completion tokens per
-   second over the whole run, time to first token (first streamed chunk) p50 and p90, and the
-   peak KV blocks in use (sampled from /health) against the `--kv-cache-gib` budget.
+   second over the whole run, time to first token (first streamed chunk) p50 and p90, the
+   peak KV blocks in use (sampled from /health) against the `--kv-cache-gib` budget, and the
+   model forwards it ran (/metrics). `--runs` such pairs; the median pair ratio is the figure.
 2. 16 requests that share a 200-token system prompt, on the continuous server: the prompt
    tokens found in the cache (/health's prefix counter) against those the requests sent.
 3. In-process, no HTTP: collie's `Engine` and transformers' `generate_batch` on the same weights
    and token prompts, `max_new_tokens` 32 each, greedy: generated tokens per second (each timed
    on its second round, warm).
 
-    OMP_NUM_THREADS=2 python benchmarks/serve_throughput.py [--shape 20m] [--requests 64] [--clients 16]
+    OMP_NUM_THREADS=2 python benchmarks/serve_throughput.py [--shape 20m] [--requests 64] [--clients 16] [--runs 3]
     python benchmarks/serve_throughput.py --dry-run      # tiny shape, 8 requests, 4 clients
 """
 
@@ -84,6 +85,7 @@ def concurrent(url: str, work: list[tuple[str, int]], clients: int) -> dict:
             peak[0] = max(peak[0], httpx.get(f"{url}/health", timeout=10).json().get("kv_blocks_used", 0))
             time.sleep(0.05)
 
+    forwards = forward_passes(url)
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     watcher = threading.Thread(target=watch)
     start = time.perf_counter()
@@ -98,7 +100,15 @@ def concurrent(url: str, work: list[tuple[str, int]], clients: int) -> dict:
     tokens = sum(n for n, _ in results)
     ttft = sorted(t for _, t in results)
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+            "forwards": forward_passes(url) - forwards,
             "ttft_p50": statistics.median(ttft), "ttft_p90": ttft[int(0.9 * (len(ttft) - 1))], "peak_blocks": peak[0]}
+
+
+def forward_passes(url: str) -> int:
+    """The server's count of model forwards so far (its /metrics)."""
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    return int(float(next(line.split()[-1] for line in metrics.splitlines()
+                          if line.startswith("collie_forward_passes_total "))))
 
 
 def start_server(model_dir: str, port: int, batching: str, clients: int, queue: int, log) -> subprocess.Popen:
@@ -189,44 +199,51 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--system-tokens", type=int, default=200)
     parser.add_argument("--port", type=int, default=8791)
+    parser.add_argument("--runs", type=int, default=3, help="continuous/static pairs (the median ratio is printed)")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     if args.dry_run:
-        args.shape, args.requests, args.clients, args.system_tokens = "tiny", 8, 4, 40
+        args.shape, args.requests, args.clients, args.system_tokens, args.runs = "tiny", 8, 4, 40, 1
     tmp = tempfile.mkdtemp(prefix="collie-serve-bench-")
     model_dir = os.path.join(tmp, args.shape)
     subprocess.run([sys.executable, "-m", "collie", "init-model", "--shape", args.shape, model_dir], check=True,
                    stdout=subprocess.DEVNULL)
     work = workload(args.requests)
     url = f"http://127.0.0.1:{args.port}"
-    runs, prefix = {}, None
-    for batching in ("continuous", "static"):
-        with open(os.path.join(tmp, f"{batching}.log"), "w") as log:
-            server = start_server(model_dir, args.port, batching, args.clients, args.requests, log)
-            try:
-                stream(url, work[0][0], 2)  # warm-up
-                runs[batching] = concurrent(url, work, args.clients)
-                if batching == "continuous":
-                    prefix = shared_prefix(url, args.clients, args.system_tokens)
-            finally:
-                server.terminate()
-                server.wait(timeout=120)
+    runs, prefix = [], None
+    for _ in range(args.runs):  # pairs: static's figure swings with how its batches happen to form
+        pair = {}
+        for batching in ("continuous", "static"):
+            with open(os.path.join(tmp, f"{batching}.log"), "w") as log:
+                server = start_server(model_dir, args.port, batching, args.clients, args.requests, log)
+                try:
+                    stream(url, work[0][0], 2)  # warm-up
+                    pair[batching] = concurrent(url, work, args.clients)
+                    if batching == "continuous" and prefix is None:
+                        prefix = shared_prefix(url, args.clients, args.system_tokens)
+                finally:
+                    server.terminate()
+                    server.wait(timeout=120)
+        runs.append(pair)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     new_tokens = 4 if args.dry_run else 32
     side = offline(model_dir, work, new_tokens)
     block_bytes = 16 * kv_bytes_per_token(CollieModel.from_pretrained(model_dir))
     print(f"shape {args.shape}, {args.requests} requests (max_tokens 4-64, prompts 3-40 words, greedy), "
           f"{args.clients} clients, threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"{'batching':<12}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'ttft p50':>10}{'ttft p90':>10}{'kv peak MiB':>13}")
-    for name, r in runs.items():
-        # A static batch's cache is rows × its longest sequence, made per batch: not sampled.
-        kv = f"{r['peak_blocks'] * block_bytes / 2**20:.1f}" if name == "continuous" else "-"
-        print(f"{name:<12}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens_per_s']:>10.1f}{r['ttft_p50']:>10.3f}"
-              f"{r['ttft_p90']:>10.3f}{kv:>13}")
-    c, s = runs["continuous"], runs["static"]
+    print(f"{'run':<4}{'batching':<12}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'ttft p50':>10}{'ttft p90':>10}"
+          f"{'kv peak MiB':>13}{'forwards':>10}")
+    for index, pair in enumerate(runs, 1):
+        for name, r in pair.items():
+            # A static batch's cache is rows × its longest sequence, made per batch: not sampled.
+            kv = f"{r['peak_blocks'] * block_bytes / 2**20:.1f}" if name == "continuous" else "-"
+            print(f"{index:<4}{name:<12}{r['tokens']:>8}{r['seconds']:>10.2f}{r['tokens_per_s']:>10.1f}"
+                  f"{r['ttft_p50']:>10.3f}{r['ttft_p90']:>10.3f}{kv:>13}{r['forwards']:>10}")
     print(f"kv budget: {KV_CACHE_GIB * 1024:.0f} MiB")
-    print(f"continuous / static tokens/s: {c['tokens_per_s'] / s['tokens_per_s']:.2f}x")
-    print(f"continuous / static ttft p50: {c['ttft_p50'] / s['ttft_p50']:.2f}x")
+    speed = [p["continuous"]["tokens_per_s"] / p["static"]["tokens_per_s"] for p in runs]
+    ttft = [p["continuous"]["ttft_p50"] / p["static"]["ttft_p50"] for p in runs]
+    print(f"continuous / static tokens/s: median {statistics.median(speed):.2f}x of {', '.join(f'{x:.2f}' for x in speed)}")
+    print(f"continuous / static ttft p50: median {statistics.median(ttft):.2f}x of {', '.join(f'{x:.2f}' for x in ttft)}")
     print(f"shared system prompt: {prefix['from_cache']} of {prefix['prompt_tokens']} prompt tokens from the cache")
     collie_rate, hf_rate = side["collie_tokens"] / side["collie_s"], side["hf_tokens"] / side["hf_s"]
     print(f"offline, {new_tokens} new tokens each: collie Engine {side['collie_tokens']} tokens {collie_rate:.1f}/s, "

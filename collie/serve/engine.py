@@ -237,6 +237,7 @@ class Engine:
         self.busy_rows = len(rows)
 
         def choose(logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
+            self.metrics.forward_pass()  # each call follows one forward
             tokens = torch.full((len(rows),), self.pad_id, dtype=torch.long)
             for i, row in enumerate(rows):
                 if not row.done:
@@ -257,6 +258,7 @@ class Engine:
 
     # -- continuous batching ------------------------------------------------------------
     def _paged_forward(self, plan: Plan) -> torch.Tensor:
+        self.metrics.forward_pass()
         if self.lockstep is not None:
             self.lockstep.send_plan(plan)
         return paged_forward(self.model, self.forward_context, self.batcher.pool, plan)

@@ -1,7 +1,7 @@
 """What a server is operated with, in Prometheus' text format (`GET /metrics`): requests running
 and waiting, prompt and generated tokens, time to first token and between tokens, KV cache
-blocks, preemptions and prefix-cache hits. Each engine has its own registry, so two servers in
-one process (tests, serving during training) count separately."""
+blocks, preemptions, prefix-cache hits and forward passes. Each engine has its own registry, so
+two servers in one process (tests, serving during training) count separately."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ class ServeMetrics:
         self._free = Gauge("collie_kv_blocks_free", "KV cache blocks no sequence holds", registry=r)
         self._preemptions = Counter("collie_preemptions", "Sequences preempted for KV cache room", registry=r)
         self._prefix = Counter("collie_prefix_cache_hit_tokens", "Prompt tokens found in the KV cache", registry=r)
+        self._forwards = Counter("collie_forward_passes", "Forward passes of the model (each decoding step is one)",
+                                 registry=r)
 
     def prompt(self, tokens: int) -> None:
         self._prompt.inc(tokens)
@@ -52,6 +54,9 @@ class ServeMetrics:
 
     def prefix_hit(self, tokens: int) -> None:
         self._prefix.inc(tokens)
+
+    def forward_pass(self) -> None:
+        self._forwards.inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -245,9 +245,12 @@ def test_throughput_benchmark_dry_run_prints_the_ratio():
                              "--port", str(free_port())], cwd=root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
-    rates = {line.split()[0]: float(line.split()[3]) for line in lines
-             if line.startswith(("continuous ", "static ")) and line.split()[1].isdigit()}
-    ratio = float(next(line for line in lines if line.startswith("continuous / static tokens/s")).split()[-1][:-1])
+    rates = {line.split()[1]: float(line.split()[4]) for line in lines  # run, batching, tokens, seconds, tokens/s
+             if line.split()[:1] == ["1"] and line.split()[1] in ("continuous", "static")}
+    forwards = [int(line.split()[-1]) for line in lines if line.split()[:1] == ["1"]]
+    assert len(forwards) == 2 and min(forwards) > 0  # each server's model forwards, from its /metrics
+    ratio_line = next(line for line in lines if line.startswith("continuous / static tokens/s"))
+    ratio = float(ratio_line.split("median ")[1].split("x")[0])
     assert abs(ratio - rates["continuous"] / rates["static"]) <= 0.02 * ratio  # the columns are rounded
     cached, sent = (int(word) for word in next(line for line in lines if line.startswith("shared system")).split()
                     if word.isdigit())

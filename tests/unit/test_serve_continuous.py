@@ -263,6 +263,8 @@ def test_metrics_are_prometheus_text_and_move(model):
     assert after["collie_generation_tokens_total"] - before["collie_generation_tokens_total"] >= 1
     assert after["collie_prompt_tokens_total"] > before["collie_prompt_tokens_total"]
     assert after["collie_time_to_first_token_seconds_count"] == before["collie_time_to_first_token_seconds_count"] + 1
+    # 5 tokens, at most 5 forwards (the last one's token may end it early); none before
+    assert before["collie_forward_passes_total"] == 0 and 1 <= after["collie_forward_passes_total"] <= 5
     assert after["collie_kv_blocks_used"] == 0 and after["collie_kv_blocks_free"] > 0
     assert {"collie_requests_running", "collie_requests_waiting", "collie_preemptions_total",
             "collie_prefix_cache_hit_tokens_total", "collie_time_per_output_token_seconds_bucket"} <= set(after)
