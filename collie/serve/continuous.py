@@ -15,6 +15,8 @@ forward's plan (`Lockstep.send_plan`) and run `paged_forward` on their own block
 
 from __future__ import annotations
 
+import array
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional
@@ -71,12 +73,15 @@ class Sequence:
         return len(self.row.settings.prompt_ids)
 
 
-def block_names(tokens: list[int], block_size: int, count: int) -> list[int]:
-    """Names of the first `count` full blocks of `tokens`: each hashes its tokens and the name of
-    the block before it, so a name stands for the whole prefix up to the block's end."""
-    names, previous = [], None
+def block_names(tokens: list[int], block_size: int, count: int) -> list[bytes]:
+    """Names of the first `count` full blocks of `tokens`: each a digest of its tokens and of
+    the name of the block before it, so a name stands for the whole prefix up to the block's end.
+    A cryptographic digest, not Python's `hash`: a request whose tokens collided with another's
+    prefix would be answered from that request's keys and values."""
+    names, previous = [], b""
     for index in range(count):
-        previous = hash((previous, tuple(tokens[index * block_size:(index + 1) * block_size])))
+        block = array.array("q", tokens[index * block_size:(index + 1) * block_size]).tobytes()
+        previous = hashlib.blake2b(previous + block, digest_size=16).digest()
         names.append(previous)
     return names
 

@@ -2,7 +2,7 @@
 decodes, a block table per sequence, and full blocks found again by the tokens they hold
 (prefix reuse).
 
-Blocks are reference counted. A full block is immutable and named by a hash of its tokens and
+Blocks are reference counted. A full block is immutable and named by a digest of its tokens and
 of every token before it, so two sequences that begin alike — a shared system prompt, the `n`
 completions of one request — hold the same blocks; a sequence only ever writes into a block of
 its own (its last, partial one), so no block is written while shared. A block whose count falls
@@ -33,8 +33,8 @@ class BlockPool:
         self.refs = [0] * num_blocks
         # Unheld blocks, least recently freed first (their contents may still be found by name).
         self.free: OrderedDict[int, None] = OrderedDict((block, None) for block in range(num_blocks))
-        self.named: dict[int, int] = {}      # prefix hash -> block
-        self.name_of: dict[int, int] = {}    # block -> prefix hash
+        self.named: dict[bytes, int] = {}      # prefix digest -> block
+        self.name_of: dict[int, bytes] = {}    # block -> prefix digest
         # Per layer: keys and values of every block, [num_blocks * block_size, kv_heads, head_dim],
         # made at a layer's first write from the keys it is given (local heads, compute dtype).
         self.keys: dict[int, torch.Tensor] = {}
@@ -54,7 +54,7 @@ class BlockPool:
         self.refs[block] = 1
         return block
 
-    def lookup(self, name: int) -> Optional[int]:
+    def lookup(self, name: bytes) -> Optional[int]:
         """Hold the full block named `name` if it is cached (None if not)."""
         block = self.named.get(name)
         if block is not None:
@@ -63,7 +63,7 @@ class BlockPool:
             self.refs[block] += 1
         return block
 
-    def name(self, block: int, name: int) -> None:
+    def name(self, block: int, name: bytes) -> None:
         """`block` is full and holds the tokens `name` stands for: findable from now on."""
         if name not in self.named and block not in self.name_of:
             self.named[name], self.name_of[block] = block, name

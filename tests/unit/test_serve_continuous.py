@@ -15,7 +15,7 @@ from serve_helpers import quickstart_model
 
 from collie.models.base import CollieModel, load_tokenizer
 from collie.serve.app import ServedModel, build_app
-from collie.serve.continuous import Plan, paged_forward
+from collie.serve.continuous import Plan, block_names, paged_forward
 from collie.serve.engine import Engine, Job, RowSettings, kv_bytes_per_token
 from collie.serve.kv_blocks import BlockPool
 
@@ -188,6 +188,19 @@ def test_a_shared_prefix_is_prefilled_once(model):
     answers = serve(engine, requests)
     assert engine.batcher.prefix_hit_tokens == 15 * 40
     assert [a.text for a in answers[:3]] == alone(model, requests[:3])
+
+
+def test_a_block_name_stands_for_its_whole_prefix():
+    """Equal prefixes share names block by block; one token changed in the first block changes
+    every later name; names are 128-bit digests, not Python hashes (which collide on purpose-made
+    inputs: hash(0) == hash(2**61 - 1))."""
+    first = list(range(12))
+    names = block_names(first + [7, 8, 9, 10], 4, 4)
+    assert names[:3] == block_names(first, 4, 3)
+    changed = block_names([99] + first[1:] + [7, 8, 9, 10], 4, 4)
+    assert all(a != b for a, b in zip(names, changed))
+    assert all(isinstance(name, bytes) and len(name) == 16 for name in names)
+    assert block_names([0] * 4, 4, 1) != block_names([2**61 - 1] + [0] * 3, 4, 1)
 
 
 def test_a_request_larger_than_the_whole_cache_is_refused_and_others_are_served(model):
