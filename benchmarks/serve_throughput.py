@@ -20,6 +20,7 @@ next to transformers' own continuous batching (`generate_batch`), all in one run
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import random
@@ -50,14 +51,14 @@ def workload(count: int, seed: int = 0) -> list[tuple[str, int]]:
             for _ in range(count)]
 
 
-def stream(url: str, prompt: str, max_tokens: int) -> tuple[int, float]:
+async def stream(client: httpx.AsyncClient, url: str, prompt: str, max_tokens: int) -> tuple[int, float]:
     """(completion tokens, seconds to the first streamed chunk) of one greedy completion."""
     body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     start, first, tokens = time.perf_counter(), None, 0
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as response:
+    async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
         response.raise_for_status()
-        for line in response.iter_lines():
+        async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
@@ -69,34 +70,32 @@ def stream(url: str, prompt: str, max_tokens: int) -> tuple[int, float]:
 
 
 def concurrent(url: str, work: list[tuple[str, int]], clients: int) -> dict:
+    """`clients` closed-loop clients (each sends its next request when its last is answered), as
+    tasks of one event loop, as vLLM's serving benchmark runs them: a thread per client would
+    take a good part of the two cores the server runs on."""
+    return asyncio.run(_concurrent(url, work, clients))
+
+
+async def _concurrent(url: str, work: list[tuple[str, int]], clients: int) -> dict:
     results: list[tuple[int, float]] = []
-    lock = threading.Lock()
-    peak = [0]
-    stop = threading.Event()
+    peak, done = [0], asyncio.Event()
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 1)) as http:
+        async def client(k: int) -> None:
+            for prompt, max_tokens in work[k::clients]:
+                results.append(await stream(http, url, prompt, max_tokens))
 
-    def client(k: int) -> None:
-        for prompt, max_tokens in work[k::clients]:
-            result = stream(url, prompt, max_tokens)
-            with lock:
-                results.append(result)
+        async def watch() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], (await http.get(f"{url}/health")).json().get("kv_blocks_used", 0))
+                await asyncio.sleep(0.05)
 
-    def watch() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], httpx.get(f"{url}/health", timeout=10).json().get("kv_blocks_used", 0))
-            time.sleep(0.05)
-
-    forwards = forward_passes(url)
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    watcher = threading.Thread(target=watch)
-    start = time.perf_counter()
-    watcher.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
-    stop.set()
-    watcher.join()
+        forwards = forward_passes(url)
+        watcher = asyncio.create_task(watch())
+        start = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        seconds = time.perf_counter() - start
+        done.set()
+        await watcher
     tokens = sum(n for n, _ in results)
     ttft = sorted(t for _, t in results)
     return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
@@ -217,7 +216,7 @@ def main() -> None:
             with open(os.path.join(tmp, f"{batching}.log"), "w") as log:
                 server = start_server(model_dir, args.port, batching, args.clients, args.requests, log)
                 try:
-                    stream(url, work[0][0], 2)  # warm-up
+                    concurrent(url, work[:1], 1)  # warm-up
                     pair[batching] = concurrent(url, work, args.clients)
                     if batching == "continuous" and prefix is None:
                         prefix = shared_prefix(url, args.clients, args.system_tokens)
