@@ -8,14 +8,21 @@ import sys
 import pytest
 
 PROBE = """
-import sys, torch
+import resource, sys, torch
 def anon_mib():
     for line in open("/proc/self/status"):
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) / 1024
-if sys.argv[1] == "collie":
-    from collie.host_memory import return_freed_memory_to_os
-    assert return_freed_memory_to_os()
+def faults():
+    torch.ones(2**19).sum()  # a 2 MiB step buffer, once before counting
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(50):
+        torch.ones(2**19).sum()   # the same buffer again, as every decoding step makes it
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+collie = sys.argv[1] == "collie"
+if collie:
+    from collie.host_memory import return_freed_memory_to_os, reuse_freed_memory
+    assert return_freed_memory_to_os()   # as loading a model does
 freed = torch.ones(4 * 2**20); del freed   # a 16 MiB block freed: glibc's threshold grows to it
 start = anon_mib()
 buffers, small = [], []
@@ -24,43 +31,32 @@ for _ in range(20):
     small.append(torch.ones(1000))         # something long-lived after each of them
 del buffers
 print(anon_mib() - start)
+if collie:  # then a server: its step buffers are reused, not faulted in again
+    training = faults()
+    assert reuse_freed_memory() and not return_freed_memory_to_os()   # a later load leaves it so
+    print(training, faults())
 """
 
 
-def _retained_mib(mode: str) -> float:
+def _probe(mode: str) -> list[str]:
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
                          env={k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"})
-    return float(out.stdout.strip().splitlines()[-1])
+    return out.stdout.strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def collie_probe() -> list[str]:
+    return _probe("collie")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-def test_freed_buffers_leave_resident_memory():
-    assert _retained_mib("default") > 100  # the problem, as glibc behaves by default
-    assert _retained_mib("collie") < 10
-
-
-FAULTS = """
-import resource, torch
-from collie.host_memory import return_freed_memory_to_os, reuse_freed_memory
-
-def faults():
-    torch.ones(2**19).sum()  # a 2 MiB step buffer, once before counting
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(50):
-        torch.ones(2**19).sum()   # the same buffer again, as every decoding step makes it
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-assert return_freed_memory_to_os()   # as loading a model does
-training = faults()
-assert reuse_freed_memory() and not return_freed_memory_to_os()   # a later load leaves it so
-print(training, faults())
-"""
+def test_freed_buffers_leave_resident_memory(collie_probe):
+    assert float(_probe("default")[-1]) > 100  # the problem, as glibc behaves by default
+    assert float(collie_probe[0]) < 10
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-def test_a_server_reuses_its_step_buffers_instead_of_faulting_them_in():
-    out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True,
-                         env={k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"})
-    training, serving = map(int, out.stdout.split())
+def test_a_server_reuses_its_step_buffers_instead_of_faulting_them_in(collie_probe):
+    training, serving = map(int, collie_probe[1].split())
     assert training > 50 * 400   # every 2 MiB buffer mapped afresh: 512 pages each
     assert serving < 1000
