@@ -67,7 +67,7 @@ def hf_run(model_dir: str, records: list[dict], tokenizer, max_length: int, batc
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, num_train_epochs=1,
-                                 learning_rate=1e-4, optim="adamw_torch", report_to=[], save_strategy="no",
+                                 learning_rate=1e-4, optim="adamw_torch_fused", report_to=[], save_strategy="no",
                                  logging_strategy="no", use_cpu=True, dataloader_num_workers=0, seed=0)
         trainer = Trainer(model=model, args=args, train_dataset=items,
                           data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True))

@@ -21,7 +21,7 @@ from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGP
 from collie.generation import GenerationMixin
 from collie.models.base import CausalLMOutput
 from collie.models.hf_writer import write_hf_model
-from collie.models.loss import IGNORE_INDEX, causal_lm_loss, chunked_lm_loss, count_loss_tokens
+from collie.models.loss import IGNORE_INDEX, causal_lm_loss, count_loss_tokens, lm_head_loss
 from collie.tensors import full_tensor, whole
 
 log = logging.getLogger("collie")
@@ -135,7 +135,7 @@ class _StageForward(nn.Module):
         output = self.model(x, attention_mask=attention_mask, position_ids=position_ids)
         if self.head is None:
             return stage_output(output)
-        return chunked_lm_loss(output.hidden_states, self.head, labels, self.chunk_tokens, reduction="sum").reshape(1)
+        return lm_head_loss(output.hidden_states, self.head, labels, self.chunk_tokens, reduction="sum").reshape(1)
 
 
 class PipelineRunner:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from collie.dtypes import at_least_fp32
+from collie.models.base import CollieModel
 from collie.models.loss import IGNORE_INDEX, GPTLMLoss, count_loss_tokens
 from collie.tensors import whole
 
@@ -142,15 +143,16 @@ def refresh_hessian(model: torch.nn.Module, optimizer, micro_batch: dict) -> Non
 
 def default_loss(model: torch.nn.Module, loss_fn: Callable, batch: dict,
                  forward_context: Callable[[], ContextManager]) -> torch.Tensor:
-    if chunked_loss(model, loss_fn):  # the model computes the same loss without whole logits
+    if model_computes_loss(model, loss_fn):  # the same loss, with logits only where it reads them
         with forward_context():
-            return model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+            return model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                         skip_logits=True).loss
     with forward_context():
         logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return loss_fn(logits, batch["labels"])
 
 
-def chunked_loss(model: torch.nn.Module, loss_fn: Callable) -> bool:
-    """Whether the loss is collie's next-token loss and the model computes it in chunks."""
-    return getattr(model, "loss_chunk_tokens", 0) > 0 and type(loss_fn) is GPTLMLoss and \
-        loss_fn.ignore_index == IGNORE_INDEX
+def model_computes_loss(model: torch.nn.Module, loss_fn: Callable) -> bool:
+    """Whether the loss is collie's next-token loss and the model is collie's, which computes it
+    from the labelled positions' logits alone (and in chunks under `loss_chunk_tokens`)."""
+    return isinstance(model, CollieModel) and type(loss_fn) is GPTLMLoss and loss_fn.ignore_index == IGNORE_INDEX

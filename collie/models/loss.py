@@ -24,21 +24,43 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     return F.cross_entropy(flat, shifted, ignore_index=ignore_index, reduction=reduction)
 
 
-def chunked_lm_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk_tokens: int,
-                    ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> torch.Tensor:
-    """`causal_lm_loss(head(hidden), labels, reduction=reduction)` ("mean" or "sum") without
-    whole logits: `chunk_tokens` positions at a time, each chunk's logits are made, summed into
-    the loss and dropped; backward makes them again one chunk at a time. A head held whole goes
-    through `_LinearCrossEntropy` (its weight gradient accumulated in place); a sharded one
-    (tensor parallel, FSDP) is called as a module, checkpointed per chunk — under loss_parallel
-    its chunks' logits are vocabulary shards."""
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    y = labels[..., 1:].reshape(-1).to(h.device)
-    if _plain_head(head, h):
+def lm_head_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk_tokens: int = 0,
+                 ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> torch.Tensor:
+    """`causal_lm_loss(head(hidden), labels, reduction=reduction)` ("mean" or "sum") with logits
+    made only where they are used: at the positions that predict a label (instruction data
+    masks its prompts, often half the tokens, and the head is the widest matmul of a small
+    model), and with `chunk_tokens` > 0 that many positions at a time — each chunk's logits are
+    summed into the loss and dropped, and backward makes them again one chunk at a time. A head
+    held whole goes through `_LinearCrossEntropy` (its weight gradient accumulated in place); a
+    sharded one (tensor parallel, FSDP) is called as a module, checkpointed per chunk — under
+    loss_parallel its chunks' logits are vocabulary shards. Under
+    sequence parallel, `hidden` holds a slice of the sequence, which the head gathers: then
+    every position is kept."""
+    if isinstance(hidden, DTensor) or hidden.shape[:2] != labels.shape[:2]:
+        if not chunk_tokens:
+            return causal_lm_loss(head(hidden), labels, ignore_index, reduction)
+        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        y = labels[..., 1:].reshape(-1).to(h.device)
+    else:
+        h, y = _labelled_positions(hidden, labels, ignore_index)
+    if not chunk_tokens:
+        logits = head(h)
+        total = F.cross_entropy(logits.to(at_least_fp32(logits.dtype)), y, ignore_index=ignore_index,
+                                reduction="sum")
+    elif _plain_head(head, h):
         total = _LinearCrossEntropy.apply(h, head.weight, head.bias, y, chunk_tokens, ignore_index)
     else:
         total = _checkpointed_chunks(h, head, y, chunk_tokens, ignore_index)
     return total if reduction == "sum" else total / (y != ignore_index).sum()
+
+
+def _labelled_positions(hidden: torch.Tensor, labels: torch.Tensor,
+                        ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden states [n, hidden] of the positions whose next token is a label, and those labels."""
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    shifted = F.pad(labels[..., 1:], (0, 1), value=ignore_index).reshape(-1).to(flat.device)
+    kept = (shifted != ignore_index).nonzero().squeeze(-1)
+    return flat.index_select(0, kept), shifted.index_select(0, kept)
 
 
 def _checkpointed_chunks(h: torch.Tensor, head: nn.Module, y: torch.Tensor, chunk_tokens: int,

@@ -25,7 +25,7 @@ from collie.models.common.rope import dynamic_ntk_frequencies, inverse_frequenci
 from collie.models.init import init_tensor
 from collie.models.kv_cache import KVCache
 from collie.models.layers import Linear, RMSNorm
-from collie.models.loss import causal_lm_loss, chunked_lm_loss
+from collie.models.loss import causal_lm_loss, lm_head_loss
 
 
 class DecoderLayer(nn.Module):
@@ -69,11 +69,14 @@ class LlamaForCausalLM(CollieModel):
     def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
                 kv_cache: Optional[KVCache] = None, inputs_embeds: Optional[torch.Tensor] = None,
-                logits_to_keep: Optional[torch.Tensor] = None) -> CausalLMOutput:
+                logits_to_keep: Optional[torch.Tensor] = None, skip_logits: bool = False) -> CausalLMOutput:
         """`inputs_embeds` [batch, seq, hidden] (as in transformers) replaces `input_ids` and the
         embedding lookup; positions then come from `attention_mask` or `position_ids`.
         `logits_to_keep` (indices along the sequence, as in transformers): the only positions
-        whose logits are made — a server needs each sequence's last, not a whole prompt's."""
+        whose logits are made — a server needs each sequence's last, not a whole prompt's.
+        `skip_logits` (with `labels`, as in Liger-Kernel): only the loss is wanted, so logits are
+        made only at the positions that predict a label and none are returned (always so under
+        `loss_chunk_tokens`)."""
         # Sizes from the input, not from h: under sequence parallel h holds a slice of the sequence.
         tokens = input_ids if inputs_embeds is None else inputs_embeds
         seq = tokens.shape[1]
@@ -96,8 +99,8 @@ class LlamaForCausalLM(CollieModel):
             h = self.norm(h)
         if self.lm_head is None:
             return CausalLMOutput(logits=None, hidden_states=h, kv_cache=kv_cache)
-        if labels is not None and self.loss_chunk_tokens > 0:
-            return CausalLMOutput(logits=None, loss=chunked_lm_loss(h, self.lm_head, labels, self.loss_chunk_tokens),
+        if labels is not None and (skip_logits or self.loss_chunk_tokens > 0):
+            return CausalLMOutput(logits=None, loss=lm_head_loss(h, self.lm_head, labels, self.loss_chunk_tokens),
                                   kv_cache=kv_cache)
         logits = self.lm_head(h)
         if logits_to_keep is not None and not select_now:
