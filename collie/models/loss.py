@@ -30,27 +30,29 @@ def lm_head_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, ch
     made only where they are used: at the positions that predict a label (instruction data
     masks its prompts, often half the tokens, and the head is the widest matmul of a small
     model), and with `chunk_tokens` > 0 that many positions at a time — each chunk's logits are
-    summed into the loss and dropped, and backward makes them again one chunk at a time. A head
-    held whole goes through `_LinearCrossEntropy` (its weight gradient accumulated in place); a
-    sharded one (tensor parallel, FSDP) is called as a module, checkpointed per chunk — under
-    loss_parallel its chunks' logits are vocabulary shards. Under
-    sequence parallel, `hidden` holds a slice of the sequence, which the head gathers: then
-    every position is kept."""
+    summed into the loss and dropped, and backward makes them again one chunk at a time.
+
+    A head held whole goes through `_LinearCrossEntropy` (its weight gradient accumulated in
+    place); a sharded one (tensor parallel, FSDP) is called as a module, checkpointed per chunk
+    — under loss_parallel its chunks' logits are vocabulary shards. Under sequence parallel,
+    `hidden` holds a slice of the sequence, which the head gathers: every position is kept."""
     if isinstance(hidden, DTensor) or hidden.shape[:2] != labels.shape[:2]:
         if not chunk_tokens:
             return causal_lm_loss(head(hidden), labels, ignore_index, reduction)
+    if chunk_tokens and not _plain_head(head, hidden):
+        # Every position: each chunk is a call of the head, and under FSDP every rank must make
+        # as many calls (each gathers the weight) whatever its labels.
         h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
         y = labels[..., 1:].reshape(-1).to(h.device)
+        total = _checkpointed_chunks(h, head, y, chunk_tokens, ignore_index)
     else:
         h, y = _labelled_positions(hidden, labels, ignore_index)
-    if not chunk_tokens:
-        logits = head(h)
-        total = F.cross_entropy(logits.to(at_least_fp32(logits.dtype)), y, ignore_index=ignore_index,
-                                reduction="sum")
-    elif _plain_head(head, h):
-        total = _LinearCrossEntropy.apply(h, head.weight, head.bias, y, chunk_tokens, ignore_index)
-    else:
-        total = _checkpointed_chunks(h, head, y, chunk_tokens, ignore_index)
+        if _plain_head(head, hidden):
+            total = _LinearCrossEntropy.apply(h, head.weight, head.bias, y, chunk_tokens)
+        else:
+            logits = head(h)
+            total = F.cross_entropy(logits.to(at_least_fp32(logits.dtype)), y, ignore_index=ignore_index,
+                                    reduction="sum")
     return total if reduction == "sum" else total / (y != ignore_index).sum()
 
 
@@ -89,46 +91,72 @@ def _plain_head(head: nn.Module, hidden: torch.Tensor) -> bool:
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Σ cross_entropy(h W^T + b, y) over chunks of rows, with its own backward: each chunk's
-    logits are made again, turned into their gradient in place, and the weight's gradient is
-    accumulated into one buffer — so neither whole logits nor one weight-sized gradient per
-    chunk ever exists. Logits and the accumulation are in at least fp32; a half-precision weight
-    is widened a block of rows at a time."""
+    """Σ cross_entropy(h W^T + b, y) over rows that all have a label, with its own backward, in at least fp32 (a half-precision
+    weight is widened a block of rows at a time).
+
+    `chunk` = 0: the logits are made once and turned in place into their gradient (softmax minus
+    one-hot) during forward, which backward then uses: one [rows × vocab] buffer and its passes,
+    where log_softmax and nll_loss make and fill three. `chunk` > 0: chunks of rows, each chunk's
+    logits made again in backward and its weight gradient accumulated into one buffer — so
+    neither whole logits nor one weight-sized gradient per chunk ever exists."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, y, chunk, ignore_index):
+    def forward(ctx, h, weight, bias, y, chunk):
+        ctx.chunk = chunk
+        acc = at_least_fp32(h.dtype)
+        if not chunk:
+            grad = upcast_linear(h, weight, bias).to(acc)
+            total = _into_gradient_(grad, y)
+            ctx.save_for_backward(h, weight, bias, grad)
+            return total
         ctx.save_for_backward(h, weight, bias, y)
-        ctx.chunk, ctx.ignore_index = chunk, ignore_index
-        total = torch.zeros((), dtype=at_least_fp32(h.dtype), device=h.device)
+        total = torch.zeros((), dtype=acc, device=h.device)
         for start in range(0, h.shape[0], chunk):
             logits = upcast_linear(h[start:start + chunk], weight, bias).to(total.dtype)
-            total += F.cross_entropy(logits, y[start:start + chunk], ignore_index=ignore_index, reduction="sum")
+            total += F.cross_entropy(logits, y[start:start + chunk], reduction="sum")
         return total
 
     @staticmethod
     def backward(ctx, grad_total):
-        h, weight, bias, y = ctx.saved_tensors
+        h, weight, bias, saved = ctx.saved_tensors
         acc = at_least_fp32(h.dtype)
-        grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
-        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if bias is not None else None
-        for start in range(0, h.shape[0], ctx.chunk):
-            h_c, y_c = h[start:start + ctx.chunk], y[start:start + ctx.chunk]
-            # d(loss)/d(logits) = softmax - one-hot, made in the logits' own buffer.
-            grad = upcast_linear(h_c, weight, bias).to(acc)
-            grad.sub_(grad.amax(-1, keepdim=True)).exp_()
-            grad.div_(grad.sum(-1, keepdim=True))
-            valid = y_c != ctx.ignore_index
-            rows = valid.nonzero().squeeze(-1)
-            grad[rows, y_c[rows]] -= 1.0
-            grad[~valid] = 0.0
-            grad *= grad_total.to(acc)
-            grad_h[start:start + ctx.chunk] = upcast_linear_input_grad(grad.to(h.dtype), weight)
-            grad_w.addmm_(grad.t(), h_c.to(acc))
+        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if ctx.needs_input_grad[1] else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) \
+            if bias is not None and ctx.needs_input_grad[2] else None
+        # The incoming gradient scales the narrow products, not the [rows × vocab] one: forward's
+        # is kept as it is (a retained graph may run backward again).
+        scale = grad_total.to(acc)
+        chunk = ctx.chunk or max(1, h.shape[0])
+        for start in range(0, h.shape[0], chunk):
+            h_c = h[start:start + chunk]
+            if ctx.chunk:
+                grad = upcast_linear(h_c, weight, bias).to(acc)
+                _into_gradient_(grad, saved[start:start + chunk])
+            else:
+                grad = saved
+            if grad_h is not None:
+                grad_h[start:start + chunk] = upcast_linear_input_grad(grad.to(h.dtype), weight) * scale.to(h.dtype)
+            if grad_w is not None:
+                grad_w.addmm_(grad.t(), h_c.to(acc) * scale)
             if grad_b is not None:
-                grad_b += grad.sum(0)
-        return (grad_h, grad_w.to(weight.dtype), grad_b.to(bias.dtype) if grad_b is not None else None,
-                None, None, None)
+                grad_b += grad.sum(0) * scale
+        return (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
+                grad_b.to(bias.dtype) if grad_b is not None else None, None, None)
+
+
+def _into_gradient_(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Turn `logits` [rows, vocab] in place into d(Σ cross entropy)/d(logits) = softmax - one-hot;
+    returns Σ cross entropy."""
+    rows = torch.arange(y.shape[0], device=y.device)
+    logits.sub_(logits.amax(-1, keepdim=True))
+    picked = logits[rows, y]
+    logits.exp_()
+    sums = logits.sum(-1)
+    total = (sums.log() - picked).sum()
+    logits.div_(sums.unsqueeze(-1))
+    logits[rows, y] -= 1.0
+    return total
 
 
 def count_loss_tokens(labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> int:
