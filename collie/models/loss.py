@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from collie.dtypes import at_least_fp32
+from collie.dtypes import at_least_fp32, row_blocks
 from collie.models.layers import Linear, upcast_linear, upcast_linear_input_grad
 
 IGNORE_INDEX = -100
@@ -120,21 +120,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total):
         h, weight, bias, saved = ctx.saved_tensors
         acc = at_least_fp32(h.dtype)
-        grad_h = torch.empty_like(h) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if ctx.needs_input_grad[1] else None
-        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) \
-            if bias is not None and ctx.needs_input_grad[2] else None
         # The incoming gradient scales the narrow products, not the [rows × vocab] one: forward's
         # is kept as it is (a retained graph may run backward again).
         scale = grad_total.to(acc)
-        chunk = ctx.chunk or max(1, h.shape[0])
+        needs = ctx.needs_input_grad
+        if not ctx.chunk:
+            grad_w = None
+            if needs[1]:  # straight into the weight's dtype, a block of rows at a time
+                grad_w, h_scaled = torch.empty_like(weight), h.to(acc) * scale
+                for rows in row_blocks(weight):
+                    grad_w[rows] = saved[:, rows].t() @ h_scaled
+            return (upcast_linear_input_grad(saved.to(h.dtype), weight) * scale.to(h.dtype) if needs[0] else None,
+                    grad_w, (saved.sum(0) * scale).to(bias.dtype) if bias is not None and needs[2] else None, None,
+                    None)
+        grad_h = torch.empty_like(h) if needs[0] else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if needs[1] else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if bias is not None and needs[2] \
+            else None
+        chunk = ctx.chunk
         for start in range(0, h.shape[0], chunk):
             h_c = h[start:start + chunk]
-            if ctx.chunk:
-                grad = upcast_linear(h_c, weight, bias).to(acc)
-                _into_gradient_(grad, saved[start:start + chunk])
-            else:
-                grad = saved
+            grad = upcast_linear(h_c, weight, bias).to(acc)
+            _into_gradient_(grad, saved[start:start + chunk])
             if grad_h is not None:
                 grad_h[start:start + chunk] = upcast_linear_input_grad(grad.to(h.dtype), weight) * scale.to(h.dtype)
             if grad_w is not None:

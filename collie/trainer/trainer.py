@@ -17,7 +17,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from collie import storage
-from collie.config import CollieConfig, ConfigError
+from collie.config import CollieConfig, ConfigError, checkpointing_mode
 from collie.config.peft_settings import PromptSettings, peft_settings
 from collie.config.quantization import quant_settings
 from collie.data.sampler import GlobalBatchSampler
@@ -31,7 +31,7 @@ from collie.evaluate.metrics import PPLMetric
 from collie.evaluate.preference import EvaluatorForPreference
 from collie.evaluate.results import evaluate_all, sample_lines
 from collie.events import Callback, CallbackList
-from collie.host_memory import return_freed_memory_to_os
+from collie.host_memory import for_training, return_freed_memory_to_os
 from collie.models.base import model_source
 from collie.models.loss import IGNORE_INDEX, GPTLMLoss
 from collie.models.registry import spec_of
@@ -203,6 +203,8 @@ class Trainer:
         if self.train_dataset is None:
             raise ValueError("train_dataset: the Trainer needs a training dataset to train")
         resume_from = resume_from or checkpoint.latest(self.config.output_dir)
+        for_training(saves_memory=checkpointing_mode(self.config.checkpointing) != "none"
+                     or self.step_strategy.updates_in_backward)
         self._prepare_reference()  # from the initial weights, before a checkpoint replaces them
         if resume_from:
             self.load_checkpoint(resume_from)

@@ -1,11 +1,19 @@
-"""collie gives freed host memory back to the OS when training (glibc's growing mmap threshold
-otherwise keeps freed multi-MiB buffers resident), and keeps it for reuse when serving."""
+"""collie gives freed host memory back to the OS when loading and when a training run saves
+memory (glibc's growing mmap threshold otherwise keeps freed multi-MiB buffers resident), and
+keeps it for reuse when serving and in other training runs."""
 
 import os
 import subprocess
 import sys
 
 import pytest
+from helpers import save_tiny_hf_model
+
+from collie import CollieConfig
+from collie.data import CollieDatasetForTraining
+from collie.models.base import CollieModel
+from collie.trainer import Trainer
+from collie.trainer import trainer as trainer_module
 
 PROBE = """
 import resource, sys, torch
@@ -21,7 +29,7 @@ def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 collie = sys.argv[1] == "collie"
 if collie:
-    from collie.host_memory import return_freed_memory_to_os, reuse_freed_memory
+    from collie.host_memory import for_training, return_freed_memory_to_os, reuse_freed_memory
     assert return_freed_memory_to_os()   # as loading a model does
 freed = torch.ones(4 * 2**20); del freed   # a 16 MiB block freed: glibc's threshold grows to it
 start = anon_mib()
@@ -31,10 +39,14 @@ for _ in range(20):
     small.append(torch.ones(1000))         # something long-lived after each of them
 del buffers
 print(anon_mib() - start)
-if collie:  # then a server: its step buffers are reused, not faulted in again
-    training = faults()
+if collie:  # then training runs, then a server
+    as_loaded = faults()
+    assert for_training(saves_memory=True)    # a run that checkpoints keeps the fixed threshold
+    saving_memory = faults()
+    assert for_training(saves_memory=False)   # any other run reuses its step buffers
+    fast = faults()
     assert reuse_freed_memory() and not return_freed_memory_to_os()   # a later load leaves it so
-    print(training, faults())
+    print(as_loaded, saving_memory, fast, faults())
 """
 
 
@@ -57,6 +69,25 @@ def test_freed_buffers_leave_resident_memory(collie_probe):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_a_server_reuses_its_step_buffers_instead_of_faulting_them_in(collie_probe):
-    training, serving = map(int, collie_probe[1].split())
-    assert training > 50 * 400   # every 2 MiB buffer mapped afresh: 512 pages each
+    as_loaded, serving = (int(n) for n in collie_probe[1].split()[::3])
+    assert as_loaded > 50 * 400   # every 2 MiB buffer mapped afresh: 512 pages each
     assert serving < 1000
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_training_run_reuses_its_step_buffers_unless_it_saves_memory(collie_probe):
+    saving_memory, fast = map(int, collie_probe[1].split()[1:3])
+    assert saving_memory > 50 * 400
+    assert fast < 1000
+
+
+@pytest.mark.parametrize("settings, saves_memory", [([], False), (["checkpointing=full"], True),
+                                                    (["optimizer.name=lomo"], True)])
+def test_the_trainer_saves_host_memory_when_the_run_does(tmp_path, monkeypatch, settings, saves_memory):
+    chosen = []
+    monkeypatch.setattr(trainer_module, "for_training", lambda saves_memory: chosen.append(saves_memory))
+    config = CollieConfig.load(None, ["max_steps=1", "logging=[]", *settings])
+    records = [{"tokens": list(range(1, 9))} for _ in range(2)]
+    Trainer(CollieModel.from_pretrained(save_tiny_hf_model(str(tmp_path / "tiny")), config=config), config,
+            train_dataset=CollieDatasetForTraining(records)).train()
+    assert chosen == [saves_memory]
