@@ -126,10 +126,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if not ctx.chunk:
             grad_w = None
-            if needs[1]:  # straight into the weight's dtype, a block of rows at a time
-                grad_w, h_scaled = torch.empty_like(weight), h.to(acc) * scale
-                for rows in row_blocks(weight):
-                    grad_w[rows] = saved[:, rows].t() @ h_scaled
+            if needs[1]:  # straight into the weight's own dtype, a block of rows at a time
+                h_scaled = h.to(acc) * scale
+                if weight.dtype == acc:
+                    grad_w = saved.t() @ h_scaled
+                else:
+                    grad_w = torch.empty_like(weight)
+                    for rows in row_blocks(weight):
+                        grad_w[rows] = saved[:, rows].t() @ h_scaled
             return (upcast_linear_input_grad(saved.to(h.dtype), weight) * scale.to(h.dtype) if needs[0] else None,
                     grad_w, (saved.sum(0) * scale).to(bias.dtype) if bias is not None and needs[2] else None, None,
                     None)
