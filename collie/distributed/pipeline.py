@@ -234,7 +234,10 @@ class PipelinedModel(GenerationMixin, nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, position_ids: Optional[torch.Tensor] = None,
-                kv_cache=None, logits_to_keep: Optional[torch.Tensor] = None) -> CausalLMOutput:
+                kv_cache=None, logits_to_keep: Optional[torch.Tensor] = None,
+                skip_logits: bool = False) -> CausalLMOutput:
+        """The model's forward (`skip_logits` with labels: the loss alone is returned; the logits
+        still travel unless the last stage computes a chunked loss)."""
         rt, group = self.runtime, self.runtime.pp_group
         batch, seq = input_ids.shape
         chunked = labels is not None and kv_cache is None and self.loss_chunk_tokens > 0
@@ -278,7 +281,7 @@ class PipelinedModel(GenerationMixin, nn.Module):
             x = torch.empty(batch, kept, self.dims.vocab, dtype=self._dtype(), device=rt.device)
         dist.broadcast(x, src=dist.get_global_rank(group, last_owner), group=group)
         loss = causal_lm_loss(x, labels) if labels is not None else None
-        return CausalLMOutput(logits=x, loss=loss, kv_cache=kv_cache)
+        return CausalLMOutput(logits=None if skip_logits and loss is not None else x, loss=loss, kv_cache=kv_cache)
 
     @property
     def loss_chunk_tokens(self) -> int:

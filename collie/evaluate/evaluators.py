@@ -189,10 +189,11 @@ class EvaluatorForPerplexity(Evaluator):
             loss = self.loss_fn(whole(self.model(ids, attention_mask=mask).logits), labels)
             return {"ppl": torch.exp(loss.detach().double()).reshape(1)}
         tokens = count_loss_tokens(labels)
-        if getattr(self.model, "loss_chunk_tokens", 0) > 0:
-            # The model computes the mean loss a chunk of tokens at a time: no whole logits.
+        if getattr(self.model, "loss_chunk_tokens", None) is not None:  # collie's model, or a pipeline of it
+            # The model computes the mean loss from the labelled positions' logits (a chunk of
+            # tokens at a time under loss_chunk_tokens): no whole logits.
             with self.loss_context():
-                loss = whole(self.model(ids, attention_mask=mask, labels=labels).loss)
+                loss = whole(self.model(ids, attention_mask=mask, labels=labels, skip_logits=True).loss)
             nll_sum = loss * tokens if tokens else 0.0
         else:
             nll_sum = causal_lm_loss(whole(self.model(ids, attention_mask=mask).logits), labels, reduction="sum")

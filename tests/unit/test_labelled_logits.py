@@ -1,8 +1,9 @@
 """Logits only where the loss reads them: a forward given labels and `skip_logits` (the
-Trainer's own step) runs the head on the positions that predict a label, with the loss and
-gradients of whole logits (float64)."""
+Trainer's own step, perplexity evaluation) runs the head on the positions that predict a
+label, with the loss and gradients of whole logits (float64)."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -10,10 +11,11 @@ from helpers import Losses, save_tiny_hf_model, tiny_llama_config
 
 from collie import CollieConfig
 from collie.data import CollieDatasetForTraining
+from collie.evaluate import EvaluatorForPerplexity, PPLMetric
 from collie.models import LlamaForCausalLM
 from collie.models import loss as loss_module
 from collie.models.base import CollieModel
-from collie.models.loss import GPTLMLoss, count_loss_tokens
+from collie.models.loss import GPTLMLoss, causal_lm_loss, count_loss_tokens
 from collie.trainer import Trainer
 
 
@@ -103,3 +105,22 @@ def test_a_retained_loss_backward_twice_adds_the_same_gradient_and_a_frozen_head
     model(ids, labels=ids, skip_logits=True).loss.backward()
     assert model.lm_head.weight.grad is None
     assert torch.allclose(model.norm.weight.grad, once["norm.weight"], atol=1e-12)
+
+
+def test_perplexity_evaluation_makes_logits_only_for_labelled_positions(monkeypatch):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config()).double()
+    records = [{"tokens": [(5 * i + 3 * j) % 250 + 1 for j in range(6 + i % 7)]} for i in range(9)]
+    for record in records:
+        record["labels"] = [-100] * 3 + record["tokens"][3:]
+    nll, tokens = 0.0, 0
+    with torch.no_grad():
+        for record in records:  # whole logits, one record at a time
+            ids, labels = torch.tensor([record["tokens"]]), torch.tensor([record["labels"]])
+            nll += causal_lm_loss(model(ids).logits, labels, reduction="sum").item()
+            tokens += count_loss_tokens(labels)
+    rows = _head_rows(model, monkeypatch)
+    config = CollieConfig.load(None, ["eval_batch_size=4"])
+    got = EvaluatorForPerplexity(model, config, CollieDatasetForTraining(records), {"ppl": PPLMetric()}).evaluate()
+    assert abs(got["ppl"] - math.exp(nll / tokens)) <= 1e-9 * got["ppl"]
+    assert sum(rows) == tokens
