@@ -32,10 +32,11 @@ def lm_head_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, ch
     model), and with `chunk_tokens` > 0 that many positions at a time — each chunk's logits are
     summed into the loss and dropped, and backward makes them again one chunk at a time.
 
-    A head held whole goes through `_LinearCrossEntropy` (its weight gradient accumulated in
-    place); a sharded one (tensor parallel, FSDP) is called as a module, checkpointed per chunk
-    — under loss_parallel its chunks' logits are vocabulary shards. Under sequence parallel,
-    `hidden` holds a slice of the sequence, which the head gathers: every position is kept."""
+    A head held whole goes through `_LinearCrossEntropy` (the logits turned into their gradient
+    in place; chunks accumulate the weight's gradient in place); a sharded one (tensor parallel,
+    FSDP) is called as a module, checkpointed per chunk — under loss_parallel its chunks'
+    logits are vocabulary shards. Under sequence parallel, `hidden` holds a slice of the
+    sequence, which the head gathers: every position is kept."""
     if isinstance(hidden, DTensor) or hidden.shape[:2] != labels.shape[:2]:
         if not chunk_tokens:
             return causal_lm_loss(head(hidden), labels, ignore_index, reduction)
@@ -91,8 +92,8 @@ def _plain_head(head: nn.Module, hidden: torch.Tensor) -> bool:
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
-    """Σ cross_entropy(h W^T + b, y) over rows that all have a label, with its own backward, in at least fp32 (a half-precision
-    weight is widened a block of rows at a time).
+    """Σ cross_entropy(h W^T + b, y) over rows that all have a label, with its own backward, in
+    at least fp32 (a half-precision weight is widened a block of rows at a time).
 
     `chunk` = 0: the logits are made once and turned in place into their gradient (softmax minus
     one-hot) during forward, which backward then uses: one [rows × vocab] buffer and its passes,
