@@ -67,19 +67,28 @@ class Sequence:
         self.prefilled = False
         self.arrived = arrived
         self.last_token_at: Optional[float] = None
+        self.names: list[bytes] = []  # of its full blocks so far: its tokens only grow
 
     @property
     def prompt_tokens(self) -> int:
         return len(self.row.settings.prompt_ids)
 
+    def block_names(self, block_size: int, count: int) -> list[bytes]:
+        """`block_names` of its first `count` full blocks, each digest made once."""
+        if count > len(self.names):
+            self.names = block_names(self.tokens, block_size, count, self.names)
+        return self.names[:count]
 
-def block_names(tokens: list[int], block_size: int, count: int) -> list[bytes]:
+
+def block_names(tokens: list[int], block_size: int, count: int, known: Optional[list[bytes]] = None) -> list[bytes]:
     """Names of the first `count` full blocks of `tokens`: each a digest of its tokens and of
     the name of the block before it, so a name stands for the whole prefix up to the block's end.
     A cryptographic digest, not Python's `hash`: a request whose tokens collided with another's
-    prefix would be answered from that request's keys and values."""
-    names, previous = [], b""
-    for index in range(count):
+    prefix would be answered from that request's keys and values. `known`: the names of the
+    first blocks already made, extended rather than made again."""
+    names = list((known or [])[:count])
+    previous = names[-1] if names else b""
+    for index in range(len(names), count):
         block = array.array("q", tokens[index * block_size:(index + 1) * block_size]).tobytes()
         previous = hashlib.blake2b(previous + block, digest_size=16).digest()
         names.append(previous)
@@ -166,7 +175,7 @@ class ContinuousBatcher:
             if budget <= 0:
                 break
             if sequence.cached == 0 and not sequence.blocks:
-                names = block_names(sequence.tokens, size, (len(sequence.tokens) - 1) // size)
+                names = sequence.block_names(size, (len(sequence.tokens) - 1) // size)
                 if names and names[0] in claimed:
                     continue  # another sequence computes the same first block now: reuse it next iteration
                 self._reuse_prefix(sequence, names)
@@ -179,7 +188,7 @@ class ContinuousBatcher:
         return work
 
     # -- blocks -----------------------------------------------------------------------------
-    def _reuse_prefix(self, sequence: Sequence, names: list[int]) -> None:
+    def _reuse_prefix(self, sequence: Sequence, names: list[bytes]) -> None:
         for name in names:
             block = self.pool.lookup(name)
             if block is None:
@@ -217,7 +226,7 @@ class ContinuousBatcher:
         before, sequence.cached = sequence.cached // size, cached
         full = cached // size
         if full > before:
-            names = block_names(sequence.tokens, size, full)
+            names = sequence.block_names(size, full)
             for index in range(before, full):
                 self.pool.name(sequence.blocks[index], names[index])
 

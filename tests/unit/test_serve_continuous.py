@@ -201,6 +201,9 @@ def test_a_block_name_stands_for_its_whole_prefix():
     assert all(a != b for a, b in zip(names, changed))
     assert all(isinstance(name, bytes) and len(name) == 16 for name in names)
     assert block_names([0] * 4, 4, 1) != block_names([2**61 - 1] + [0] * 3, 4, 1)
+    # Names already made are extended, not made again, as a sequence's blocks fill.
+    assert block_names(first + [7, 8, 9, 10], 4, 4, known=names[:2]) == names
+    assert block_names(first, 4, 2, known=[b"kept", b"as given", b"dropped"]) == [b"kept", b"as given"]
 
 
 def test_a_request_larger_than_the_whole_cache_is_refused_and_others_are_served(model):
