@@ -16,7 +16,6 @@ from typing import Callable, ContextManager, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
 from collie.generation import GenerationMixin
 from collie.models.base import CausalLMOutput
@@ -25,9 +24,6 @@ from collie.models.loss import IGNORE_INDEX, causal_lm_loss, count_loss_tokens, 
 from collie.tensors import full_tensor, whole
 
 log = logging.getLogger("collie")
-
-SCHEDULES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}  # one stage per rank
-
 
 def stage_layer_ranges(model: nn.Module, spec, num_stages: int, method: str) -> list[range]:
     """Contiguous block ranges, one per stage: equal block counts (`uniform`) or balanced
@@ -145,6 +141,10 @@ class PipelineRunner:
                  forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> None:
         """`micro` micro-batches per step; `forward_context` gives the context the schedule runs
         in (bf16 autocast on GPUs, attention kernels)."""
+        # Imported here, not at the top: torch.distributed.pipelining brings torch._dynamo (28 MB
+        # resident, half a second), which only pipelined runs need.
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+
         self.forward_context = forward_context
         layout = runtime.layout
         schedule = layout.schedule_for(micro)
@@ -172,9 +172,9 @@ class PipelineRunner:
         if schedule == "interleaved1f1b":
             self.schedule = ScheduleInterleaved1F1B(self.stages, n_microbatches=micro, loss_fn=self._loss,
                                                     scale_grads=False)
-        else:
-            self.schedule = SCHEDULES[schedule](self.stages[0], n_microbatches=micro, loss_fn=self._loss,
-                                                          scale_grads=False)
+        else:  # one stage per rank
+            one_stage = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
+            self.schedule = one_stage(self.stages[0], n_microbatches=micro, loss_fn=self._loss, scale_grads=False)
 
     def _loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Summed per micro-batch and weighted by the global token count: the step's loss is the

@@ -9,6 +9,7 @@ from torch.distributed.tensor import DTensor
 
 from collie.dtypes import at_least_fp32, row_blocks
 from collie.models.layers import Linear, upcast_linear, upcast_linear_input_grad
+from collie.row_gradients import rows_taker
 
 IGNORE_INDEX = -100
 
@@ -97,7 +98,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     `chunk` = 0: the logits are made once and turned in place into their gradient (softmax minus
     one-hot) during forward, which backward then uses: one [rows × vocab] buffer and its passes,
-    where log_softmax and nll_loss make and fill three. `chunk` > 0: chunks of rows, each chunk's
+    where log_softmax and nll_loss make and fill three. Where an optimizer takes the weight's
+    gradient by rows (`collie.row_gradients`: LOMO, AdaLomo), each block is made from that
+    buffer when asked, and the whole gradient never exists. `chunk` > 0: chunks of rows, each chunk's
     logits made again in backward and its weight gradient accumulated into one buffer — so
     neither whole logits nor one weight-sized gradient per chunk ever exists."""
 
@@ -126,18 +129,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
         scale = grad_total.to(acc)
         needs = ctx.needs_input_grad
         if not ctx.chunk:
+            # The input's gradient first: a taker of the weight's rows may update it in place.
+            grad_h = upcast_linear_input_grad(saved.to(h.dtype), weight) * scale.to(h.dtype) if needs[0] else None
+            grad_b = (saved.sum(0) * scale).to(bias.dtype) if bias is not None and needs[2] else None
             grad_w = None
-            if needs[1]:  # straight into the weight's own dtype, a block of rows at a time
+            if needs[1]:
                 h_scaled = h.to(acc) * scale
-                if weight.dtype == acc:
+                taker = rows_taker(weight)
+                if taker is not None:
+                    taker(lambda rows: saved[:, rows].t() @ h_scaled)
+                elif weight.dtype == acc:
                     grad_w = saved.t() @ h_scaled
-                else:
+                else:  # straight into the weight's own dtype, a block of rows at a time
                     grad_w = torch.empty_like(weight)
                     for rows in row_blocks(weight):
                         grad_w[rows] = saved[:, rows].t() @ h_scaled
-            return (upcast_linear_input_grad(saved.to(h.dtype), weight) * scale.to(h.dtype) if needs[0] else None,
-                    grad_w, (saved.sum(0) * scale).to(bias.dtype) if bias is not None and needs[2] else None, None,
-                    None)
+            return grad_h, grad_w, grad_b, None, None
         grad_h = torch.empty_like(h) if needs[0] else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if needs[1] else None
         grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if bias is not None and needs[2] \

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import logging
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -23,6 +25,7 @@ from torch.optim import Optimizer
 from collie.distributed.clip import total_norm
 from collie.dtypes import at_least_fp32, row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
+from collie.row_gradients import GradientRows, RowsTaker, take_rows
 from collie.tensors import local_tensor
 
 logger = logging.getLogger(__name__)
@@ -52,8 +55,21 @@ def update_in_row_blocks(p: torch.Tensor, grad_rows: Callable[[slice], torch.Ten
             stored.copy_(work)
 
 
-def rows_of(grad: torch.Tensor) -> Callable[[slice], torch.Tensor]:
+class RowGradient:
+    """A parameter's gradient that its backward makes on demand, a block of rows at a time
+    (`collie.row_gradients`): `rows(index)` is a fresh at-least-fp32 block, so an update rule
+    may work in it; it can be asked for more than once."""
+
+    def __init__(self, param: torch.Tensor, rows: GradientRows) -> None:
+        self.shape = param.shape
+        self.rows = rows
+        self.blocks = row_blocks(param)
+
+
+def rows_of(grad: torch.Tensor | RowGradient) -> Callable[[slice], torch.Tensor]:
     """Blocks of rows of this rank's part of `grad`, dense (see `dense_rows`)."""
+    if isinstance(grad, RowGradient):
+        return grad.rows
     local_grad = local_tensor(grad)
     return lambda rows: dense_rows(local_grad, rows)
 
@@ -118,10 +134,20 @@ class FusedBackwardOptimizer(Optimizer):
         self._sparse_embeddings: list[nn.Embedding] = []
         self._register_hooks()
         self._choose_sparse_embedding_grads()
+        self._choose_row_gradients()
 
     def _register_hooks(self) -> None:
+        # Held weakly: autograd's hook registry is not seen by the garbage collector, so a bound
+        # method there would keep this optimizer, and through it the model, alive for good.
+        method = weakref.WeakMethod(self._on_grad_ready)
+
+        def on_grad_ready(p: torch.Tensor) -> None:
+            bound = method()
+            if bound is not None:
+                bound(p)
+
         for _, p in self._named_params:
-            p.register_post_accumulate_grad_hook(self._on_grad_ready)
+            p.register_post_accumulate_grad_hook(on_grad_ready)
 
     def configure_parallel(self, model: nn.Module, dp_group: dist.ProcessGroup | None = None,
                            update_after_backward: bool = False, pp_group: dist.ProcessGroup | None = None) -> None:
@@ -149,6 +175,7 @@ class FusedBackwardOptimizer(Optimizer):
         self._pp_group = pp_group
         self._update_after_backward = update_after_backward
         self._choose_sparse_embedding_grads()
+        self._choose_row_gradients()
 
     def _choose_sparse_embedding_grads(self) -> None:
         """Let embeddings make sparse gradients (only the rows of the batch's tokens) where this
@@ -167,6 +194,17 @@ class FusedBackwardOptimizer(Optimizer):
             and not isinstance(m.weight, DTensor) and shared[id(m.weight)] == 1 and _sums_sparse(m.weight)]
         for module in self._sparse_embeddings:
             module.sparse = True
+
+    def _choose_row_gradients(self) -> None:
+        """Take by rows the gradients of the matrices whose backward can offer them that way (the
+        LM head's loss): where this optimizer sees a gradient whole in its hook, i.e. on the
+        conditions of the sparse embedding gradients (a tied head is read twice, so its rows
+        would not be its whole gradient). Registered on every such matrix; used where offered."""
+        shared = collections.Counter(id(p) for _, p in self.model.named_parameters(remove_duplicate=False))
+        eligible = self._dp_group is None and not self._update_after_backward
+        for _, p in self._named_params:
+            takes = eligible and p.dim() == 2 and not isinstance(p, DTensor) and shared[id(p)] == 1
+            take_rows(p, self._rows_taker_for if takes else None)
 
     # ------------------------------------------------------------------ public API
 
@@ -279,10 +317,10 @@ class FusedBackwardOptimizer(Optimizer):
         """Fresh per-parameter state (none for plain LOMO)."""
         return {}
 
-    def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+    def _update_param(self, p: torch.Tensor, grad: torch.Tensor | RowGradient, lr: float) -> None:
         """Apply the update rule to ``p`` given its gradient, reduced over replicas but still
         scaled and unclipped: the rule passes it, whole or a block at a time, through
-        :meth:`_prepared`."""
+        :meth:`_prepared`. A :class:`RowGradient` is only ever read by blocks of rows."""
         raise NotImplementedError
 
     def _wants_loss_scaler(self) -> bool:
@@ -319,9 +357,29 @@ class FusedBackwardOptimizer(Optimizer):
         """L2 norm of all gradients from the per-parameter norms (a global reduction)."""
         return total_norm(norms, self._pp_group, device=local_tensor(self._named_params[0][1]).device)
 
+    def _rows_taker_for(self, p: torch.Tensor) -> RowsTaker | None:
+        """Whether this backward takes `p`'s gradient by rows: in the passes that measure or apply
+        it at once, unless an accumulated gradient waits in ``.grad``."""
+        if self._mode is _Mode.ACCUMULATE or p.grad is not None:
+            return None
+        return functools.partial(self._on_grad_rows, p)
+
+    def _on_grad_rows(self, p: torch.Tensor, rows: GradientRows) -> None:
+        """`p`'s whole gradient, offered a block of rows at a time: measured or applied as
+        :meth:`_on_grad_ready` does with a whole one."""
+        grad = RowGradient(p, rows)
+        with torch.no_grad():
+            if self._mode is _Mode.NORM:
+                squares = sum(torch.linalg.vector_norm(self._unscaled_grad(rows(index))).square()
+                              for index in grad.blocks)
+                self._grad_norms.append(squares.sqrt())
+            else:
+                self._update_param(p, grad, self._lr)
+
     def _on_grad_ready(self, p: torch.Tensor) -> None:
-        """Post-accumulate-grad hook: ``p.grad`` is complete for this backward pass."""
-        if self._mode is _Mode.ACCUMULATE:
+        """Post-accumulate-grad hook: ``p.grad`` is complete for this backward pass (None where
+        backward handed it over by rows instead)."""
+        if self._mode is _Mode.ACCUMULATE or p.grad is None:
             return
         with torch.no_grad():
             grad = self._reduce_grad(p, p.grad)

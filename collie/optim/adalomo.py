@@ -16,7 +16,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from collie.dtypes import at_least_fp32, row_blocks
-from collie.optim._fused import FusedBackwardOptimizer, dense_rows, rows_of, update_in_row_blocks
+from collie.optim._fused import FusedBackwardOptimizer, RowGradient, dense_rows, rows_of, update_in_row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
 from collie.tensors import local_region, local_tensor, whole
 
@@ -96,7 +96,7 @@ class AdaLomo(FusedBackwardOptimizer):
             }
         return {"exp_avg_sq": torch.zeros(p.shape, **zeros)}
 
-    def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+    def _update_param(self, p: torch.Tensor, grad: torch.Tensor | RowGradient, lr: float) -> None:
         # The second-moment statistics are small (rows + cols per matrix) and kept whole on
         # every rank, so they do not depend on the layout and reshard trivially; the update
         # itself is computed on this rank's shard only, a block of rows at a time, so no
@@ -106,8 +106,12 @@ class AdaLomo(FusedBackwardOptimizer):
         if not state:
             state.update(self._init_state(p))
         beta2 = 1.0 - math.pow(self._step_count, self.decay_rate)
-        if self._widened_by_blocks(grad):
-            update_rows, clip = self._narrow_matrix_update(grad, state, beta2)
+        if isinstance(grad, RowGradient):
+            update_rows, clip = self._update_by_blocks(grad.blocks, lambda rows: self._prepared(grad.rows(rows)),
+                                                       grad.shape, state, beta2)
+        elif self._widened_by_blocks(grad):
+            update_rows, clip = self._update_by_blocks(row_blocks(grad), lambda rows: self._prepared(grad[rows]),
+                                                       grad.shape, state, beta2)
         else:
             update_rows, clip = self._update_in_gradient(grad, state, beta2)
         step_size = lr * self._param_rms(p).clamp(min=self.eps[1])
@@ -134,7 +138,8 @@ class AdaLomo(FusedBackwardOptimizer):
         region = local_region(grad)
         local_grad = local_tensor(grad)
         if grad.dim() >= 2:
-            r_factor, c_factor = self._factors(state, *self._squared_means(grad, _blocks(grad), dense_rows), beta2)
+            r_factor, c_factor = self._factors(
+                state, *self._squared_means(_blocks(grad), lambda rows: dense_rows(grad, rows), grad.shape), beta2)
             r_factor = r_factor[region[:-1]].unsqueeze(-1)
             c_factor = c_factor[region[:-2] + region[-1:]].unsqueeze(-2)
             if grad.is_sparse:  # an embedding's: the update is zero where the gradient is
@@ -148,20 +153,21 @@ class AdaLomo(FusedBackwardOptimizer):
             local_grad.mul_(exp_avg_sq[region].rsqrt())
         return rows_of(grad), (self._rms(grad) / self.clip_threshold).clamp_(min=1.0)
 
-    def _narrow_matrix_update(self, grad: torch.Tensor, state: dict, beta2: float):
-        """The update of a narrow gradient (see `_widened_by_blocks`), recomputed from it a block
-        of rows at a time in each of three passes (squared means, the update's RMS, the
-        update): elementwise work, traded for a whole fp32 copy of the gradient."""
-        blocks = row_blocks(grad)
-        r_factor, c_factor = self._factors(
-            state, *self._squared_means(grad, blocks, lambda g, rows: self._prepared(g[rows])), beta2)
+    def _update_by_blocks(self, blocks: list, prepared_rows: Callable[[slice], torch.Tensor], shape: torch.Size,
+                          state: dict, beta2: float):
+        """The update of a matrix whose at-least-fp32 gradient is only ever made a block of rows
+        at a time (`prepared_rows(rows)`, a fresh buffer: a narrow gradient widened, see
+        `_widened_by_blocks`, or one its backward hands over by rows), recomputed in each of three
+        passes (squared means, the update's RMS, the update): work traded for a whole fp32
+        gradient."""
+        r_factor, c_factor = self._factors(state, *self._squared_means(blocks, prepared_rows, shape), beta2)
         r_factor, c_factor = r_factor.unsqueeze(-1), c_factor.unsqueeze(-2)
 
         def update_rows(rows) -> torch.Tensor:
-            return self._prepared(grad[rows]).mul_(r_factor[rows] * c_factor)
+            return prepared_rows(rows).mul_(r_factor[rows] * c_factor)
 
         squares = sum(update_rows(rows).square().sum() for rows in blocks)
-        rms = squares.sqrt() / math.sqrt(grad.numel())
+        rms = squares.sqrt() / math.sqrt(shape.numel())
         return update_rows, (rms / self.clip_threshold).clamp_(min=1.0)
 
     def _factors(self, state: dict, row_mean: torch.Tensor, col_mean: torch.Tensor,
@@ -173,17 +179,17 @@ class AdaLomo(FusedBackwardOptimizer):
         col.mul_(beta2).add_(col_mean, alpha=1.0 - beta2)
         return (row / row.mean(dim=-1, keepdim=True)).rsqrt_(), col.rsqrt()
 
-    def _squared_means(self, grad: torch.Tensor, blocks: list,
-                       rows_fn: Callable[[torch.Tensor, object], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _squared_means(self, blocks: list, rows_fn: Callable[[slice], torch.Tensor],
+                       shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
         """Means of ``g**2 + eps[0]`` over the last and the second-last dim, whole, where
-        `rows_fn(grad, rows)` gives a block of rows of the at-least-fp32 gradient ``g``."""
+        `rows_fn(rows)` gives a block of rows of the at-least-fp32 gradient ``g`` of `shape`."""
         row_means, col_sum = [], None
         for rows in blocks:
-            sq = rows_fn(grad, rows).square().add_(self.eps[0])
+            sq = rows_fn(rows).square().add_(self.eps[0])
             row_means.append(whole(sq.mean(dim=-1)))
             part = whole(sq.sum(dim=-2))
             col_sum = part if col_sum is None else col_sum.add_(part)
-        return torch.cat(row_means), col_sum.div_(grad.shape[-2])
+        return torch.cat(row_means), col_sum.div_(shape[-2])
 
     def _param_rms(self, p: torch.Tensor) -> torch.Tensor:
         """RMS of the parameter in at least fp32, widening a block of rows at a time."""

@@ -1,0 +1,112 @@
+"""LOMO and AdaLomo take the LM head's gradient from the loss's backward a block of rows at a time
+(`collie.row_gradients`): the update equals the one from the whole gradient (float64), the whole
+gradient is never made, and it is returned whole where nothing takes it."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+import torch
+from helpers import tiny_llama_config
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from collie import dtypes
+from collie.models import LlamaForCausalLM
+from collie.optim import AdaLomo, Lomo
+from collie.row_gradients import rows_taker
+
+VOCAB, HIDDEN = 256, 64
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(3):
+        ids = torch.randint(0, VOCAB, (2, 24), generator=g)
+        labels = ids.clone()
+        labels[0, :9] = -100  # a prompt without loss
+        batches.append((ids, labels))
+    return batches
+
+
+def _train(optimizer_cls: type, skip_logits: bool, tied: bool = False, **kwargs) -> LlamaForCausalLM:
+    """Three steps; `skip_logits`: the loss's own backward (rows taken), else whole logits and a
+    whole head gradient through the optimizer's hook."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(tie_word_embeddings=tied)).double()
+    opt = optimizer_cls(model, lr=0.05, **kwargs)
+    for ids, labels in _batches():
+        opt.backward(model(ids, labels=labels, skip_logits=skip_logits).loss)
+    return model
+
+
+@pytest.mark.parametrize("optimizer_cls", [Lomo, AdaLomo])
+@pytest.mark.parametrize("kwargs", [{}, {"clip_grad_norm": 0.5}, {"clip_grad_value": 0.01, "weight_decay": 0.1}])
+def test_rows_taken_give_the_whole_gradient_update(optimizer_cls: type, kwargs: dict,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dtypes, "UPCAST_BLOCK_ELEMENTS", 48 * HIDDEN)  # the head in 6 blocks
+    whole = _train(optimizer_cls, False, **kwargs)
+    by_rows = _train(optimizer_cls, True, **kwargs)
+    for (name, got), want in zip(by_rows.named_parameters(), whole.parameters()):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0, msg=name)
+    assert (by_rows.lm_head.weight - LlamaForCausalLM(tiny_llama_config()).lm_head.weight).abs().max() > 0
+
+
+class _Largest(TorchDispatchMode):
+    """The most elements of a tensor made by an op (views and in-place results excluded)."""
+
+    elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor) and not a.is_sparse}
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor) and not tensor.is_sparse and \
+                    tensor.untyped_storage().data_ptr() not in inputs:
+                self.elements = max(self.elements, tensor.numel())
+        return out
+
+
+@pytest.mark.parametrize("optimizer_cls", [Lomo, AdaLomo])
+def test_backward_makes_no_head_sized_tensor(optimizer_cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dtypes, "UPCAST_BLOCK_ELEMENTS", 48 * HIDDEN)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(intermediate_size=64)).double()  # the head is the largest matrix
+    opt = optimizer_cls(model, lr=0.05)
+    ids, labels = _batches()[0]
+    loss = model(ids, labels=labels, skip_logits=True).loss
+    with _Largest() as largest:
+        opt.backward(loss)
+    assert largest.elements < VOCAB * HIDDEN
+    assert model.lm_head.weight.grad is None
+
+
+@pytest.mark.parametrize("optimizer_cls", [Lomo, AdaLomo])
+def test_a_tied_head_is_not_taken_by_rows(optimizer_cls: type) -> None:
+    """The tied weight is read by the embedding too: its rows from the loss are not its gradient."""
+    whole = _train(optimizer_cls, False, tied=True)
+    by_rows = _train(optimizer_cls, True, tied=True)
+    for (name, got), want in zip(by_rows.named_parameters(), whole.parameters()):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0, msg=name)
+
+
+def test_the_gradient_is_whole_outside_the_in_backward_passes() -> None:
+    """Outside the optimizer's own backward, and in a micro-batch before the last (accumulated in
+    `.grad`), the loss returns the head's gradient whole."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config()).double()
+    opt = Lomo(model, lr=0.05)
+    assert rows_taker(model.lm_head.weight) is None
+    ids, labels = _batches()[0]
+    opt.backward(model(ids, labels=labels, skip_logits=True).loss, last_microbatch=False)
+    assert model.lm_head.weight.grad.shape == (VOCAB, HIDDEN)
+
+
+def test_registration_does_not_keep_model_and_optimizer_alive() -> None:
+    model = LlamaForCausalLM(tiny_llama_config())
+    refs = weakref.ref(model), weakref.ref(Lomo(model, lr=0.05))
+    del model
+    gc.collect()
+    assert refs[0]() is None and refs[1]() is None
