@@ -27,10 +27,10 @@ def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
 UPCAST_BLOCK_ELEMENTS = 1 << 22
 
 
-def row_blocks(tensor: torch.Tensor) -> list:
-    """Indices of blocks of whole rows (dim 0) of `tensor`, each at most UPCAST_BLOCK_ELEMENTS
-    elements unless one row is larger; a single index for a 0-d tensor."""
+def row_blocks(tensor: torch.Tensor, elements: int = 0) -> list:
+    """Indices of blocks of whole rows (dim 0) of `tensor`, each at most `elements` (default
+    UPCAST_BLOCK_ELEMENTS) elements unless one row is larger; a single index for a 0-d tensor."""
     if tensor.dim() == 0:
         return [...]
-    rows = max(1, UPCAST_BLOCK_ELEMENTS // max(1, tensor[0].numel()))
+    rows = max(1, (elements or UPCAST_BLOCK_ELEMENTS) // max(1, tensor[0].numel()))
     return [slice(start, start + rows) for start in range(0, tensor.shape[0], rows)]

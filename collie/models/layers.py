@@ -19,6 +19,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from collie.dtypes import at_least_fp32, row_blocks
+from collie.row_gradients import rows_taker
 
 
 def cast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -53,6 +54,26 @@ def upcast_linear_input_grad(grad_out: torch.Tensor, weight: torch.Tensor) -> to
     for rows in row_blocks(weight):
         grad_x.addmm_(grad_out[:, rows], weight[rows].to(grad_out.dtype))
     return grad_x
+
+
+def linear_weight_grad(weight: torch.Tensor, grad_out: torch.Tensor, x: torch.Tensor,
+                       param: torch.Tensor | None = None) -> torch.Tensor | None:
+    """The gradient of `weight` in `y = x @ weight.T`, from the 2-D `grad_out` [n, out] and `x`
+    [n, in] (both in the compute dtype): handed over a block of rows at a time where an optimizer
+    takes it that way (`collie.row_gradients`; then None), else made whole in the weight's own
+    dtype, a block of rows at a time where that is narrower (no whole wide copy). `param`: the
+    parameter itself where `weight` may be another tensor object for it (a saved tensor unpacked
+    by activation checkpointing is an alias)."""
+    taker = rows_taker(weight if param is None else param)
+    if taker is not None:
+        taker(lambda rows: grad_out[:, rows].t() @ x)
+        return None
+    if weight.dtype == grad_out.dtype:
+        return grad_out.t() @ x
+    grad_w = torch.empty_like(weight)
+    for rows in row_blocks(weight):
+        grad_w[rows] = grad_out[:, rows].t() @ x
+    return grad_w
 
 
 class _UpcastLinear(torch.autograd.Function):
@@ -96,12 +117,36 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in at least fp32 whatever the compute dtype, as the reference implementation does.
         dtype = x.dtype
+        if (dtype == at_least_fp32(dtype) and self.weight.dtype == dtype and not isinstance(x, DTensor)
+                and not isinstance(self.weight, DTensor) and not torch.is_autocast_enabled(x.device.type)):
+            return _RMSNorm.apply(x, self.weight, self.eps)
+        # Normalise in at least fp32 whatever the compute dtype, as the reference implementation does.
         x = x.to(at_least_fp32(dtype))
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         # Type promotion makes a half-precision weight compute in the activations' dtype.
         return self.weight * x.to(dtype)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """`weight * (x * rsqrt(mean(x²) + eps))` keeping x and the per-row scale for backward, not
+    the normalised x as well (op by op, autograd keeps both: a hidden state more per norm)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, scale)
+        return weight * (x * scale)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, scale = ctx.saved_tensors
+        normed = x * scale
+        grad_w = (grad_out * normed).reshape(-1, x.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        grad_normed = grad_out * weight
+        # d/dx of x * scale(x): scale * (g - normed * mean(g * normed)) along the last dim.
+        grad_x = (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True)).mul_(scale)
+        return grad_x, grad_w, None
 
 
 class LayerNorm(nn.Module):

@@ -7,9 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from collie.dtypes import at_least_fp32, row_blocks
-from collie.models.layers import Linear, upcast_linear, upcast_linear_input_grad
-from collie.row_gradients import rows_taker
+from collie.dtypes import at_least_fp32
+from collie.models.layers import Linear, linear_weight_grad, upcast_linear, upcast_linear_input_grad
 
 IGNORE_INDEX = -100
 
@@ -112,6 +111,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad = upcast_linear(h, weight, bias).to(acc)
             total = _into_gradient_(grad, y)
             ctx.save_for_backward(h, weight, bias, grad)
+            ctx.param = weight  # to find who takes its gradient by rows (see `linear_weight_grad`)
             return total
         ctx.save_for_backward(h, weight, bias, y)
         total = torch.zeros((), dtype=acc, device=h.device)
@@ -132,18 +132,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # The input's gradient first: a taker of the weight's rows may update it in place.
             grad_h = upcast_linear_input_grad(saved.to(h.dtype), weight) * scale.to(h.dtype) if needs[0] else None
             grad_b = (saved.sum(0) * scale).to(bias.dtype) if bias is not None and needs[2] else None
-            grad_w = None
-            if needs[1]:
-                h_scaled = h.to(acc) * scale
-                taker = rows_taker(weight)
-                if taker is not None:
-                    taker(lambda rows: saved[:, rows].t() @ h_scaled)
-                elif weight.dtype == acc:
-                    grad_w = saved.t() @ h_scaled
-                else:  # straight into the weight's own dtype, a block of rows at a time
-                    grad_w = torch.empty_like(weight)
-                    for rows in row_blocks(weight):
-                        grad_w[rows] = saved[:, rows].t() @ h_scaled
+            grad_w = linear_weight_grad(weight, saved, h.to(acc) * scale, ctx.param) if needs[1] else None
             return grad_h, grad_w, grad_b, None, None
         grad_h = torch.empty_like(h) if needs[0] else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if needs[1] else None

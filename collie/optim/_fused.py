@@ -22,6 +22,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
+from collie import dtypes
 from collie.distributed.clip import total_norm
 from collie.dtypes import at_least_fp32, row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
@@ -40,14 +41,15 @@ class _Mode(enum.Enum):
 
 
 def update_in_row_blocks(p: torch.Tensor, grad_rows: Callable[[slice], torch.Tensor],
-                         update: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
-    """Run `update(work, grad_rows(rows))` over blocks of rows of the local storage of `p`.
+                         update: Callable[[torch.Tensor, torch.Tensor], None], blocks: list | None = None) -> None:
+    """Run `update(work, grad_rows(rows))` over blocks of rows of the local storage of `p`
+    (`blocks`, else `row_blocks`).
 
     `work` is at least fp32: the parameter's own rows when it already is (updated in place),
     otherwise an upcast copy of the block written back afterwards. So a bf16 parameter is never
     copied whole into fp32: for a 7B model's embedding that copy alone would be 0.5 GB."""
     local_p = local_tensor(p.detach())
-    for rows in row_blocks(local_p):
+    for rows in row_blocks(local_p) if blocks is None else blocks:
         stored = local_p[rows]
         work = stored.to(at_least_fp32(stored.dtype))
         update(work, grad_rows(rows))
@@ -58,12 +60,20 @@ def update_in_row_blocks(p: torch.Tensor, grad_rows: Callable[[slice], torch.Ten
 class RowGradient:
     """A parameter's gradient that its backward makes on demand, a block of rows at a time
     (`collie.row_gradients`): `rows(index)` is a fresh at-least-fp32 block, so an update rule
-    may work in it; it can be asked for more than once."""
+    may work in it; it can be asked for more than once. Its `blocks` are a quarter of the usual
+    (4 MiB in fp32): each is a transient at the step's peak, beside the recomputed activations."""
 
     def __init__(self, param: torch.Tensor, rows: GradientRows) -> None:
-        self.shape = param.shape
+        self.shape, self.device = param.shape, param.device
         self.rows = rows
-        self.blocks = row_blocks(param)
+        self.blocks = row_blocks(param, dtypes.UPCAST_BLOCK_ELEMENTS // 4)
+
+    def whole(self, dtype: torch.dtype) -> torch.Tensor:
+        """The whole gradient in `dtype`, made a block at a time (no wide copy of a narrow one)."""
+        grad = torch.empty(self.shape, dtype=dtype, device=self.device)
+        for index in self.blocks:
+            grad[index] = self.rows(index)
+        return grad
 
 
 def rows_of(grad: torch.Tensor | RowGradient) -> Callable[[slice], torch.Tensor]:
@@ -365,16 +375,25 @@ class FusedBackwardOptimizer(Optimizer):
         return functools.partial(self._on_grad_rows, p)
 
     def _on_grad_rows(self, p: torch.Tensor, rows: GradientRows) -> None:
-        """`p`'s whole gradient, offered a block of rows at a time: measured or applied as
-        :meth:`_on_grad_ready` does with a whole one."""
+        """`p`'s whole gradient, offered a block of rows at a time inside backward: measured, or
+        applied as :meth:`_on_grad_ready` does with a whole one — by rows where the rule
+        :meth:`_updates_by_rows`, else from the whole gradient made here (then only one exists
+        at a time, even where one autograd node offers several)."""
         grad = RowGradient(p, rows)
         with torch.no_grad():
             if self._mode is _Mode.NORM:
                 squares = sum(torch.linalg.vector_norm(self._unscaled_grad(rows(index))).square()
                               for index in grad.blocks)
                 self._grad_norms.append(squares.sqrt())
-            else:
+            elif self._updates_by_rows(p):
                 self._update_param(p, grad, self._lr)
+            else:
+                self._update_param(p, grad.whole(p.dtype), self._lr)
+
+    def _updates_by_rows(self, p: torch.Tensor) -> bool:
+        """Whether the rule updates `p` from its gradient's rows, never whole (LOMO's SGD reads each
+        block once, so it always does)."""
+        return True
 
     def _on_grad_ready(self, p: torch.Tensor) -> None:
         """Post-accumulate-grad hook: ``p.grad`` is complete for this backward pass (None where

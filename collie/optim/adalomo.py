@@ -122,7 +122,15 @@ class AdaLomo(FusedBackwardOptimizer):
                 work.mul_(1.0 - step_size * weight_decay)
             work.sub_(update.div_(clip).mul_(step_size))
 
-        update_in_row_blocks(p, update_rows, apply)
+        update_in_row_blocks(p, update_rows, apply, grad.blocks if isinstance(grad, RowGradient) else None)
+
+    def _updates_by_rows(self, p: torch.Tensor) -> bool:
+        """Each block of a gradient taken by rows is made three times (squared means, the update's
+        RMS, the update), one matmul each: worth it for the largest matrices only (a LLaMA's
+        vocabulary-sized head, whose gradient is the largest buffer of the step), not for
+        matrices whose gradient is about the size of the activations beside it."""
+        largest = max(q.numel() for _, q in self._named_params if q.dim() == 2)
+        return 2 * p.numel() >= largest
 
     @staticmethod
     def _widened_by_blocks(grad: torch.Tensor) -> bool:

@@ -47,6 +47,14 @@ if collie:  # then training runs, then a server
     fast = faults()
     assert reuse_freed_memory() and not return_freed_memory_to_os()   # a later load leaves it so
     print(as_loaded, saving_memory, fast, faults())
+    pinned, holes = [], []
+    for _ in range(200):
+        holes.append(torch.ones(2**17))   # 512 KiB each, from the heap
+        pinned.append(torch.ones(1000))   # something long-lived after each of them
+    del holes
+    fragmented = anon_mib()
+    assert for_training(saves_memory=True)
+    print(fragmented - anon_mib())            # a run that saves memory gives the heap's free pages back first
 """
 
 
@@ -65,6 +73,11 @@ def collie_probe() -> list[str]:
 def test_freed_buffers_leave_resident_memory(collie_probe):
     assert float(_probe("default")[-1]) > 100  # the problem, as glibc behaves by default
     assert float(collie_probe[0]) < 10
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_run_that_saves_memory_starts_by_giving_back_the_heaps_free_pages(collie_probe):
+    assert float(collie_probe[2]) > 80  # of the 100 MiB freed between long-lived blocks
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")

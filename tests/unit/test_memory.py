@@ -7,8 +7,12 @@ import sys
 import time
 
 import torch
+from helpers import tiny_llama_config
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from collie import CollieConfig
+from collie.models import LlamaForCausalLM
+from collie.models.init import init_tensor
 from collie.monitors.memory import GIB, resident_memory
 from collie.monitors.monitors import MemoryMonitor, StepStats
 
@@ -100,3 +104,24 @@ def test_run_peak_counts_what_came_before_training():
     out = subprocess.run([sys.executable, "-c", RUN_PEAK_CHILD], capture_output=True, text=True, check=True)
     columns = json.loads(out.stdout.strip().splitlines()[-1])
     assert columns["mem_run_peak_gib"] >= columns["mem_peak_gib"] + 0.45, columns
+
+
+def test_random_init_fills_fp32_parameters_in_place():
+    """No copy of a parameter is made while `from_config` initialises an fp32 model (the largest
+    one would be the peak of building it); the values are `init_tensor`'s."""
+    class Fresh(TorchDispatchMode):
+        elements = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and not any(isinstance(a, torch.Tensor) and a.data_ptr() == out.data_ptr()
+                                                         for a in args):
+                self.elements = max(self.elements, out.numel())
+            return out
+
+    model = LlamaForCausalLM.from_config(tiny_llama_config(vocab_size=2048), seed=3)
+    with Fresh() as fresh:
+        model.reset_parameters("normal", 3)
+    assert fresh.elements < 2048 * 64
+    want = init_tensor("embed_tokens.weight", (2048, 64), 3, 0.02)
+    assert torch.equal(model.embed_tokens.weight, want)

@@ -147,4 +147,9 @@ class LlamaForCausalLM(CollieModel):
         std = float(getattr(self.config, "initializer_range", 0.02))  # HF's default
         with torch.no_grad():
             for name, param in self.named_parameters():
-                param.copy_(init_tensor(name, tuple(param.shape), seed, std, init_method))
+                if param.dtype == torch.float32 and param.is_contiguous():
+                    # Filled in place: a copy would briefly hold the largest tensor twice (the
+                    # embedding: 0.25 GB at 1B, then the peak of building the whole model).
+                    init_tensor(name, tuple(param.shape), seed, std, init_method, out=param)
+                else:
+                    param.copy_(init_tensor(name, tuple(param.shape), seed, std, init_method))
