@@ -108,7 +108,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.chunk = chunk
         acc = at_least_fp32(h.dtype)
         if not chunk:
-            grad = upcast_linear(h, weight, bias).to(acc)
+            grad = upcast_linear(h, weight, bias, by_blocks=True).to(acc)
             total = _into_gradient_(grad, y)
             ctx.save_for_backward(h, weight, bias, grad)
             ctx.param = weight  # to find who takes its gradient by rows (see `linear_weight_grad`)
@@ -116,7 +116,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(h, weight, bias, y)
         total = torch.zeros((), dtype=acc, device=h.device)
         for start in range(0, h.shape[0], chunk):
-            logits = upcast_linear(h[start:start + chunk], weight, bias).to(total.dtype)
+            logits = upcast_linear(h[start:start + chunk], weight, bias, by_blocks=True).to(total.dtype)
             total += F.cross_entropy(logits, y[start:start + chunk], reduction="sum")
         return total
 
@@ -141,7 +141,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         chunk = ctx.chunk
         for start in range(0, h.shape[0], chunk):
             h_c = h[start:start + chunk]
-            grad = upcast_linear(h_c, weight, bias).to(acc)
+            grad = upcast_linear(h_c, weight, bias, by_blocks=True).to(acc)
             _into_gradient_(grad, saved[start:start + chunk])
             if grad_h is not None:
                 grad_h[start:start + chunk] = upcast_linear_input_grad(grad.to(h.dtype), weight) * scale.to(h.dtype)

@@ -5,15 +5,17 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import Losses, save_tiny_hf_model, tiny_llama_config
 
-from collie import CollieConfig
+from collie import CollieConfig, dtypes
 from collie.config import ConfigError, Layout, ModelFacts
 from collie.data import CollieDatasetForTraining
 from collie.distributed.steps import model_computes_loss
-from collie.models import LlamaForCausalLM
+from collie.models import LlamaForCausalLM, layers
 from collie.models.base import CollieModel
 from collie.models.llama.spec import LLAMA
+from collie.models.loss import causal_lm_loss, lm_head_loss
 from collie.trainer import Trainer
 
 
@@ -166,3 +168,18 @@ def test_plain_loss_makes_no_copy_of_the_logits():
     want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 256), labels[:, 1:].reshape(-1))
     assert abs(loss.item() - want.item()) <= 1e-12
     assert [op for op in made.ops if not op.startswith(("view", "_unsafe_view", "detach"))] == ["_log_softmax.default"]
+
+
+def test_the_head_loss_makes_logits_a_block_of_vocabulary_rows_at_a_time(monkeypatch):
+    """One product of a vocabulary-sized weight makes MKL keep a packing buffer its size for the
+    rest of the process: the loss's forward multiplies by blocks of the head's rows."""
+    monkeypatch.setattr(dtypes, "UPCAST_BLOCK_ELEMENTS", 16 * 8)
+    widths = []
+    linear = F.linear
+    monkeypatch.setattr(layers.F, "linear", lambda x, w, b=None: widths.append(w.shape[0]) or linear(x, w, b))
+    hidden = torch.randn(1, 6, 8, dtype=torch.float64)
+    head = torch.nn.Linear(8, 40, bias=False).double()
+    labels = torch.randint(0, 40, (1, 6))
+    loss = lm_head_loss(hidden, head, labels)
+    assert widths == [16, 16, 8]
+    torch.testing.assert_close(loss, causal_lm_loss(head(hidden), labels), atol=1e-12, rtol=0)

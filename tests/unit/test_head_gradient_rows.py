@@ -13,8 +13,11 @@ from helpers import tiny_llama_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from collie import dtypes
+from collie.distributed.parallelize import apply_activation_checkpointing
 from collie.models import LlamaForCausalLM
+from collie.models.base import spec_for
 from collie.optim import AdaLomo, Lomo
+from collie.optim._fused import FusedBackwardOptimizer
 from collie.row_gradients import rows_taker
 
 VOCAB, HIDDEN = 256, 64
@@ -110,3 +113,23 @@ def test_registration_does_not_keep_model_and_optimizer_alive() -> None:
     del model
     gc.collect()
     assert refs[0]() is None and refs[1]() is None
+
+
+def test_bf16_stored_linear_layers_hand_their_gradients_over_by_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With bf16 storage computing in fp32 every linear layer's backward is collie's own: LOMO
+    takes each weight's gradient by rows (fp32 blocks, no whole bf16 gradient), under checkpointing."""
+    taken = []
+    offered = FusedBackwardOptimizer._on_grad_rows
+    monkeypatch.setattr(FusedBackwardOptimizer, "_on_grad_rows",
+                        lambda self, p, rows: taken.append(names[id(p)]) or offered(self, p, rows))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config()).to(torch.bfloat16)
+    model.compute_dtype = torch.float32
+    apply_activation_checkpointing(spec_for(model.config), model)
+    names = {id(p): name.replace("._checkpoint_wrapped_module", "") for name, p in model.named_parameters()}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids, labels = _batches()[0]
+    Lomo(model, lr=0.05).backward(model(ids, labels=labels, skip_logits=True).loss)
+    matrices = sorted(names[id(p)] for p in model.parameters() if p.dim() == 2 and "embed" not in names[id(p)])
+    assert len(matrices) == 2 * 7 + 1 and sorted(taken) == matrices  # the embedding's gradient is sparse
+    assert all(not torch.equal(p, before[name]) for name, p in model.named_parameters() if names[id(p)] in taken)

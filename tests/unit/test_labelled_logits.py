@@ -26,10 +26,10 @@ def _head_rows(model, monkeypatch) -> list[int]:
     model.lm_head.register_forward_hook(lambda module, args, out: rows.append(args[0].reshape(-1, 64).shape[0]))
     made_by_loss = loss_module.upcast_linear
 
-    def upcast_linear(x, weight, bias):
+    def upcast_linear(x, weight, bias, **kwargs):
         if torch.is_grad_enabled() is False and weight is model.lm_head.weight:  # the loss's own forward
             rows.append(x.shape[0])
-        return made_by_loss(x, weight, bias)
+        return made_by_loss(x, weight, bias, **kwargs)
 
     monkeypatch.setattr(loss_module, "upcast_linear", upcast_linear)
     return rows
