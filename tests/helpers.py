@@ -4,6 +4,7 @@ optimizer checkpoint round trip, and a LLaMA checkpoint format with fused q/k/v.
 import io
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig
 
 from collie.cli import main
@@ -190,3 +191,18 @@ def hub_cache_with(cache, hub_id: str, family: str, shape: str = "tiny") -> str:
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / "main").write_text(revision)
     return str(snapshot)
+
+
+class LargestNewTensor(TorchDispatchMode):
+    """Records the most elements of a tensor an op makes (views and in-place results excluded)."""
+
+    elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor) and not a.is_sparse}
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor) and not tensor.is_sparse and \
+                    tensor.untyped_storage().data_ptr() not in inputs:
+                self.elements = max(self.elements, tensor.numel())
+        return out

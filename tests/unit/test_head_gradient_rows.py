@@ -9,8 +9,7 @@ import weakref
 
 import pytest
 import torch
-from helpers import tiny_llama_config
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import LargestNewTensor, tiny_llama_config
 
 from collie import dtypes
 from collie.distributed.parallelize import apply_activation_checkpointing
@@ -57,21 +56,6 @@ def test_rows_taken_give_the_whole_gradient_update(optimizer_cls: type, kwargs: 
     assert (by_rows.lm_head.weight - LlamaForCausalLM(tiny_llama_config()).lm_head.weight).abs().max() > 0
 
 
-class _Largest(TorchDispatchMode):
-    """The most elements of a tensor made by an op (views and in-place results excluded)."""
-
-    elements = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor) and not a.is_sparse}
-        for tensor in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(tensor, torch.Tensor) and not tensor.is_sparse and \
-                    tensor.untyped_storage().data_ptr() not in inputs:
-                self.elements = max(self.elements, tensor.numel())
-        return out
-
-
 @pytest.mark.parametrize("optimizer_cls", [Lomo, AdaLomo])
 def test_backward_makes_no_head_sized_tensor(optimizer_cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dtypes, "UPCAST_BLOCK_ELEMENTS", 48 * HIDDEN)
@@ -80,7 +64,7 @@ def test_backward_makes_no_head_sized_tensor(optimizer_cls: type, monkeypatch: p
     opt = optimizer_cls(model, lr=0.05)
     ids, labels = _batches()[0]
     loss = model(ids, labels=labels, skip_logits=True).loss
-    with _Largest() as largest:
+    with LargestNewTensor() as largest:
         opt.backward(loss)
     assert largest.elements < VOCAB * HIDDEN
     assert model.lm_head.weight.grad is None

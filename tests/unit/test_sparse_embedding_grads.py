@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import LargestNewTensor
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from collie.optim import AdaLomo, Lomo
 
@@ -60,19 +60,6 @@ def test_sparse_gradient_gives_the_dense_update(optimizer_cls: type, kwargs: dic
     assert not torch.equal(sparse.embed.weight[:20], _TinyLM().embed.weight[:20])
 
 
-class _Largest(TorchDispatchMode):
-    elements = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor) and not a.is_sparse}
-        for tensor in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(tensor, torch.Tensor) and not tensor.is_sparse and \
-                    tensor.untyped_storage().data_ptr() not in inputs:
-                self.elements = max(self.elements, tensor.numel())
-        return out
-
-
 @pytest.mark.parametrize("optimizer_cls", [Lomo, AdaLomo])
 def test_backward_makes_no_embedding_sized_tensor(optimizer_cls: type, monkeypatch: pytest.MonkeyPatch) -> None:
     from collie import dtypes
@@ -82,7 +69,7 @@ def test_backward_makes_no_embedding_sized_tensor(optimizer_cls: type, monkeypat
     model.head = nn.Linear(DIM, 8, bias=False).double()  # a head smaller than the embedding
     opt = optimizer_cls(model, lr=0.05)
     ids = _batch(0) % 8
-    largest = _Largest()
+    largest = LargestNewTensor()
     loss = nn.functional.cross_entropy(model.head(torch.tanh(model.mix(model.embed(ids)))).flatten(0, 1),
                                        ids.flatten())
     with largest:

@@ -9,9 +9,8 @@ import copy
 
 import pytest
 import torch
-from helpers import tiny_llama_config
+from helpers import LargestNewTensor, tiny_llama_config
 from peft import LoraConfig, get_peft_model
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from collie import dtypes
 from collie.distributed.parallelize import apply_activation_checkpointing
@@ -106,21 +105,6 @@ def test_projections_that_are_not_plain_layers_run_op_by_op() -> None:
     assert LlamaForCausalLM(tiny_llama_config(mlp_bias=True)).layers["0"].mlp._fusable(x) is False
 
 
-class _Largest(TorchDispatchMode):
-    """The most elements of a tensor made by an op (views and in-place results excluded)."""
-
-    elements = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor) and not a.is_sparse}
-        for tensor in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(tensor, torch.Tensor) and not tensor.is_sparse and \
-                    tensor.untyped_storage().data_ptr() not in inputs:
-                self.elements = max(self.elements, tensor.numel())
-        return out
-
-
 @pytest.mark.parametrize("optimizer_cls", [Lomo, AdaLomo])
 def test_lomo_takes_the_mlp_gradients_by_rows_under_checkpointing(optimizer_cls: type,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,7 +120,7 @@ def test_lomo_takes_the_mlp_gradients_by_rows_under_checkpointing(optimizer_cls:
     for step in range(2):
         ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(step))
         loss = model(ids, labels=ids, skip_logits=True).loss
-        with _Largest() as largest:
+        with LargestNewTensor() as largest:
             opts[0].backward(loss)
         assert largest.elements < 1024 * HIDDEN
         opts[1].backward(plain(ids, labels=ids, skip_logits=True).loss)
