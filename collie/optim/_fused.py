@@ -76,6 +76,12 @@ class RowGradient:
         return grad
 
 
+def blocks_of(grad: torch.Tensor | RowGradient) -> list | None:
+    """The blocks of rows an update of `grad` walks: a `RowGradient`'s own (the ones its maker
+    was sized for), else None (`update_in_row_blocks` then uses `row_blocks`)."""
+    return grad.blocks if isinstance(grad, RowGradient) else None
+
+
 def rows_of(grad: torch.Tensor | RowGradient) -> Callable[[slice], torch.Tensor]:
     """Blocks of rows of this rank's part of `grad`, dense (see `dense_rows`)."""
     if isinstance(grad, RowGradient):

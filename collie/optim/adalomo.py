@@ -16,7 +16,14 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from collie.dtypes import at_least_fp32, row_blocks
-from collie.optim._fused import FusedBackwardOptimizer, RowGradient, dense_rows, rows_of, update_in_row_blocks
+from collie.optim._fused import (
+    FusedBackwardOptimizer,
+    RowGradient,
+    blocks_of,
+    dense_rows,
+    rows_of,
+    update_in_row_blocks,
+)
 from collie.optim._loss_scaler import DynamicLossScaler
 from collie.tensors import local_region, local_tensor, whole
 
@@ -106,11 +113,10 @@ class AdaLomo(FusedBackwardOptimizer):
         if not state:
             state.update(self._init_state(p))
         beta2 = 1.0 - math.pow(self._step_count, self.decay_rate)
-        if isinstance(grad, RowGradient):
-            update_rows, clip = self._update_by_blocks(grad.blocks, lambda rows: self._prepared(grad.rows(rows)),
-                                                       grad.shape, state, beta2)
-        elif self._widened_by_blocks(grad):
-            update_rows, clip = self._update_by_blocks(row_blocks(grad), lambda rows: self._prepared(grad[rows]),
+        if isinstance(grad, RowGradient) or self._widened_by_blocks(grad):
+            gradient_rows = rows_of(grad)
+            update_rows, clip = self._update_by_blocks(blocks_of(grad) or row_blocks(grad),
+                                                       lambda rows: self._prepared(gradient_rows(rows)),
                                                        grad.shape, state, beta2)
         else:
             update_rows, clip = self._update_in_gradient(grad, state, beta2)
@@ -122,7 +128,7 @@ class AdaLomo(FusedBackwardOptimizer):
                 work.mul_(1.0 - step_size * weight_decay)
             work.sub_(update.div_(clip).mul_(step_size))
 
-        update_in_row_blocks(p, update_rows, apply, grad.blocks if isinstance(grad, RowGradient) else None)
+        update_in_row_blocks(p, update_rows, apply, blocks_of(grad))
 
     def _updates_by_rows(self, p: torch.Tensor) -> bool:
         """Each block of a gradient taken by rows is made three times (squared means, the update's

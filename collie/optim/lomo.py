@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from collie.optim._fused import FusedBackwardOptimizer, RowGradient, rows_of, update_in_row_blocks
+from collie.optim._fused import FusedBackwardOptimizer, blocks_of, rows_of, update_in_row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
 
 logger = logging.getLogger(__name__)
@@ -82,4 +82,4 @@ class Lomo(FusedBackwardOptimizer):
                 work.mul_(1.0 - lr * weight_decay)
             work.add_(self._prepared(grad_rows), alpha=-lr)
 
-        update_in_row_blocks(p, rows_of(grad), sgd, grad.blocks if isinstance(grad, RowGradient) else None)
+        update_in_row_blocks(p, rows_of(grad), sgd, blocks_of(grad))
