@@ -10,7 +10,6 @@ from collie.controller import (
     EvaluatorForClassfication,
     EvaluatorForGeneration,
     EvaluatorForPerplexity,
-    Server,
     Trainer,
 )
 from collie.data import (
@@ -34,6 +33,7 @@ from collie.models import (
     Moss003MoonForCausalLM,
     MossForCausalLM,
 )
+from collie.models.lazy_exports import lazy_exports
 from collie.module import (
     ColumnParallelLinear,
     ColumnParallelLinearWithoutBias,
@@ -48,20 +48,16 @@ from collie.module import (
 from collie.optim import AdaLomo, Adan, Lion, Lomo, SophiaG
 from collie.utils import (
     BaseMonitor,
-    BaseProvider,
     ColliePadder,
     CPUMemoryMonitor,
-    DashProvider,
     DiskIOMonitor,
     EvalMonitor,
-    GradioProvider,
     LossMonitor,
     LRMonitor,
     MemoryMonitor,
     NetworkIOMonitor,
     StepTimeMonitor,
     TGSMonitor,
-    _GenerationStreamer,
     auto_param_call,
     broadcast_tensor,
     concat_tensor,
@@ -101,3 +97,11 @@ __all__ = [
     "Lomo", "Lion", "SophiaG", "Adan",
 ]
 __version__ = "0.1.0"
+
+# Serving names are imported on first use: the serving stack (FastAPI, uvicorn, pydantic; 20 MB
+# resident) is not a cost of every process that trains.
+__getattr__, __dir__ = lazy_exports(globals(), {
+    "Server": "collie.controller:Server",
+    **{name: f"collie.utils:{name}" for name in ("BaseProvider", "DashProvider", "GradioProvider",
+                                                   "_GenerationStreamer")},
+})

@@ -15,7 +15,7 @@ from collie.models.base import CollieModel, load_tokenizer
 from collie.models.registry import spec_for
 from collie.peft.adapter_files import is_adapter_dir
 from collie.peft.convert import model_with_adapter
-from collie.serve.http import context_length
+from collie.serve.limits import context_length
 
 NAME = "generate"
 HELP = "continue a prompt with a saved model"

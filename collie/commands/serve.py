@@ -15,9 +15,7 @@ from collie.config import CollieConfig
 from collie.inference import load_for_inference
 from collie.launch_env import read_launch_env
 from collie.models.registry import spec_for
-from collie.serve.app import ServedModel
-from collie.serve.http import check_port, context_length, listening_socket, model_name
-from collie.serve.standalone import serve_until_stopped
+from collie.serve.limits import context_length, model_name
 
 log = logging.getLogger("collie")
 
@@ -49,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    # Imported here, not at the top: `collie` builds every command's parser, and the serving stack
+    # (FastAPI, uvicorn, pydantic; 20 MB resident) is for this command only.
+    from collie.serve.app import ServedModel
+    from collie.serve.http import check_port, listening_socket
+    from collie.serve.standalone import serve_until_stopped
+
     if min(args.max_batch_size, args.max_queue, args.default_max_tokens, args.max_num_tokens) < 1:
         raise ValueError("--max-batch-size, --max-queue, --default-max-tokens and --max-num-tokens: must be at least 1")
     if args.kv_cache_gib is not None and not args.kv_cache_gib > 0:

@@ -22,6 +22,7 @@ from collie.distributed.pipeline import local_stages, split_for_stages, stage_la
 from collie.dtypes import DTYPES
 from collie.forward_context import autocast_dtype
 from collie.models.base import is_meta, model_source
+from collie.models.recomputation import checkpointed
 from collie.peft.qlora import QuantizingLoad, quantize_frozen_linears
 from collie.peft.quantize import require_backend
 from collie.peft.tensor_parallel import with_lora_styles
@@ -106,11 +107,17 @@ def apply_activation_checkpointing(spec, model: torch.nn.Module, selective: bool
     all but the outputs of matmuls, attention and collectives, which are kept (recomputing them
     is what costs; the ops between them are cheap and their outputs as large)."""
     blocks = spec.blocks(model)
-    kwargs = {"context_fn": _keep_matmul_outputs} if selective else {}
+    kwargs = {"context_fn": _keep_matmul_outputs if selective else _flag_checkpointed_runs}
     for position, (key, block) in enumerate(spec.block_items(model)):
         index = int(key) if str(key).isdigit() else position
         if index % every == 0:
             blocks[key] = checkpoint_wrapper(block, preserve_rng_state=False, **kwargs)
+
+
+def _flag_checkpointed_runs():
+    """Full recomputation: the block's layers are told which run of their forward is under way
+    (`collie.models.recomputation`)."""
+    return checkpointed(again=False), checkpointed(again=True)
 
 
 def _kept_ops() -> set:

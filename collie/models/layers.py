@@ -18,14 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from collie import dtypes
 from collie.dtypes import at_least_fp32, row_blocks
-from collie.row_gradients import rows_taker
+from collie.row_gradients import block_taker, rows_taker, takes_blocks
 
 
 def cast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """`F.linear` with the parameters cast to the activations' dtype where they are used."""
-    if torch.is_autocast_enabled(x.device.type) or weight.dtype == x.dtype:
-        # Autocast chooses the matmul dtype itself; an upcast here would only cost a copy.
+    if torch.is_autocast_enabled(x.device.type) or (weight.dtype == x.dtype and not takes_blocks(weight)):
+        # Autocast chooses the matmul dtype itself; an upcast here would only cost a copy. A
+        # weight whose gradient an optimizer takes by blocks goes through `_UpcastLinear`, which
+        # hands them over.
         return F.linear(x, weight, bias)
     if isinstance(weight, DTensor) or isinstance(x, DTensor):
         return F.linear(x, weight.to(x.dtype), bias.to(x.dtype) if bias is not None else None)
@@ -64,11 +67,17 @@ def linear_weight_grad(weight: torch.Tensor, grad_out: torch.Tensor, x: torch.Te
                        param: torch.Tensor | None = None) -> torch.Tensor | None:
     """The gradient of `weight` in `y = x @ weight.T`, from the 2-D `grad_out` [n, out] and `x`
     [n, in] (both in the compute dtype): handed over a block of rows at a time where an optimizer
-    takes it that way (`collie.row_gradients`; then None), else made whole in the weight's own
+    takes it that way (`collie.row_gradients`, as made or on demand; then None), else made whole in the weight's own
     dtype, a block of rows at a time where that is narrower (no whole wide copy). `param`: the
     parameter itself where `weight` may be another tensor object for it (a saved tensor unpacked
     by activation checkpointing is an alias)."""
-    taker = rows_taker(weight if param is None else param)
+    param = weight if param is None else param
+    take = block_taker(param)
+    if take is not None:
+        for rows in row_blocks(weight, dtypes.UPCAST_BLOCK_ELEMENTS // 4):
+            take((rows,), grad_out[:, rows].t() @ x)
+        return None
+    taker = rows_taker(param)
     if taker is not None:
         taker(lambda rows: grad_out[:, rows].t() @ x)
         return None
@@ -86,7 +95,8 @@ class _UpcastLinear(torch.autograd.Function):
     backward. With `.to` autograd would keep an fp32 copy of every weight of a layer from its
     forward (or its recomputation) to its backward: 0.8 GB per 7B layer, 0.5 GB for the head.
     The weight's gradient is made block by block straight into its own dtype, or handed over by
-    rows (`linear_weight_grad`)."""
+    rows (`linear_weight_grad`): also why a weight in the activations' dtype comes here where an
+    optimizer takes its gradient a block at a time (LOMO: no whole gradient of any matrix)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):

@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from collie.dtypes import at_least_fp32
+from collie import dtypes
+from collie.dtypes import at_least_fp32, row_blocks
 from collie.models.layers import Linear, linear_weight_grad, upcast_linear, upcast_linear_input_grad
+from collie.row_gradients import block_taker, takes_blocks
 
 IGNORE_INDEX = -100
 
@@ -48,7 +50,9 @@ def lm_head_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, ch
         total = _checkpointed_chunks(h, head, y, chunk_tokens, ignore_index)
     else:
         h, y = _labelled_positions(hidden, labels, ignore_index)
-        if _plain_head(head, hidden):
+        if _plain_head(head, hidden) and not chunk_tokens and takes_blocks(head.weight):
+            total = _VocabularyBlockedCrossEntropy.apply(h, head.weight, head.bias, y)
+        elif _plain_head(head, hidden):
             total = _LinearCrossEntropy.apply(h, head.weight, head.bias, y, chunk_tokens)
         else:
             logits = head(h)
@@ -151,6 +155,82 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_b += grad.sum(0) * scale
         return (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
                 grad_b.to(bias.dtype) if grad_b is not None else None, None, None)
+
+
+class _VocabularyBlockedCrossEntropy(torch.autograd.Function):
+    """Σ cross_entropy(h W^T + b, y) over rows that all have a label, for a head whose gradient an
+    optimizer takes a block at a time as it is made (`collie.row_gradients.takes_blocks`: LOMO).
+    Forward goes over blocks of vocabulary rows, keeping a running log-sum-exp and the labels'
+    logits; backward makes each block's logits again, turns them into their gradient, adds their
+    share of the input's gradient and hands the weight's rows over. No [rows × vocab] tensor and
+    no weight-sized gradient exists: one head matmul more than `_LinearCrossEntropy`, and 250 MB
+    less at a 32k vocabulary (seq 512, hidden 2048)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, y):
+        acc = at_least_fp32(h.dtype)
+        top = torch.full((h.shape[0],), -torch.inf, dtype=acc, device=h.device)
+        sums = torch.zeros_like(top)
+        picked = torch.zeros_like(top)
+        for rows in _vocabulary_blocks(h.shape[0], weight):
+            logits = _block_logits(h, weight, bias, rows, acc)
+            inside = _labels_inside(y, rows)
+            picked[inside] = logits[inside, y[inside] - rows.start]
+            new_top = torch.maximum(top, logits.amax(-1))
+            sums.mul_((top - new_top).exp_()).add_(logits.sub_(new_top.unsqueeze(-1)).exp_().sum(-1))
+            top = new_top
+        normalisers = sums.log_().add_(top)
+        ctx.save_for_backward(h, weight, bias, y, normalisers)
+        ctx.param = weight  # to find who takes its gradient (see `collie.row_gradients`)
+        return (normalisers - picked).sum()
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        h, weight, bias, y, normalisers = ctx.saved_tensors
+        acc = at_least_fp32(h.dtype)
+        scale = grad_total.to(acc)
+        needs = ctx.needs_input_grad
+        take = block_taker(ctx.param) if needs[1] else None
+        grad_h = torch.zeros(h.shape, dtype=acc, device=h.device) if needs[0] else None
+        grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) if needs[1] and not take else None
+        grad_b = torch.empty_like(bias) if bias is not None and needs[2] else None
+        scaled_h = h.to(acc) * scale
+        for rows in _vocabulary_blocks(h.shape[0], weight):
+            grad = _block_logits(h, weight, bias, rows, acc).sub_(normalisers.unsqueeze(-1)).exp_()
+            inside = _labels_inside(y, rows)
+            grad[inside, y[inside] - rows.start] -= 1.0
+            # The input's gradient first: a taker of the weight's rows may update them in place.
+            if grad_h is not None:
+                grad_h.addmm_(grad, weight[rows].to(acc))
+            if grad_b is not None:
+                grad_b[rows] = (grad.sum(0) * scale).to(bias.dtype)
+            if take is not None:
+                for part in row_blocks(weight[rows], dtypes.UPCAST_BLOCK_ELEMENTS // 4):
+                    piece = slice(rows.start + part.start, rows.start + min(part.stop, grad.shape[1]))
+                    take((piece,), grad[:, part].t() @ scaled_h)
+            elif grad_w is not None:
+                grad_w[rows] = grad.t() @ scaled_h
+        if grad_h is not None:
+            grad_h = grad_h.mul_(scale).to(h.dtype)
+        return grad_h, grad_w, grad_b, None
+
+
+def _vocabulary_blocks(tokens: int, weight: torch.Tensor) -> list[slice]:
+    """Blocks of vocabulary rows whose logits [tokens × block] are about `UPCAST_BLOCK_ELEMENTS / 4`
+    elements (4 MiB in fp32), and whose weight rows at most `UPCAST_BLOCK_ELEMENTS`."""
+    elements = dtypes.UPCAST_BLOCK_ELEMENTS
+    rows = max(1, min(elements // 4 // max(1, tokens), elements // weight.shape[1]))
+    return [slice(start, min(start + rows, weight.shape[0])) for start in range(0, weight.shape[0], rows)]
+
+
+def _block_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: slice,
+                  acc: torch.dtype) -> torch.Tensor:
+    return F.linear(h.to(acc), weight[rows].to(acc), None if bias is None else bias[rows].to(acc))
+
+
+def _labels_inside(y: torch.Tensor, rows: slice) -> torch.Tensor:
+    """The positions whose label falls in the vocabulary block `rows`."""
+    return ((y >= rows.start) & (y < rows.stop)).nonzero().squeeze(-1)
 
 
 def _into_gradient_(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from collie import dtypes
 from collie.distributed.clip import total_norm
 from collie.dtypes import at_least_fp32, row_blocks
 from collie.optim._loss_scaler import DynamicLossScaler
-from collie.row_gradients import GradientRows, RowsTaker, take_rows
+from collie.row_gradients import GradientRows, Takers, take_rows
 from collie.tensors import local_tensor
 
 logger = logging.getLogger(__name__)
@@ -63,10 +63,10 @@ class RowGradient:
     may work in it; it can be asked for more than once. Its `blocks` are a quarter of the usual
     (4 MiB in fp32): each is a transient at the step's peak, beside the recomputed activations."""
 
-    def __init__(self, param: torch.Tensor, rows: GradientRows) -> None:
+    def __init__(self, param: torch.Tensor, rows: GradientRows, blocks: list | None = None) -> None:
         self.shape, self.device = param.shape, param.device
         self.rows = rows
-        self.blocks = row_blocks(param, dtypes.UPCAST_BLOCK_ELEMENTS // 4)
+        self.blocks = row_blocks(param, dtypes.UPCAST_BLOCK_ELEMENTS // 4) if blocks is None else blocks
 
     def whole(self, dtype: torch.dtype) -> torch.Tensor:
         """The whole gradient in `dtype`, made a block at a time (no wide copy of a narrow one)."""
@@ -220,7 +220,7 @@ class FusedBackwardOptimizer(Optimizer):
         eligible = self._dp_group is None and not self._update_after_backward
         for _, p in self._named_params:
             takes = eligible and p.dim() == 2 and not isinstance(p, DTensor) and shared[id(p)] == 1
-            take_rows(p, self._rows_taker_for if takes else None)
+            take_rows(p, self._rows_taker_for if takes else None, by_blocks=self._update_blocks_alone(p))
 
     # ------------------------------------------------------------------ public API
 
@@ -373,19 +373,23 @@ class FusedBackwardOptimizer(Optimizer):
         """L2 norm of all gradients from the per-parameter norms (a global reduction)."""
         return total_norm(norms, self._pp_group, device=local_tensor(self._named_params[0][1]).device)
 
-    def _rows_taker_for(self, p: torch.Tensor) -> RowsTaker | None:
+    def _rows_taker_for(self, p: torch.Tensor) -> Takers | None:
         """Whether this backward takes `p`'s gradient by rows: in the passes that measure or apply
-        it at once, unless an accumulated gradient waits in ``.grad``."""
+        it at once, unless an accumulated gradient waits in ``.grad``; also a block at a time as
+        it is made where each block is used on its own (the norm pass; rules that
+        :meth:`_update_blocks_alone`)."""
         if self._mode is _Mode.ACCUMULATE or p.grad is not None:
             return None
-        return functools.partial(self._on_grad_rows, p)
+        by_blocks = self._mode is _Mode.NORM or self._update_blocks_alone(p)
+        return Takers(functools.partial(self._on_grad_rows, p),
+                      functools.partial(self._on_grad_block, p) if by_blocks else None)
 
-    def _on_grad_rows(self, p: torch.Tensor, rows: GradientRows) -> None:
+    def _on_grad_rows(self, p: torch.Tensor, rows: GradientRows, blocks: list | None = None) -> None:
         """`p`'s whole gradient, offered a block of rows at a time inside backward: measured, or
         applied as :meth:`_on_grad_ready` does with a whole one — by rows where the rule
         :meth:`_updates_by_rows`, else from the whole gradient made here (then only one exists
         at a time, even where one autograd node offers several)."""
-        grad = RowGradient(p, rows)
+        grad = RowGradient(p, rows, blocks)
         with torch.no_grad():
             if self._mode is _Mode.NORM:
                 squares = sum(torch.linalg.vector_norm(self._unscaled_grad(rows(index))).square()
@@ -395,6 +399,16 @@ class FusedBackwardOptimizer(Optimizer):
                 self._update_param(p, grad, self._lr)
             else:
                 self._update_param(p, grad.whole(p.dtype), self._lr)
+
+    def _on_grad_block(self, p: torch.Tensor, index: tuple, block: torch.Tensor) -> None:
+        """One block `p[index]` of `p`'s gradient, handed over as backward makes it: measured (its
+        share of the global norm) or applied, on its own."""
+        self._on_grad_rows(p, lambda _: block, [index])
+
+    def _update_blocks_alone(self, p: torch.Tensor) -> bool:
+        """Whether the rule's update of a block of `p` depends on that block of the gradient only
+        (elementwise rules): then it takes blocks as backward makes them."""
+        return False
 
     def _updates_by_rows(self, p: torch.Tensor) -> bool:
         """Whether the rule updates `p` from its gradient's rows, never whole (LOMO's SGD reads each

@@ -74,6 +74,9 @@ class Lomo(FusedBackwardOptimizer):
             self.clip_grad_norm = 1.0
         return DynamicLossScaler(**(self.loss_scale_args or {}))
 
+    def _update_blocks_alone(self, p: torch.Tensor) -> bool:
+        return True  # SGD, elementwise
+
     def _update_param(self, p: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         weight_decay = self.param_groups[0]["weight_decay"]
 

@@ -18,7 +18,8 @@ from collie.events import Callback
 from collie.serve.app import ServedModel, build_app
 from collie.serve.engine import Engine, decode
 from collie.serve.gradio_page import GradioPage
-from collie.serve.http import context_length, http_server, model_name, start_in_background
+from collie.serve.http import http_server, start_in_background
+from collie.serve.limits import context_length, model_name
 from collie.serve.lockstep import Lockstep
 
 log = logging.getLogger("collie")

@@ -23,7 +23,7 @@ from collie.serve.app import ServedModel
 from collie.serve.dash_page import DashPage
 from collie.serve.during_training import ServeCallback
 from collie.serve.gradio_page import GradioPage
-from collie.serve.http import context_length, model_name
+from collie.serve.limits import context_length, model_name
 from collie.serve.page_client import PageDefaults
 from collie.serve.standalone import serve_until_stopped
 

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import torch
 
@@ -42,8 +42,6 @@ from collie.monitors.sinks import ConsoleSink, CSVSink, Sink, TensorBoardSink
 from collie.monitors.wandb_sink import WandbSink
 from collie.peft.adapter_files import write_checkpoint_record
 from collie.peft.attach import PeftRun, attach_peft
-from collie.serve.during_training import ServeCallback
-from collie.serve.providers import BaseProvider
 from collie.tokenization import pad_token_id
 from collie.trainer import checkpoint
 from collie.trainer.background_checkpoint import BackgroundWriter
@@ -60,6 +58,9 @@ from collie.trainer.optim_factory import build_optimizer, build_scheduler, optim
 from collie.trainer.preemption import PreemptionWatch
 from collie.trainer.preference_run import preference_run
 from collie.trainer.step_strategy import step_strategy, updates_in_backward
+
+if TYPE_CHECKING:
+    from collie.serve.providers import BaseProvider
 
 log = logging.getLogger("collie")
 
@@ -169,6 +170,10 @@ class Trainer:
             callbacks.append(CheckpointCallback(every_n_steps=config.checkpoint_every_n_steps,
                                                 max_to_keep=config.max_to_keep))
         if config.serve.port is not None:
+            # Imported here, not at the top: the serving stack (FastAPI, uvicorn, pydantic; 20 MB
+            # resident) is for runs that serve, not a cost of every training process.
+            from collie.serve.during_training import ServeCallback
+
             serve = config.serve
             callbacks.append(ServeCallback(serve.port, serve.host, serve.max_batch_size, serve.max_queue,
                                            gradio_port=serve.gradio_port))

@@ -1,7 +1,7 @@
 """CoLLiE's `collie.utils`: distribution helpers, monitors, data providers, the padder and small
 utilities, as facades over collie's rooms."""
 
-from collie.utils.data_provider import BaseProvider, DashProvider, GradioProvider, _GenerationStreamer
+from collie.models.lazy_exports import lazy_exports
 from collie.utils.dist_utils import (
     broadcast_tensor,
     env,
@@ -38,6 +38,11 @@ from collie.utils.utils import (
     progress,
     stack_tensor,
 )
+
+# The providers are imported on first use: the serving stack (FastAPI, uvicorn) is not a cost of
+# every process that trains.
+__getattr__, __dir__ = lazy_exports(globals(), {name: f"collie.utils.data_provider:{name}" for name in (
+    "BaseProvider", "DashProvider", "GradioProvider", "_GenerationStreamer")})
 
 __all__ = ["setup_distribution", "set_seed", "env", "setup_ds_engine", "zero3_load_state_dict", "is_zero3_enabled",
            "broadcast_tensor", "find_tensors", "progress", "dict_as_params", "dictToObj", "apply_to_collection",

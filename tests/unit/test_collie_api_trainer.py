@@ -13,7 +13,7 @@ from collie.data import CollieDatasetForTraining
 from collie.metrics import PPLMetric
 from collie.models.base import load_tokenizer
 from collie.module import GPTLMLoss
-from collie.serve.http import model_name
+from collie.serve.limits import model_name
 from collie.utils import BaseProvider, DashProvider, GradioProvider
 
 SAMPLES = [torch.tensor([(7 * i + 3 * j) % 200 + 1 for j in range(8 + i % 5)]) for i in range(16)]

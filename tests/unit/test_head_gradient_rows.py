@@ -15,9 +15,10 @@ from collie import dtypes
 from collie.distributed.parallelize import apply_activation_checkpointing
 from collie.models import LlamaForCausalLM
 from collie.models.base import spec_for
+from collie.models.loss import _VocabularyBlockedCrossEntropy
 from collie.optim import AdaLomo, Lomo
 from collie.optim._fused import FusedBackwardOptimizer
-from collie.row_gradients import rows_taker
+from collie.row_gradients import Takers, rows_taker, take_rows
 
 VOCAB, HIDDEN = 256, 64
 
@@ -105,7 +106,7 @@ def test_bf16_stored_linear_layers_hand_their_gradients_over_by_rows(monkeypatch
     taken = []
     offered = FusedBackwardOptimizer._on_grad_rows
     monkeypatch.setattr(FusedBackwardOptimizer, "_on_grad_rows",
-                        lambda self, p, rows: taken.append(names[id(p)]) or offered(self, p, rows))
+                        lambda self, p, rows, blocks=None: taken.append(names[id(p)]) or offered(self, p, rows, blocks))
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_llama_config()).to(torch.bfloat16)
     model.compute_dtype = torch.float32
@@ -115,5 +116,50 @@ def test_bf16_stored_linear_layers_hand_their_gradients_over_by_rows(monkeypatch
     ids, labels = _batches()[0]
     Lomo(model, lr=0.05).backward(model(ids, labels=labels, skip_logits=True).loss)
     matrices = sorted(names[id(p)] for p in model.parameters() if p.dim() == 2 and "embed" not in names[id(p)])
-    assert len(matrices) == 2 * 7 + 1 and sorted(taken) == matrices  # the embedding's gradient is sparse
+    # (the embedding's gradient is sparse; the MLPs' and head's are handed over in several blocks)
+    assert len(matrices) == 2 * 7 + 1 and sorted(set(taken)) == matrices
     assert all(not torch.equal(p, before[name]) for name, p in model.named_parameters() if names[id(p)] in taken)
+
+
+def test_lomo_head_loss_makes_no_logits_sized_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For a head LOMO takes by blocks, forward keeps a log-sum-exp per row, not the logits."""
+    monkeypatch.setattr(dtypes, "UPCAST_BLOCK_ELEMENTS", 48 * HIDDEN)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config()).double()
+    opt = Lomo(model, lr=0.05)
+    ids, labels = _batches()[0]
+    rows = int((labels[:, 1:] != -100).sum())
+    with LargestNewTensor() as largest:
+        loss = model(ids, labels=labels, skip_logits=True).loss
+        opt.backward(loss)
+    assert largest.elements < rows * VOCAB
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_vocabulary_blocked_loss_equals_cross_entropy(taken: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss and every gradient (a biased head; float64) of the vocabulary-blocked loss, its
+    weight's gradient returned whole or handed over in blocks that make it up exactly."""
+    monkeypatch.setattr(dtypes, "UPCAST_BLOCK_ELEMENTS", 8 * HIDDEN)  # blocks of 4 vocabulary rows
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(10, HIDDEN, dtype=torch.float64, generator=g, requires_grad=True)
+    weight = torch.randn(30, HIDDEN, dtype=torch.float64, generator=g, requires_grad=True)
+    bias = torch.randn(30, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.randint(0, 30, (10,), generator=g)
+    got = {}
+    if taken:
+        def take(index: tuple, block: torch.Tensor) -> None:
+            rows = (index[0].start, index[0].stop)
+            assert block.numel() <= 2 * HIDDEN and rows not in got
+            got[rows] = block
+
+        take_rows(weight, lambda p: Takers(rows=None, block=take), by_blocks=True)
+    loss = _VocabularyBlockedCrossEntropy.apply(h, weight, bias, y)
+    want = torch.nn.functional.cross_entropy(h @ weight.t() + bias, y, reduction="sum")
+    torch.testing.assert_close(loss, want, atol=1e-12, rtol=0)
+    grads = torch.autograd.grad(3 * loss, (h, weight, bias), allow_unused=True)
+    wanted = torch.autograd.grad(3 * want, (h, weight, bias))
+    for name, a, b in zip(("h", "weight", "bias"), grads, wanted):
+        if name == "weight" and taken:
+            assert a is None
+            a = torch.cat([got[rows] for rows in sorted(got)])
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0, msg=name)

@@ -151,7 +151,7 @@ def test_a_prompt_adapter_is_served_like_peft_and_its_positions_count(base, tmp_
     from collie.inference import load_for_inference
     from collie.init_model import bundled_tokenizer_path
     from collie.serve.engine import decode
-    from collie.serve.http import context_length
+    from collie.serve.limits import context_length
 
     torch.manual_seed(1)
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
