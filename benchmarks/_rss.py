@@ -142,10 +142,12 @@ def train_peft_lora(model, seq: int, steps: int, lora: dict) -> list[float]:
     return _train_transformers(get_peft_model(model, config), seq, steps)
 
 
-def train_transformers_lomo_optim(shape: str, seq: int, steps: int, name: str) -> list[float]:
+def train_transformers_lomo_optim(shape: str, seq: int, steps: int, name: str,
+                                  from_dir: Optional[str] = None) -> list[float]:
     """The LOMO authors' own package (`lomo-optim`: Lomo or AdaLomo) on transformers'
     LlamaForCausalLM (fp32, gradient checkpointing), as its README runs it: `fused_backward`.
-    The model starts from the weights collie's runs start from (`init_like_collie`)."""
+    The model starts from the weights collie's runs start from (`init_like_collie`), or is
+    loaded with `from_pretrained` from the checkpoint `from_dir` that collie's runs load."""
     import lomo_optim
     from transformers import LlamaForCausalLM as HFLlama
 
@@ -153,8 +155,11 @@ def train_transformers_lomo_optim(shape: str, seq: int, steps: int, name: str) -
         # lomo-optim puts its state with `.cuda()`; on a CPU-only machine that must stay put.
         # A shim for this benchmark process only.
         torch.Tensor.cuda = lambda self, *args, **kwargs: self
-    model = HFLlama(shape_model_config(shape))
-    init_like_collie(model)
+    if from_dir is None:
+        model = HFLlama(shape_model_config(shape))
+        init_like_collie(model)
+    else:
+        model = HFLlama.from_pretrained(from_dir, dtype=torch.float32)
     model = model.to(device()).train()
     model.gradient_checkpointing_enable()
     optimizer = getattr(lomo_optim, name)(model, lr=LOMO_LR)
@@ -265,7 +270,8 @@ def train_collie_from_disk(model_dir: str, optimizer: str, seq: int, steps: int,
     """As a user runs it: `collie train` on a config naming `model_dir`, LOMO's memory mode
     (`param_dtype`) and activation checkpointing, plus `extra` config sections (`peft`,
     `quantization_config`); returns the step times and the memory the run reported
-    (`mem_run_peak_gib` of its last metrics.csv row)."""
+    (`mem_run_peak_gib` of its last metrics.csv row); the step losses are reported too. LOMO and
+    AdaLomo take `LOMO_LR`, as the in-process runs and lomo-optim's do."""
     import tempfile
 
     # The run's output (its `final/` export is as large as the model) is removed afterwards.
@@ -290,12 +296,13 @@ def _train_from_disk_in(work: str, model_dir: str, optimizer: str, seq: int, ste
         yaml.safe_dump({"model": model_dir, "output_dir": os.path.join(work, "out"), "max_steps": steps,
                         "train_micro_batch_size": 1, "checkpointing": True, "logging": ["csv"],
                         "param_dtype": str(dtype).split(".")[-1],
-                        "optimizer": {"name": optimizer, "lr": 1e-5},
+                        "optimizer": {"name": optimizer, "lr": LOMO_LR if optimizer in ("lomo", "adalomo") else 1e-5},
                         "data": {"train_file": data, "max_length": seq}, **extra}, f)
     if main(["train", config]) != 0:
         raise RuntimeError(f"collie train {config} failed")
     with open(os.path.join(work, "out", "metrics.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
+    _REPORTED["losses"] = [float(row["loss"]) for row in rows]
     return {"times": [float(row["step_time_s"]) for row in rows], "collie_mem_gib": float(rows[-1]["mem_run_peak_gib"])}
 
 

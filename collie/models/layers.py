@@ -67,8 +67,9 @@ def linear_weight_grad(weight: torch.Tensor, grad_out: torch.Tensor, x: torch.Te
                        param: torch.Tensor | None = None) -> torch.Tensor | None:
     """The gradient of `weight` in `y = x @ weight.T`, from the 2-D `grad_out` [n, out] and `x`
     [n, in] (both in the compute dtype): handed over a block of rows at a time where an optimizer
-    takes it that way (`collie.row_gradients`, as made or on demand; then None), else made whole in the weight's own
-    dtype, a block of rows at a time where that is narrower (no whole wide copy). `param`: the
+    takes it that way (`collie.row_gradients`: as made, or on demand; then None), else made whole
+    in the weight's own dtype, a block of rows at a time where that is narrower (no whole wide
+    copy). `param`: the
     parameter itself where `weight` may be another tensor object for it (a saved tensor unpacked
     by activation checkpointing is an alias)."""
     param = weight if param is None else param

@@ -58,9 +58,9 @@ class _SwiGLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        # Under activation checkpointing the recomputed tensors unpacked here are held by nothing
-        # else (checkpoint drops its own reference on unpacking), so each name is deleted after
-        # its last use. Without checkpointing autograd keeps them anyway.
+        # Each large tensor is deleted after its last use: those made here, and those a checkpoint's
+        # recomputation made (checkpoint drops its own reference on unpacking). Without
+        # checkpointing autograd keeps the saved ones anyway.
         x, gate_w, up_w, down_w, *projections = ctx.saved_tensors
         needs = ctx.needs_input_grad
         shape = x.shape

@@ -65,8 +65,8 @@ def test_memory_dry_run_ratios_are_quotients_of_the_figures() -> None:
         assert abs(ratio - table[ours][0] / table[authors][0]) <= _quotient_error(table[ours][0],
                                                                                   table[authors][0], 3), line
         assert line.endswith("met)"), line
-        if abs(ratio - 0.90) > 0.0005:  # the verdict uses the unrounded ratio
-            assert ("not met" in line) == (ratio > 0.90), line
+        if abs(ratio - 0.80) > 0.0005:  # the verdict uses the unrounded ratio
+            assert ("not met" in line) == (ratio > 0.80), line
         # Same weights and tokens: the two packages' losses agree.
         losses = next(line for line in lines if line.startswith(f"{ours} vs {authors} losses by step"))
         assert losses.endswith("(goal <= 0.0001: met)"), losses
