@@ -297,7 +297,7 @@ def _train_from_disk_in(work: str, model_dir: str, optimizer: str, seq: int, ste
                         "train_micro_batch_size": 1, "checkpointing": True, "logging": ["csv"],
                         "param_dtype": str(dtype).split(".")[-1],
                         "optimizer": {"name": optimizer, "lr": LOMO_LR if optimizer in ("lomo", "adalomo") else 1e-5},
-                        "data": {"train_file": data, "max_length": seq}, **extra}, f)
+                        "data": {"train_file": data, "max_length": seq, "shuffle": False}, **extra}, f)
     if main(["train", config]) != 0:
         raise RuntimeError(f"collie train {config} failed")
     with open(os.path.join(work, "out", "metrics.csv"), newline="") as f:
