@@ -27,6 +27,18 @@ def at_least_fp32(dtype: torch.dtype) -> torch.dtype:
 UPCAST_BLOCK_ELEMENTS = 1 << 22
 
 
+# Work done a block at a time to bound its transients (the checkpointed MLP's intermediate
+# columns, the head's vocabulary) is split into at most this many blocks: past that, each block's
+# own costs (kernel launches on GPUs, thinner matmuls) outweigh the memory a narrower block saves.
+MAX_WORK_BLOCKS = 16
+
+
+def work_blocks(total: int, width: int) -> list[slice]:
+    """`range(total)` in slices of `width`, widened to at most `MAX_WORK_BLOCKS` slices."""
+    width = max(1, width, -(-total // MAX_WORK_BLOCKS))
+    return [slice(start, min(start + width, total)) for start in range(0, total, width)]
+
+
 def row_blocks(tensor: torch.Tensor, elements: int = 0) -> list:
     """Indices of blocks of whole rows (dim 0) of `tensor`, each at most `elements` (default
     UPCAST_BLOCK_ELEMENTS) elements unless one row is larger; a single index for a 0-d tensor."""

@@ -164,7 +164,8 @@ class _VocabularyBlockedCrossEntropy(torch.autograd.Function):
     logits; backward makes each block's logits again, turns them into their gradient, adds their
     share of the input's gradient and hands the weight's rows over. No [rows × vocab] tensor and
     no weight-sized gradient exists: one head matmul more than `_LinearCrossEntropy`, and 250 MB
-    less at a 32k vocabulary (seq 512, hidden 2048)."""
+    less at a 32k vocabulary (seq 512, hidden 2048). The products run in the activations' dtype,
+    the softmax and the sums in at least fp32, as in `_LinearCrossEntropy`; no host sync."""
 
     @staticmethod
     def forward(ctx, h, weight, bias, y):
@@ -173,9 +174,9 @@ class _VocabularyBlockedCrossEntropy(torch.autograd.Function):
         sums = torch.zeros_like(top)
         picked = torch.zeros_like(top)
         for rows in _vocabulary_blocks(h.shape[0], weight):
-            logits = _block_logits(h, weight, bias, rows, acc)
-            inside = _labels_inside(y, rows)
-            picked[inside] = logits[inside, y[inside] - rows.start]
+            logits = upcast_linear(h, weight[rows], None if bias is None else bias[rows]).to(acc)
+            index, inside = _labels_in(y, rows)
+            picked += (logits.gather(1, index) * inside).squeeze(1)
             new_top = torch.maximum(top, logits.amax(-1))
             sums.mul_((top - new_top).exp_()).add_(logits.sub_(new_top.unsqueeze(-1)).exp_().sum(-1))
             top = new_top
@@ -196,12 +197,13 @@ class _VocabularyBlockedCrossEntropy(torch.autograd.Function):
         grad_b = torch.empty_like(bias) if bias is not None and needs[2] else None
         scaled_h = h.to(acc) * scale
         for rows in _vocabulary_blocks(h.shape[0], weight):
-            grad = _block_logits(h, weight, bias, rows, acc).sub_(normalisers.unsqueeze(-1)).exp_()
-            inside = _labels_inside(y, rows)
-            grad[inside, y[inside] - rows.start] -= 1.0
+            grad = upcast_linear(h, weight[rows], None if bias is None else bias[rows]).to(acc)
+            grad.sub_(normalisers.unsqueeze(-1)).exp_()
+            index, inside = _labels_in(y, rows)
+            grad.scatter_add_(1, index, -inside.to(acc))  # softmax minus one-hot
             # The input's gradient first: a taker of the weight's rows may update them in place.
             if grad_h is not None:
-                grad_h.addmm_(grad, weight[rows].to(acc))
+                grad_h += upcast_linear_input_grad(grad.to(h.dtype), weight[rows])
             if grad_b is not None:
                 grad_b[rows] = (grad.sum(0) * scale).to(bias.dtype)
             if take is not None:
@@ -217,20 +219,19 @@ class _VocabularyBlockedCrossEntropy(torch.autograd.Function):
 
 def _vocabulary_blocks(tokens: int, weight: torch.Tensor) -> list[slice]:
     """Blocks of vocabulary rows whose logits [tokens × block] are about `UPCAST_BLOCK_ELEMENTS / 4`
-    elements (4 MiB in fp32), and whose weight rows at most `UPCAST_BLOCK_ELEMENTS`."""
+    elements (4 MiB in fp32) and whose weight rows at most `UPCAST_BLOCK_ELEMENTS`, at most
+    `dtypes.MAX_WORK_BLOCKS` of them."""
     elements = dtypes.UPCAST_BLOCK_ELEMENTS
-    rows = max(1, min(elements // 4 // max(1, tokens), elements // weight.shape[1]))
-    return [slice(start, min(start + rows, weight.shape[0])) for start in range(0, weight.shape[0], rows)]
+    return dtypes.work_blocks(weight.shape[0], min(elements // 4 // max(1, tokens), elements // weight.shape[1]))
 
 
-def _block_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: slice,
-                  acc: torch.dtype) -> torch.Tensor:
-    return F.linear(h.to(acc), weight[rows].to(acc), None if bias is None else bias[rows].to(acc))
-
-
-def _labels_inside(y: torch.Tensor, rows: slice) -> torch.Tensor:
-    """The positions whose label falls in the vocabulary block `rows`."""
-    return ((y >= rows.start) & (y < rows.stop)).nonzero().squeeze(-1)
+def _labels_in(y: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the vocabulary block `rows`: each position's label as a column of the block ([n, 1],
+    clamped into it) and whether the label is in the block (0/1, [n, 1]) — masks, not indices, so
+    no host sync."""
+    inside = (y >= rows.start) & (y < rows.stop)
+    index = (y - rows.start).clamp_(0, rows.stop - rows.start - 1).unsqueeze(1)
+    return index, inside.unsqueeze(1)
 
 
 def _into_gradient_(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -95,10 +95,11 @@ class _SwiGLU(torch.autograd.Function):
 def _column_blocks(tokens: int, gate_w: torch.Tensor) -> list[slice]:
     """Blocks of intermediate columns: a block of activations [tokens × block] and of a weight
     [block × hidden] each about `UPCAST_BLOCK_ELEMENTS / 4` elements (4 MiB in fp32, the size
-    of a gradient block a LOMO update takes), and at least `MIN_BLOCK_COLUMNS`."""
+    of a gradient block a LOMO update takes), at least `MIN_BLOCK_COLUMNS` wide and at most
+    `dtypes.MAX_WORK_BLOCKS` of them."""
     elements = dtypes.UPCAST_BLOCK_ELEMENTS // 4
     width = max(MIN_BLOCK_COLUMNS, min(elements // max(1, tokens), elements // gate_w.shape[1]))
-    return [slice(start, start + width) for start in range(0, gate_w.shape[0], width)]
+    return dtypes.work_blocks(gate_w.shape[0], width)
 
 
 def _forward_by_blocks(x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor,

@@ -119,3 +119,10 @@ def test_adalomo_under_checkpointing_gets_the_whole_gradients(monkeypatch: pytes
         opts[0].backward(model(_ids(step), labels=_ids(step), skip_logits=True).loss)
         opts[1].backward(plain(_ids(step), labels=_ids(step), skip_logits=True).loss)
     _assert_same_parameters(model, plain)
+
+
+def test_work_blocks_cover_the_range_once_and_are_at_most_sixteen() -> None:
+    assert dtypes.work_blocks(10, 3) == [slice(0, 3), slice(3, 6), slice(6, 9), slice(9, 10)]
+    blocks = dtypes.work_blocks(11008, 128)  # a 7B MLP at 8k tokens: 86 blocks of 128, widened
+    assert len(blocks) == dtypes.MAX_WORK_BLOCKS
+    assert [i for b in blocks for i in range(b.start, b.stop)] == list(range(11008))
