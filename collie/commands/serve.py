@@ -49,9 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     # Imported here, not at the top: `collie` builds every command's parser, and the serving stack
     # (FastAPI, uvicorn, pydantic; 20 MB resident) is for this command only.
-    from collie.serve.app import ServedModel
-    from collie.serve.http import check_port, listening_socket
-    from collie.serve.standalone import serve_until_stopped
+    from collie.serve.app import ServedModel  # the serving stack (above)
+    from collie.serve.http import check_port, listening_socket  # the serving stack (above)
+    from collie.serve.standalone import serve_until_stopped  # the serving stack (above)
 
     if min(args.max_batch_size, args.max_queue, args.default_max_tokens, args.max_num_tokens) < 1:
         raise ValueError("--max-batch-size, --max-queue, --default-max-tokens and --max-num-tokens: must be at least 1")

@@ -172,7 +172,7 @@ class Trainer:
         if config.serve.port is not None:
             # Imported here, not at the top: the serving stack (FastAPI, uvicorn, pydantic; 20 MB
             # resident) is for runs that serve, not a cost of every training process.
-            from collie.serve.during_training import ServeCallback
+            from collie.serve.during_training import ServeCallback  # the serving stack (above)
 
             serve = config.serve
             callbacks.append(ServeCallback(serve.port, serve.host, serve.max_batch_size, serve.max_queue,
