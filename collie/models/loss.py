@@ -35,7 +35,9 @@ def lm_head_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, ch
     summed into the loss and dropped, and backward makes them again one chunk at a time.
 
     A head held whole goes through `_LinearCrossEntropy` (the logits turned into their gradient
-    in place; chunks accumulate the weight's gradient in place); a sharded one (tensor parallel,
+    in place; chunks accumulate the weight's gradient in place), or, where an optimizer takes its
+    gradient a block at a time as it is made (LOMO), `_VocabularyBlockedCrossEntropy` (no logits
+    kept); a sharded one (tensor parallel,
     FSDP) is called as a module, checkpointed per chunk — under loss_parallel its chunks'
     logits are vocabulary shards. Under sequence parallel, `hidden` holds a slice of the
     sequence, which the head gathers: every position is kept."""
@@ -102,8 +104,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
     `chunk` = 0: the logits are made once and turned in place into their gradient (softmax minus
     one-hot) during forward, which backward then uses: one [rows × vocab] buffer and its passes,
     where log_softmax and nll_loss make and fill three. Where an optimizer takes the weight's
-    gradient by rows (`collie.row_gradients`: LOMO, AdaLomo), each block is made from that
-    buffer when asked, and the whole gradient never exists. `chunk` > 0: chunks of rows, each chunk's
+    gradient by rows or blocks (`collie.row_gradients`: AdaLomo, LOMO), each block is made from
+    that buffer, and the whole gradient never exists. `chunk` > 0: chunks of rows, each chunk's
     logits made again in backward and its weight gradient accumulated into one buffer — so
     neither whole logits nor one weight-sized gradient per chunk ever exists."""
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from collie import dtypes
+from collie.dtypes import at_least_fp32
 from collie.models.layers import linear_weight_grad, upcast_linear, upcast_linear_input_grad
 from collie.models.recomputation import recomputed_in_backward, recomputing
 from collie.row_gradients import block_taker
@@ -107,11 +108,11 @@ def _forward_by_blocks(x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor
     """The MLP's output summed over blocks of intermediate columns: no [tokens × intermediate]
     tensor is made."""
     flat = x.reshape(-1, x.shape[-1])
-    out = flat.new_zeros(flat.shape[0], down_w.shape[0])
+    out = torch.zeros(flat.shape[0], down_w.shape[0], dtype=at_least_fp32(flat.dtype), device=flat.device)
     for cols in _column_blocks(flat.shape[0], gate_w):
         product = F.silu(F.linear(flat, gate_w[cols].to(flat.dtype))).mul_(F.linear(flat, up_w[cols].to(flat.dtype)))
-        out.addmm_(product, down_w[:, cols].to(flat.dtype).t())
-    return out.reshape(*x.shape[:-1], down_w.shape[0])
+        _add_product_(out, product, down_w[:, cols].to(flat.dtype).t())
+    return out.to(flat.dtype).reshape(*x.shape[:-1], down_w.shape[0])
 
 
 def _backward_by_blocks(grad_out: torch.Tensor, x: torch.Tensor, gate_w: torch.Tensor, up_w: torch.Tensor,
@@ -123,7 +124,7 @@ def _backward_by_blocks(grad_out: torch.Tensor, x: torch.Tensor, gate_w: torch.T
     update it in place). `gate`, `up`: the saved projections, or None (made again here, a block
     at a time). Returns the input's gradient (2-D), if needed."""
     take_gate, take_up, take_down = takers
-    grad_x = torch.zeros_like(x) if needs_input_grad else None
+    grad_x = torch.zeros(x.shape, dtype=at_least_fp32(x.dtype), device=x.device) if needs_input_grad else None
     for cols in _column_blocks(x.shape[0], gate_w):
         gate_rows, up_rows = gate_w[cols].to(x.dtype), up_w[cols].to(x.dtype)
         gate_cols = F.linear(x, gate_rows) if gate is None else gate[:, cols]
@@ -134,7 +135,17 @@ def _backward_by_blocks(grad_out: torch.Tensor, x: torch.Tensor, gate_w: torch.T
         grad_gate = torch.ops.aten.silu_backward.grad_input(grad_product.mul_(up_cols), gate_cols,
                                                             grad_input=grad_product)
         if grad_x is not None:
-            grad_x.addmm_(grad_gate, gate_rows).addmm_(grad_up, up_rows)
+            _add_product_(grad_x, grad_gate, gate_rows)
+            _add_product_(grad_x, grad_up, up_rows)
         take_gate((cols,), grad_gate.t() @ x)
         take_up((cols,), grad_up.t() @ x)
-    return grad_x
+    return grad_x.to(x.dtype) if grad_x is not None else None
+
+
+def _add_product_(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """`total += a @ b`, summed in `total`'s at-least-fp32 dtype: a sum over blocks kept in bf16
+    would round once per block."""
+    if total.dtype == a.dtype:
+        total.addmm_(a, b)
+    else:
+        total += (a @ b).to(total.dtype)

@@ -126,3 +126,24 @@ def test_work_blocks_cover_the_range_once_and_are_at_most_sixteen() -> None:
     blocks = dtypes.work_blocks(11008, 128)  # a 7B MLP at 8k tokens: 86 blocks of 128, widened
     assert len(blocks) == dtypes.MAX_WORK_BLOCKS
     assert [i for b in blocks for i in range(b.start, b.stop)] == list(range(11008))
+
+
+def test_bf16_blocks_sum_in_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 activations (GPUs): the sums over 16 blocks are kept in fp32 (here the output's), so the
+    block-by-block MLP is as close to the fp32 result as one whole bf16 MLP."""
+    monkeypatch.setattr(dtypes, "UPCAST_BLOCK_ELEMENTS", 4 * 64 * 256)
+    monkeypatch.setattr(swiglu, "MIN_BLOCK_COLUMNS", 64)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 256, generator=g)
+    gate, up = torch.randn(1024, 256, generator=g) / 16, torch.randn(1024, 256, generator=g) / 16
+    down = torch.randn(256, 1024, generator=g) / 32
+    assert len(swiglu._column_blocks(64, gate)) == 16
+
+    def mlp(*tensors: torch.Tensor) -> torch.Tensor:
+        x, gate, up, down = tensors
+        return torch.nn.functional.linear(torch.nn.functional.silu(x @ gate.t()) * (x @ up.t()), down)
+
+    want = mlp(x, gate, up, down)
+    narrow = [t.bfloat16() for t in (x, gate, up, down)]
+    whole_error = (mlp(*narrow).float() - want).abs().max()
+    assert (swiglu._forward_by_blocks(*narrow).float() - want).abs().max() <= 1.25 * whole_error
