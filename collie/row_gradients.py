@@ -29,12 +29,13 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-# `rows(index)`: the gradient's rows `index` (a slice), at least fp32, in a fresh buffer.
+# `rows(index)`: the gradient's rows `index` (a slice), in the compute dtype (at least fp32 on
+# CPUs), in a fresh buffer.
 GradientRows = Callable[[slice], torch.Tensor]
 # Takes a parameter's gradient by rows for this backward pass.
 RowsTaker = Callable[[GradientRows], None]
-# `take(index, block)`: the gradient's block `param[index]` (a tuple of slices), at least fp32, in
-# a fresh buffer, handed over once.
+# `take(index, block)`: the gradient's block `param[index]` (a tuple of slices), as `rows` makes
+# them, handed over once.
 BlockTaker = Callable[[tuple, torch.Tensor], None]
 
 

@@ -45,7 +45,6 @@ class _SwiGLU(torch.autograd.Function):
         # The parameters themselves, to find who takes their gradients: under activation
         # checkpointing the saved tensors come back as other objects.
         ctx.params = (gate_w, up_w, down_w)
-        ctx.keeps_input_only = keeps_input_only
         if keeps_input_only:
             ctx.save_for_backward(x, gate_w, up_w, down_w)
             if recomputing():
