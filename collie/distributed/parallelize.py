@@ -22,7 +22,7 @@ from collie.distributed.pipeline import local_stages, split_for_stages, stage_la
 from collie.dtypes import DTYPES
 from collie.forward_context import autocast_dtype
 from collie.models.base import is_meta, model_source
-from collie.models.recomputation import checkpointed
+from collie.models.recomputation import CheckpointedRun
 from collie.peft.qlora import QuantizingLoad, quantize_frozen_linears
 from collie.peft.quantize import require_backend
 from collie.peft.tensor_parallel import with_lora_styles
@@ -117,7 +117,7 @@ def apply_activation_checkpointing(spec, model: torch.nn.Module, selective: bool
 def _flag_checkpointed_runs():
     """Full recomputation: the block's layers are told which run of their forward is under way
     (`collie.models.recomputation`)."""
-    return checkpointed(again=False), checkpointed(again=True)
+    return CheckpointedRun(again=False), CheckpointedRun(again=True)
 
 
 def _kept_ops() -> set:

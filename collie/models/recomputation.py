@@ -1,7 +1,7 @@
 """Whether the forward being run is one that activation checkpointing runs again in backward.
 
 `collie.distributed.parallelize.apply_activation_checkpointing` runs each checkpointed block's
-forward, and its recomputation in backward, inside `checkpointed(...)`. A layer that knows it is
+forward, and its recomputation in backward, inside a `CheckpointedRun`. A layer that knows it is
 there can keep less: what its first run saves for backward is dropped anyway, and of its second
 run only what it saves is used, not its output (`collie.models.swiglu` then keeps its input and
 makes the rest in backward, a block at a time).
@@ -15,7 +15,7 @@ import contextvars
 _run: contextvars.ContextVar = contextvars.ContextVar("collie_checkpointed_run", default=None)
 
 
-class checkpointed:  # noqa: N801 - used as a function: `with checkpointed(again=True):`
+class CheckpointedRun:
     """The forward inside runs under activation checkpointing: its first run (`again` False) or
     its recomputation in backward. Reusable: a retained graph recomputes once per backward."""
 

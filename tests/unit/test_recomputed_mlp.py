@@ -16,7 +16,7 @@ from collie.distributed.parallelize import apply_activation_checkpointing
 from collie.models import LlamaForCausalLM, swiglu
 from collie.models.base import spec_for
 from collie.models.common.mlp import GatedMLP
-from collie.models.recomputation import checkpointed, recomputed_in_backward, recomputing
+from collie.models.recomputation import CheckpointedRun, recomputed_in_backward, recomputing
 from collie.optim import AdaLomo, Lomo
 from collie.optim._fused import FusedBackwardOptimizer
 
@@ -55,9 +55,9 @@ def _assert_same_parameters(model: torch.nn.Module, plain: torch.nn.Module, attr
 
 def test_the_flags_follow_the_runs_and_the_contexts_can_be_entered_again() -> None:
     assert not recomputed_in_backward() and not recomputing()
-    again = checkpointed(again=True)
+    again = CheckpointedRun(again=True)
     for _ in range(2):  # a retained graph recomputes once per backward, with the same context
-        with checkpointed(again=False):
+        with CheckpointedRun(again=False):
             assert recomputed_in_backward() and not recomputing()
             with again:
                 assert recomputing()
@@ -73,7 +73,7 @@ def test_a_checkpointed_mlp_keeps_its_input_and_its_recomputation_makes_nothing(
     monkeypatch.setattr(swiglu, "_forward_by_blocks", lambda *a: runs.append(1) or by_blocks(*a))
     mlp = model.layers["0"]._checkpoint_wrapped_module.mlp
     kept = []
-    with checkpointed(again=False), torch.autograd.graph.saved_tensors_hooks(
+    with CheckpointedRun(again=False), torch.autograd.graph.saved_tensors_hooks(
             lambda t: kept.append(t.numel()) or t, lambda t: t):
         mlp(torch.randn(TOKENS, HIDDEN, dtype=torch.float64, requires_grad=True))
     assert sum(kept) == TOKENS * HIDDEN + 3 * INTERMEDIATE * HIDDEN  # the input and the three weights
