@@ -20,7 +20,7 @@ from torch.distributed.tensor import DTensor
 
 from collie import dtypes
 from collie.dtypes import at_least_fp32, row_blocks
-from collie.row_gradients import block_taker, rows_taker, takes_blocks
+from collie.row_gradients import BlockTaker, block_taker, rows_taker, takes_blocks
 
 
 def cast_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -75,8 +75,7 @@ def linear_weight_grad(weight: torch.Tensor, grad_out: torch.Tensor, x: torch.Te
     param = weight if param is None else param
     take = block_taker(param)
     if take is not None:
-        for rows in row_blocks(weight, dtypes.UPCAST_BLOCK_ELEMENTS // 4):
-            take((rows,), grad_out[:, rows].t() @ x)
+        hand_over_weight_grad(take, grad_out, x)
         return None
     taker = rows_taker(param)
     if taker is not None:
@@ -88,6 +87,16 @@ def linear_weight_grad(weight: torch.Tensor, grad_out: torch.Tensor, x: torch.Te
     for rows in row_blocks(weight):
         grad_w[rows] = grad_out[:, rows].t() @ x
     return grad_w
+
+
+def hand_over_weight_grad(take: BlockTaker, grad_out: torch.Tensor, x: torch.Tensor, first_row: int = 0) -> None:
+    """Hand `take` the weight gradient `grad_out.t() @ x` a block of rows at a time (about
+    `UPCAST_BLOCK_ELEMENTS / 4` elements each), as the parameter's rows from `first_row` on (a
+    caller that works over a block of the weight's rows gives its start)."""
+    width = max(1, dtypes.UPCAST_BLOCK_ELEMENTS // 4 // max(1, x.shape[1]))
+    for start in range(0, grad_out.shape[1], width):
+        stop = min(start + width, grad_out.shape[1])
+        take((slice(first_row + start, first_row + stop),), grad_out[:, start:stop].t() @ x)
 
 
 class _UpcastLinear(torch.autograd.Function):

@@ -8,8 +8,14 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from collie import dtypes
-from collie.dtypes import at_least_fp32, row_blocks
-from collie.models.layers import Linear, linear_weight_grad, upcast_linear, upcast_linear_input_grad
+from collie.dtypes import at_least_fp32
+from collie.models.layers import (
+    Linear,
+    hand_over_weight_grad,
+    linear_weight_grad,
+    upcast_linear,
+    upcast_linear_input_grad,
+)
 from collie.row_gradients import block_taker, takes_blocks
 
 IGNORE_INDEX = -100
@@ -52,9 +58,10 @@ def lm_head_loss(hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, ch
         total = _checkpointed_chunks(h, head, y, chunk_tokens, ignore_index)
     else:
         h, y = _labelled_positions(hidden, labels, ignore_index)
-        if _plain_head(head, hidden) and not chunk_tokens and takes_blocks(head.weight):
+        plain = _plain_head(head, hidden)
+        if plain and not chunk_tokens and takes_blocks(head.weight):
             total = _VocabularyBlockedCrossEntropy.apply(h, head.weight, head.bias, y)
-        elif _plain_head(head, hidden):
+        elif plain:
             total = _LinearCrossEntropy.apply(h, head.weight, head.bias, y, chunk_tokens)
         else:
             logits = head(h)
@@ -209,9 +216,7 @@ class _VocabularyBlockedCrossEntropy(torch.autograd.Function):
             if grad_b is not None:
                 grad_b[rows] = (grad.sum(0) * scale).to(bias.dtype)
             if take is not None:
-                for part in row_blocks(weight[rows], dtypes.UPCAST_BLOCK_ELEMENTS // 4):
-                    piece = slice(rows.start + part.start, rows.start + min(part.stop, grad.shape[1]))
-                    take((piece,), grad[:, part].t() @ scaled_h)
+                hand_over_weight_grad(take, grad, scaled_h, rows.start)
             elif grad_w is not None:
                 grad_w[rows] = grad.t() @ scaled_h
         if grad_h is not None:

@@ -220,7 +220,7 @@ class FusedBackwardOptimizer(Optimizer):
         eligible = self._dp_group is None and not self._update_after_backward
         for _, p in self._named_params:
             takes = eligible and p.dim() == 2 and not isinstance(p, DTensor) and shared[id(p)] == 1
-            take_rows(p, self._rows_taker_for if takes else None, by_blocks=self._update_blocks_alone(p))
+            take_rows(p, self._takers_for if takes else None, by_blocks=self._update_blocks_alone(p))
 
     # ------------------------------------------------------------------ public API
 
@@ -373,10 +373,10 @@ class FusedBackwardOptimizer(Optimizer):
         """L2 norm of all gradients from the per-parameter norms (a global reduction)."""
         return total_norm(norms, self._pp_group, device=local_tensor(self._named_params[0][1]).device)
 
-    def _rows_taker_for(self, p: torch.Tensor) -> Takers | None:
-        """Whether this backward takes `p`'s gradient by rows: in the passes that measure or apply
-        it at once, unless an accumulated gradient waits in ``.grad``; also a block at a time as
-        it is made where each block is used on its own (the norm pass; rules that
+    def _takers_for(self, p: torch.Tensor) -> Takers | None:
+        """How this backward takes `p`'s gradient, if it does: by rows in the passes that measure
+        or apply it at once, unless an accumulated gradient waits in ``.grad``; also a block at a
+        time as it is made where each block is used on its own (the norm pass; rules that
         :meth:`_update_blocks_alone`)."""
         if self._mode is _Mode.ACCUMULATE or p.grad is not None:
             return None
